@@ -1,0 +1,47 @@
+import express from 'express';
+import { pinoHttp } from 'pino-http';
+import { randomUUID } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import type { AppContext } from './context.js';
+import { stubPayRoutes } from './dev/stub-pay.routes.js';
+import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
+import { sessionRoutes } from './sessions/sessions.routes.js';
+
+/** The Express app: JSON API under /api, one error envelope, a request id on every log line. */
+export function createApp(ctx: AppContext): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', ctx.config.TRUST_PROXY);
+  app.use(
+    pinoHttp({
+      logger: ctx.log,
+      genReqId: (req, res) => {
+        const given = req.headers['x-request-id'];
+        const id = typeof given === 'string' && /^[\w.-]{1,100}$/.test(given) ? given : randomUUID();
+        res.setHeader('x-request-id', id);
+        return id;
+      },
+      // SSE connections are long; log them at their end like any other request, but quietly.
+      customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
+      autoLogging: { ignore: (req) => req.url === '/api/healthz' },
+    }),
+  );
+  app.use(express.json({ limit: '64kb' }));
+
+  const api = express.Router();
+  api.get('/healthz', async (_req, res) => {
+    try {
+      await ctx.db.execute(sql`select 1`);
+    } catch (err) {
+      throw new AppError(503, 'database_unavailable', 'the database is not reachable', undefined, { cause: err });
+    }
+    res.json({ status: 'ok' });
+  });
+  api.use(sessionRoutes(ctx));
+  if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments));
+  app.use('/api', api);
+
+  app.use(notFoundHandler);
+  app.use(errorHandler(ctx.log));
+  return app;
+}

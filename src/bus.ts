@@ -1,0 +1,23 @@
+import { EventEmitter } from 'eventemitter3';
+import type { JobState, RunKind, RunState } from './db/schema.js';
+
+/**
+ * The typed in-process event bus. Names are `noun:verb` or `noun:sub:verb`; payloads are objects.
+ * Postgres stays the truth: a listener that misses an event (another process, a restart) re-reads the database.
+ */
+export interface BusEvents {
+  /** A session request reached a final state (complete, failed, cancelled, interrupted). */
+  'session:request:complete': (e: { sessionId: string; requestId: string; state: RunState }) => void;
+  /** Any run reached a final state. */
+  'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
+  /** An invoice was settled and its effect (credit, job transition) committed. */
+  'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null }) => void;
+  /** A job changed state. */
+  'job:update': (e: { jobId: string; state: JobState }) => void;
+}
+
+export type Bus = EventEmitter<BusEvents>;
+
+export function createBus(): Bus {
+  return new EventEmitter<BusEvents>();
+}

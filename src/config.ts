@@ -1,0 +1,128 @@
+import { z } from 'zod';
+
+/**
+ * The environment, parsed once. Every variable here is listed in `.env.example` with its default;
+ * a bad value stops start-up with a message that names each bad field (see `loadConfig`).
+ */
+const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number().int().min(min).max(max).default(def);
+const bool = (def: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0', 'yes', 'no'])
+    .default(def ? 'true' : 'false')
+    .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+export const configSchema = z
+  .object({
+    NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+    /** HTTP port of the API. */
+    PORT: int(3000, 0, 65535),
+    /** Interface the API listens on. */
+    HOST: z.string().min(1).default('0.0.0.0'),
+    /** pino level. */
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /** Express `trust proxy`: set when behind a reverse proxy so client IPs (demo rate limit) are right. */
+    TRUST_PROXY: bool(false),
+
+    /** Use this Postgres instead of the embedded one. */
+    DATABASE_URL: z.string().url().optional(),
+    /** Where the embedded Postgres keeps its cluster (only without DATABASE_URL). */
+    DATA_DIR: z.string().min(1).default('./.data'),
+    /** Port of the embedded Postgres. */
+    EMBEDDED_PG_PORT: int(54329, 1, 65535),
+    /** Connections in the pool. */
+    DB_POOL_MAX: int(10, 1, 200),
+
+    /** Session deposit / top-up limits, in sats. */
+    SESSION_MIN_SATS: int(100, 1),
+    SESSION_MAX_SATS: int(10_000, 1),
+    /** A session expires after this many hours without use. */
+    SESSION_EXPIRY_HOURS: z.coerce.number().positive().default(24),
+    /** Longest session request text, in characters. */
+    REQUEST_MAX_CHARS: int(8_000, 1),
+    /** `max_tokens` when a request names none, and the highest it may name. */
+    DEFAULT_MAX_TOKENS: int(256, 1),
+    MAX_TOKENS_LIMIT: int(4_096, 1),
+
+    /** Prices: sats per 1000 input / output tokens, and the least a request costs. */
+    PRICE_INPUT_SATS_PER_1K: z.coerce.number().min(0).default(10),
+    PRICE_OUTPUT_SATS_PER_1K: z.coerce.number().min(0).default(40),
+    MIN_REQUEST_SATS: int(1, 0),
+
+    /** Which providers to use. Only the stubs exist so far; real ones sit behind the same interfaces. */
+    AI_PROVIDER: z.enum(['stub']).default('stub'),
+    PAYMENT_PROVIDER: z.enum(['stub']).default('stub'),
+    /** Stub AI: delay between tokens and default reply length (directives in the text override both). */
+    STUB_TOKEN_DELAY_MS: int(50, 0, 60_000),
+    STUB_OUTPUT_TOKENS: int(24, 0, 100_000),
+
+    /** Runs executing at once in this process; the rest wait `queued`. */
+    MAX_CONCURRENT_RUNS: int(32, 1, 10_000),
+    /** A run's lease: another process may finish a run as `interrupted` once its lease is this old. */
+    LEASE_TTL_S: int(30, 1),
+    /** On SIGTERM/SIGINT, how long running work may go on before it is interrupted and refunded. */
+    SHUTDOWN_GRACE_MS: int(10_000, 0),
+    /** Events kept in memory per live run for replay (older ones are read from Postgres). */
+    REPLAY_BUFFER_EVENTS: int(512, 16),
+    /** Token events are written to Postgres in batches at least this often. */
+    EVENT_FLUSH_MS: int(25, 1, 5_000),
+
+    /** SSE: comment ping interval, `retry:` hint, events queued for a slow reader before it is cut loose. */
+    SSE_PING_MS: int(15_000, 10),
+    SSE_RETRY_MS: int(2_000, 0),
+    SSE_MAX_QUEUE: int(2_048, 16),
+    /** SSE: how often a stream of a run this process does not execute re-reads Postgres. */
+    SSE_POLL_MS: int(1_000, 10),
+
+    /** Jobs: evaluation fee, request length limit, and how long a stream waits for the work to start. */
+    JOB_EVAL_FEE_SATS: int(10, 0),
+    JOB_REQUEST_MAX_CHARS: int(500, 1),
+    JOB_STREAM_WAIT_S: z.coerce.number().positive().default(90),
+    /** Jobs: a flat fee added to the work invoice. */
+    JOB_WORK_FEE_SATS: int(0, 0),
+
+    /** Demo: free synchronous requests per client IP per window. */
+    DEMO_RATE_LIMIT: int(5, 0),
+    DEMO_RATE_WINDOW_S: int(3_600, 1),
+    DEMO_MAX_TOKENS: int(32, 1),
+
+    /** Runs API: finished runs served from memory this long; retained in Postgres this many days. */
+    RUN_MEMORY_TTL_S: int(3_600, 0),
+    RUN_MEMORY_MAX: int(1_000, 0),
+    RUN_RETENTION_DAYS: z.coerce.number().positive().default(30),
+    /** How often the sweeper evicts, expires and recovers. */
+    SWEEP_INTERVAL_S: z.coerce.number().positive().default(5),
+  })
+  .superRefine((c, ctx) => {
+    if (c.SESSION_MIN_SATS > c.SESSION_MAX_SATS)
+      ctx.addIssue({ code: 'custom', path: ['SESSION_MIN_SATS'], message: 'must not exceed SESSION_MAX_SATS' });
+    if (c.DEFAULT_MAX_TOKENS > c.MAX_TOKENS_LIMIT)
+      ctx.addIssue({ code: 'custom', path: ['DEFAULT_MAX_TOKENS'], message: 'must not exceed MAX_TOKENS_LIMIT' });
+  });
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parse an environment (default `process.env`); empty strings count as unset. */
+export function loadConfig(env: Record<string, string | undefined> = process.env, overrides: Partial<Config> = {}): Config {
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = configSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}${valueOf(cleaned, i.path)}`),
+    );
+  }
+  return { ...parsed.data, ...overrides };
+}
+
+function valueOf(env: Record<string, unknown>, path: PropertyKey[]): string {
+  const key = path[0];
+  if (typeof key !== 'string' || !(key in env)) return '';
+  return key === 'DATABASE_URL' ? ' (value hidden)' : ` (got ${JSON.stringify(env[key])})`;
+}

@@ -1,0 +1,75 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { createBus, type Bus } from './bus.js';
+import type { Config } from './config.js';
+import type { Database, Db } from './db/pool.js';
+import { createSettlement, type Settlement } from './ledger/settlement.js';
+import { createStubAiProvider } from './providers/ai/stub.js';
+import type { AiProvider } from './providers/ai/types.js';
+import { createStubPaymentProvider, type StubPaymentProvider } from './providers/payments/stub.js';
+import type { PaymentProvider } from './providers/payments/types.js';
+import { createExecutor, type Executor } from './runs/executor.js';
+import { createMaintenance, type Maintenance } from './runs/maintenance.js';
+import { createRegistry, type Registry } from './runs/registry.js';
+import { createRunStore, type RunStore } from './runs/store.js';
+import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
+
+/** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
+export interface AppContext {
+  config: Config;
+  db: Db;
+  database: Database;
+  log: Logger;
+  bus: Bus;
+  registry: Registry;
+  store: RunStore;
+  executor: Executor;
+  ai: AiProvider;
+  payments: PaymentProvider;
+  /** Set when the stub payment provider is in use (it exposes `markPaid` for the dev route and tests). */
+  stubPayments: StubPaymentProvider | null;
+  settlement: Settlement;
+  sessions: SessionsService;
+  maintenance: Maintenance;
+  /** This process's id as a lease owner. */
+  instanceId: string;
+}
+
+export interface ContextOptions {
+  config: Config;
+  database: Database;
+  log: Logger;
+  /** Override the providers (default: the stubs, configured from `config`). */
+  ai?: AiProvider;
+  payments?: PaymentProvider;
+}
+
+export function createContext(opts: ContextOptions): AppContext {
+  const { config, database, log } = opts;
+  const db = database.db;
+  const bus = createBus();
+  const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
+  const ai = opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
+  const stubPayments = opts.payments ? null : createStubPaymentProvider(db);
+  const payments = opts.payments ?? stubPayments!;
+  const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
+  const store = createRunStore(db);
+  const settlement = createSettlement({ db, bus, log, payments });
+  const executor = createExecutor({
+    db,
+    store,
+    registry,
+    ai,
+    bus,
+    log,
+    instanceId,
+    settlers: { session: settleSessionRun, job: async () => {} },
+    maxConcurrent: config.MAX_CONCURRENT_RUNS,
+    leaseTtlS: config.LEASE_TTL_S,
+    flushMs: config.EVENT_FLUSH_MS,
+    maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
+  });
+  const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
+  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId });
+  return { config, db, database, log, bus, registry, store, executor, ai, payments, stubPayments, settlement, sessions, maintenance, instanceId };
+}

@@ -1,0 +1,80 @@
+import type { Request, Response } from 'express';
+
+/**
+ * A Server-Sent Events writer, after better-sse: the right headers, `retry:` on connect, a `: ping` comment
+ * on an interval, `close` for disconnect and `drain` for backpressure. `signal` aborts when the client goes,
+ * so a feed awaiting the next event can stop at once.
+ */
+export interface SseStream {
+  /** Aborted when the connection closes (either side). */
+  readonly signal: AbortSignal;
+  /** Write one event; resolves once the socket has room again (backpressure). False if the client is gone. */
+  send(event: { id?: number; event: string; data: unknown }): Promise<boolean>;
+  /** End the response (the server is done). */
+  end(): void;
+}
+
+export interface SseOptions {
+  retryMs: number;
+  pingMs: number;
+}
+
+export function openSse(req: Request, res: Response, opts: SseOptions): SseStream {
+  const controller = new AbortController();
+  res.status(200);
+  res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-cache, no-transform');
+  res.setHeader('Connection', 'keep-alive');
+  res.setHeader('X-Accel-Buffering', 'no');
+  res.flushHeaders();
+  req.socket.setNoDelay(true);
+  req.socket.setKeepAlive(true);
+
+  const ping = setInterval(() => {
+    if (!res.writableEnded) res.write(': ping\n\n');
+  }, opts.pingMs);
+  ping.unref();
+  const finish = () => {
+    clearInterval(ping);
+    if (!controller.signal.aborted) controller.abort();
+  };
+  res.on('close', finish);
+  res.write(`retry: ${opts.retryMs}\n\n`);
+
+  return {
+    signal: controller.signal,
+    async send({ id, event, data }) {
+      if (controller.signal.aborted || res.writableEnded) return false;
+      const frame = `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+      if (res.write(frame)) return true;
+      // The socket buffer is full: wait for room or for the client to leave, never forever.
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          controller.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        res.on('drain', done);
+        controller.signal.addEventListener('abort', done);
+      });
+      return !controller.signal.aborted;
+    },
+    end() {
+      clearInterval(ping);
+      if (!res.writableEnded) res.end();
+    },
+  };
+}
+
+/**
+ * The resume cursor: `Last-Event-ID` header (what EventSource sends on reconnect) or `?starting_after=N`.
+ * Returns 0 when none; throws on a malformed one so the route answers 400.
+ */
+export function readCursor(req: Request): number | { error: string } {
+  const header = req.get('last-event-id');
+  const query = typeof req.query.starting_after === 'string' ? req.query.starting_after : undefined;
+  const raw = header ?? query;
+  if (raw === undefined || raw === '') return 0;
+  if (!/^\d{1,9}$/.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };
+  return Number(raw.trim());
+}

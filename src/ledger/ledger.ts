@@ -1,0 +1,76 @@
+import { and, asc, eq, gte, sql } from 'drizzle-orm';
+import type { DbOrTx, Tx } from '../db/pool.js';
+import { ledgerEntries, sessions, type LedgerKind } from '../db/schema.js';
+
+/**
+ * Every sat moves through here, inside the caller's transaction, together with the state change that causes
+ * it. A session's `balance_sats` moves in the same statement batch as its ledger row, so
+ * `balance_sats = sum(ledger_entries.amount_sats)` always holds; unique keys make every movement happen once.
+ */
+
+/** Credit a session from a settled invoice (deposit or top-up). False if this payment was already credited. */
+export async function creditSession(tx: Tx, e: { sessionId: string; kind: 'deposit' | 'topup'; amountSats: number; paymentHash: string }): Promise<boolean> {
+  const inserted = await tx
+    .insert(ledgerEntries)
+    .values({ sessionId: e.sessionId, kind: e.kind, amountSats: e.amountSats, paymentHash: e.paymentHash })
+    .onConflictDoNothing()
+    .returning({ id: ledgerEntries.id });
+  if (inserted.length === 0) return false;
+  await tx.update(sessions).set({ balanceSats: sql`${sessions.balanceSats} + ${e.amountSats}` }).where(eq(sessions.id, e.sessionId));
+  return true;
+}
+
+/**
+ * Take `amountSats` from an active, unexpired session if it has them — one conditional UPDATE, so two
+ * concurrent requests can never both spend the same sats — and record the debit against `runId`.
+ * Returns the new balance, or null when the session cannot pay (the caller reads why).
+ */
+export async function debitSession(tx: Tx, e: { sessionId: string; runId: string; amountSats: number; expiryHours: number }): Promise<number | null> {
+  const [row] = await tx
+    .update(sessions)
+    .set({
+      balanceSats: sql`${sessions.balanceSats} - ${e.amountSats}`,
+      lastUsedAt: sql`now()`,
+      expiresAt: sql`now() + make_interval(secs => ${e.expiryHours * 3600})`,
+    })
+    .where(
+      and(eq(sessions.id, e.sessionId), eq(sessions.state, 'active'), sql`${sessions.expiresAt} > now()`, gte(sessions.balanceSats, e.amountSats)),
+    )
+    .returning({ balance: sessions.balanceSats });
+  if (!row) return null;
+  await tx.insert(ledgerEntries).values({ sessionId: e.sessionId, runId: e.runId, kind: 'debit', amountSats: -e.amountSats });
+  return row.balance;
+}
+
+/** Give back the unused part of a run's debit. The unique (run_id, kind) key makes a second refund impossible. */
+export async function refundRun(tx: Tx, e: { sessionId: string; runId: string; amountSats: number }): Promise<void> {
+  if (e.amountSats <= 0) return;
+  await tx.insert(ledgerEntries).values({ sessionId: e.sessionId, runId: e.runId, kind: 'refund', amountSats: e.amountSats });
+  await tx.update(sessions).set({ balanceSats: sql`${sessions.balanceSats} + ${e.amountSats}` }).where(eq(sessions.id, e.sessionId));
+}
+
+/** Money a job took in or paid out. Positive in, negative out; one row per kind per job. */
+export async function recordJobMovement(tx: Tx, e: { jobId: string; kind: Extract<LedgerKind, `job_${string}`>; amountSats: number; paymentHash: string }): Promise<boolean> {
+  const inserted = await tx
+    .insert(ledgerEntries)
+    .values({ jobId: e.jobId, kind: e.kind, amountSats: e.amountSats, paymentHash: e.paymentHash })
+    .onConflictDoNothing()
+    .returning({ id: ledgerEntries.id });
+  return inserted.length > 0;
+}
+
+export async function sessionLedger(db: DbOrTx, sessionId: string) {
+  return db
+    .select({ kind: ledgerEntries.kind, amountSats: ledgerEntries.amountSats, runId: ledgerEntries.runId, paymentHash: ledgerEntries.paymentHash, createdAt: ledgerEntries.createdAt })
+    .from(ledgerEntries)
+    .where(eq(ledgerEntries.sessionId, sessionId))
+    .orderBy(asc(ledgerEntries.id));
+}
+
+export async function sessionLedgerSum(db: DbOrTx, sessionId: string): Promise<number> {
+  const [row] = await db
+    .select({ sum: sql<number>`coalesce(sum(${ledgerEntries.amountSats}), 0)::bigint` })
+    .from(ledgerEntries)
+    .where(eq(ledgerEntries.sessionId, sessionId));
+  return Number(row?.sum ?? 0);
+}

@@ -1,0 +1,197 @@
+import type { Logger } from 'pino';
+import type { Bus } from '../bus.js';
+import type { Db } from '../db/pool.js';
+import type { AiProvider, AiRequest } from '../providers/ai/types.js';
+import { AiError } from '../providers/ai/types.js';
+import { createEventWriter } from './event-writer.js';
+import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
+import type { Registry, RunEntry } from './registry.js';
+import type { RunRow, RunStore } from './store.js';
+
+export interface ExecutorOptions {
+  db: Db;
+  store: RunStore;
+  registry: Registry;
+  ai: AiProvider;
+  bus: Bus;
+  log: Logger;
+  settlers: Settlers;
+  /** This process's lease owner id. */
+  instanceId: string;
+  /** Runs executing at once (default 32); the rest wait in order. */
+  maxConcurrent: number;
+  leaseTtlS: number;
+  flushMs: number;
+  /** The executor waits for the event writer when this many events are unwritten (default 4 × buffer). */
+  maxBacklog?: number;
+}
+
+/** Why a run's AbortController was aborted. */
+export type StopReason = 'cancelled' | 'interrupted';
+
+/**
+ * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
+ * (Postgres) → finish transaction (state + money) → bus. HTTP handlers only call `accept` and `stop`, which
+ * return at once; nothing here is awaited by a request.
+ */
+export function createExecutor(opts: ExecutorOptions) {
+  const waiting: string[] = [];
+  const running = new Map<string, Promise<void>>();
+  const maxBacklog = opts.maxBacklog ?? 2048;
+  let accepting = true;
+
+  function pump() {
+    while (running.size < opts.maxConcurrent && waiting.length > 0) {
+      const runId = waiting.shift()!;
+      const p = execute(runId)
+        .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
+        .finally(() => {
+          running.delete(runId);
+          pump();
+        });
+      running.set(runId, p);
+    }
+  }
+
+  /** Publish a finish to whoever watches here, then let the registry forget the run. */
+  function announce(entry: RunEntry | undefined, fin: Finished | undefined) {
+    if (fin && entry) {
+      entry.state = fin.run.state;
+      opts.registry.publish(entry.runId, fin.final);
+    }
+    if (entry) opts.registry.end(entry.runId);
+    if (!fin?.won) return;
+    const r = fin.run;
+    opts.bus.emit('run:finish', { runId: r.id, kind: r.kind, state: r.state, sessionId: r.sessionId, jobId: r.jobId });
+    if (r.kind === 'session' && r.sessionId) {
+      opts.bus.emit('session:request:complete', { sessionId: r.sessionId, requestId: r.id, state: r.state });
+    }
+  }
+
+  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending = [] as Parameters<typeof finishRun>[3]) {
+    const fin = await finishRun(opts, runId, outcome, pending);
+    announce(entry, fin);
+    return fin;
+  }
+
+  async function execute(runId: string): Promise<void> {
+    const entry = opts.registry.get(runId);
+    if (!entry) return;
+    const log = opts.log.child({ runId });
+    const signal = entry.controller.signal;
+    if (signal.aborted) {
+      // Stopped while queued: nothing ran, so everything is refunded.
+      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' });
+      return;
+    }
+    const run = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
+    if (!run) {
+      // Someone else finished it (a stop from another process, recovery): deliver their final event.
+      await finishAndAnnounce(entry, runId, { state: 'interrupted' });
+      return;
+    }
+    entry.state = 'executing';
+    log.info({ kind: run.kind, maxTokens: run.maxTokens }, 'run started');
+
+    const writer = createEventWriter({
+      store: opts.store,
+      registry: opts.registry,
+      runId,
+      owner: opts.instanceId,
+      flushMs: opts.flushMs,
+      log,
+      onLeaseLost: () => {
+        log.warn('lease lost: another process finished this run');
+        entry.controller.abort('interrupted');
+      },
+    });
+    const outcome = await stream(run, entry, writer, log);
+    const pending = await writer.close();
+    const fin = await finishAndAnnounce(entry, runId, outcome, pending);
+    log.info({ state: fin?.run.state, chargedSats: fin?.run.chargedSats, refundedSats: fin?.run.refundedSats }, 'run finished');
+  }
+
+  async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
+    const signal = entry.controller.signal;
+    const req: AiRequest = { input: run.request, maxTokens: run.maxTokens };
+    let usage: Usage | undefined;
+    try {
+      for await (const chunk of opts.ai.stream(req, signal)) {
+        if (chunk.type === 'usage') {
+          usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
+          continue;
+        }
+        writer.add(opts.registry.append(run.id, 'token', { content: chunk.content }));
+        // Postgres is slower than the model: let the writer catch up rather than grow without bound.
+        if (writer.backlog >= maxBacklog) await writer.flush();
+      }
+      if (signal.aborted) throw signal.reason;
+      return { state: 'complete', usage };
+    } catch (err) {
+      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' };
+      log.warn({ err }, 'run failed');
+      const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
+      return { state: 'failed', error: { code: e.code, message: e.message } };
+    }
+  }
+
+  return {
+    /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
+    accept(run: RunRow): RunEntry {
+      const entry = opts.registry.open({ runId: run.id, kind: run.kind, sessionId: run.sessionId, jobId: run.jobId, state: run.state, lastSeq: run.lastSeq });
+      waiting.push(run.id);
+      setImmediate(pump);
+      return entry;
+    },
+
+    get accepting() {
+      return accepting;
+    },
+
+    /**
+     * Stop a run this process holds. A queued one is finished at once (full refund); an executing one is
+     * aborted and finishes through its own loop within a tick of the provider noticing.
+     */
+    stop(runId: string, reason: StopReason): boolean {
+      const entry = opts.registry.get(runId);
+      if (!entry || entry.ended) return false;
+      if (!entry.controller.signal.aborted) entry.controller.abort(reason);
+      const i = waiting.indexOf(runId);
+      if (i >= 0) {
+        waiting.splice(i, 1);
+        const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
+        running.set(runId, p.finally(() => running.delete(runId)));
+      }
+      return true;
+    },
+
+    /** Finish a run no live process holds (recovery): interrupted, refunded in full. */
+    async interruptOrphan(runId: string): Promise<boolean> {
+      const fin = await finishAndAnnounce(opts.registry.get(runId), runId, { state: 'interrupted' });
+      return Boolean(fin?.won);
+    },
+
+    /**
+     * Shut down: take no more work, let running work finish for `graceMs`, then interrupt (and refund) the
+     * rest and wait for their finish transactions.
+     */
+    async drain(graceMs: number): Promise<{ interrupted: number }> {
+      accepting = false;
+      for (const id of [...waiting]) this.stop(id, 'interrupted');
+      const deadline = Date.now() + graceMs;
+      while (running.size > 0 && Date.now() < deadline) {
+        await Promise.race([Promise.allSettled(running.values()), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
+      }
+      const left = [...running.keys()];
+      for (const id of left) this.stop(id, 'interrupted');
+      await Promise.allSettled(running.values());
+      return { interrupted: left.length };
+    },
+
+    stats() {
+      return { running: running.size, waiting: waiting.length };
+    },
+  };
+}
+
+export type Executor = ReturnType<typeof createExecutor>;

@@ -1,0 +1,110 @@
+import { eq, sql } from 'drizzle-orm';
+import type { Db, Tx } from '../db/pool.js';
+import { runs, type RunKind, type RunState } from '../db/schema.js';
+import { countInputTokens, settle } from '../ledger/pricing.js';
+import type { RunEvent } from './registry.js';
+import { isLive, type RunRow, type RunStore } from './store.js';
+
+export interface Usage {
+  inputTokens: number;
+  outputTokens: number;
+}
+
+export type Outcome =
+  | { state: 'complete' | 'cancelled' | 'interrupted'; usage?: Usage }
+  | { state: 'failed'; error: { code: string; message: string } };
+
+/**
+ * Moves the money of a finished run for its front door, inside the finish transaction:
+ * a session gets its refund credited, a job records what it owes back.
+ */
+export type Settler = (tx: Tx, run: RunRow) => Promise<void>;
+export type Settlers = Record<RunKind, Settler>;
+
+export interface Finished {
+  run: RunRow;
+  final: RunEvent;
+  /** False when another finisher got there first; `final` is then the event it wrote. */
+  won: boolean;
+}
+
+/**
+ * Finish a run once: in one transaction, write the token events not yet persisted, the final event, the run's
+ * state, usage and money, and the front door's settlement. The row lock plus the state check make it a
+ * compare-and-set: whoever comes second (a stop racing a completion, two processes recovering one orphan)
+ * reads the winner's final event instead of writing its own.
+ */
+export async function finishRun(
+  deps: { db: Db; store: RunStore; settlers: Settlers },
+  runId: string,
+  outcome: Outcome,
+  pending: RunEvent[] = [],
+): Promise<Finished | undefined> {
+  return deps.db.transaction(async (tx) => {
+    const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
+    if (!row) return undefined;
+    if (!isLive(row.state)) {
+      const [final] = await tx.execute<{ seq: number; type: 'done' | 'error'; data: unknown }>(
+        sql`select seq, type, data from run_events where run_id = ${runId} order by seq desc limit 1`,
+      ).then((r) => r.rows);
+      return { run: row, final: final ?? finalEvent(row, row.lastSeq + 1), won: false };
+    }
+    const fresh = pending.filter((e) => e.seq > row.lastSeq && e.type === 'token');
+    await deps.store.insertEvents(tx, runId, fresh);
+    const text = fresh.map((e) => (e.data as { content: string }).content).join('');
+    const tokensSeen = row.outputTokens + fresh.length;
+    const usage: Usage =
+      outcome.state !== 'failed' && outcome.usage
+        ? outcome.usage
+        : { inputTokens: row.startedAt ? countInputTokens(row.request) : 0, outputTokens: tokensSeen };
+    // Complete work is charged; a stop is charged for what it produced; failures and interruptions refund all.
+    const chargeable = outcome.state === 'complete' || (outcome.state === 'cancelled' && tokensSeen > 0);
+    const money = settle(row.pricing, row.debitedSats, usage, chargeable);
+    const lastSeq = (fresh.at(-1)?.seq ?? row.lastSeq) + 1;
+
+    const [updated] = await tx
+      .update(runs)
+      .set({
+        state: outcome.state,
+        result: sql`${runs.result} || ${text}`,
+        inputTokens: usage.inputTokens,
+        outputTokens: usage.outputTokens,
+        chargedSats: money.chargedSats,
+        refundedSats: money.refundedSats,
+        error: outcome.state === 'failed' ? outcome.error : null,
+        lastSeq,
+        completedAt: sql`now()`,
+        leaseOwner: null,
+        leaseExpiresAt: null,
+      })
+      .where(eq(runs.id, runId))
+      .returning();
+    const final = finalEvent(updated!, lastSeq);
+    await deps.store.insertEvents(tx, runId, [final]);
+    await deps.settlers[updated!.kind](tx, updated!);
+    return { run: updated!, final, won: true };
+  });
+}
+
+/** The last event of every stream: `done` with the money, or `error` for a failure. */
+export function finalEvent(run: RunRow, seq: number): RunEvent {
+  if (run.state === 'failed') {
+    return {
+      seq,
+      type: 'error',
+      data: { state: 'failed', code: run.error?.code ?? 'failed', message: run.error?.message ?? 'the run failed', refundedSats: run.refundedSats },
+    };
+  }
+  return {
+    seq,
+    type: 'done',
+    data: {
+      state: run.state as RunState,
+      result: run.result,
+      debitedSats: run.debitedSats,
+      chargedSats: run.chargedSats,
+      refundedSats: run.refundedSats,
+      usage: { inputTokens: run.inputTokens, outputTokens: run.outputTokens },
+    },
+  };
+}

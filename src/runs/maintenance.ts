@@ -1,0 +1,94 @@
+import { and, inArray, lte, sql } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { Db } from '../db/pool.js';
+import { sessions } from '../db/schema.js';
+import type { Executor } from './executor.js';
+import type { RunStore } from './store.js';
+
+export interface MaintenanceDeps {
+  config: Config;
+  db: Db;
+  store: RunStore;
+  executor: Executor;
+  log: Logger;
+  instanceId: string;
+  /** Extra sweeps of other features (jobs, the recent-runs cache), run on the same timer. */
+  extraSweeps?: Array<() => Promise<void> | void>;
+}
+
+/**
+ * The background upkeep of one process: keep our leases alive, finish runs whose process died (interrupted,
+ * refunded), expire idle sessions, delete runs past retention. One timer for everything, never one per run.
+ */
+export function createMaintenance(deps: MaintenanceDeps) {
+  const { config, store, log } = deps;
+  let heartbeat: NodeJS.Timeout | null = null;
+  let sweeper: NodeJS.Timeout | null = null;
+  let sweeping: Promise<void> | null = null;
+
+  /** Finish live runs no process holds. `everyone`: we are the only process (embedded Postgres), so all are. */
+  async function recoverOrphans(everyone = false): Promise<number> {
+    let n = 0;
+    for (;;) {
+      const ids = await store.orphans(deps.instanceId, everyone);
+      if (ids.length === 0) return n;
+      for (const id of ids) {
+        if (await deps.executor.interruptOrphan(id)) {
+          n++;
+          log.warn({ runId: id }, 'orphaned run interrupted and refunded');
+        }
+      }
+      if (ids.length < 100) return n;
+    }
+  }
+
+  async function expireSessions(): Promise<number> {
+    const res = await deps.db
+      .update(sessions)
+      .set({ state: 'expired' })
+      .where(and(inArray(sessions.state, ['active', 'awaiting_payment']), lte(sessions.expiresAt, sql`now()`)));
+    return res.rowCount ?? 0;
+  }
+
+  async function sweep(): Promise<void> {
+    await recoverOrphans(false);
+    await expireSessions();
+    await store.deleteFinishedBefore(new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000));
+    for (const extra of deps.extraSweeps ?? []) await extra();
+  }
+
+  function guarded(what: string, fn: () => Promise<unknown>) {
+    return () => {
+      if (sweeping) return;
+      sweeping = fn()
+        .then(() => undefined)
+        .catch((err) => log.error({ err }, `${what} failed`))
+        .finally(() => {
+          sweeping = null;
+        });
+    };
+  }
+
+  return {
+    recoverOrphans,
+    expireSessions,
+    sweep,
+    start() {
+      heartbeat = setInterval(() => {
+        store.renewLeases(deps.instanceId, config.LEASE_TTL_S).catch((err) => log.error({ err }, 'renewing leases failed'));
+      }, Math.max(100, (config.LEASE_TTL_S * 1000) / 3));
+      sweeper = setInterval(guarded('sweep', sweep), config.SWEEP_INTERVAL_S * 1000);
+      heartbeat.unref();
+      sweeper.unref();
+    },
+    async stop() {
+      if (heartbeat) clearInterval(heartbeat);
+      if (sweeper) clearInterval(sweeper);
+      heartbeat = sweeper = null;
+      await sweeping;
+    },
+  };
+}
+
+export type Maintenance = ReturnType<typeof createMaintenance>;

@@ -1,0 +1,113 @@
+import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
+import type { Db, DbOrTx } from '../db/pool.js';
+import { runEvents, runs } from '../db/schema.js';
+import type { RunEvent } from './registry.js';
+
+export type RunRow = typeof runs.$inferSelect;
+export type NewRun = typeof runs.$inferInsert;
+
+export const LIVE_STATES = ['queued', 'executing'] as const;
+export const isLive = (state: string) => state === 'queued' || state === 'executing';
+
+/** The runs table and its event log: every SQL statement about runs lives here. */
+export function createRunStore(db: Db) {
+  return {
+    async insert(tx: DbOrTx, values: NewRun): Promise<RunRow> {
+      const [row] = await tx.insert(runs).values(values).returning();
+      return row!;
+    },
+
+    async get(runId: string, tx: DbOrTx = db): Promise<RunRow | undefined> {
+      const [row] = await tx.select().from(runs).where(eq(runs.id, runId));
+      return row;
+    },
+
+    /** queued → executing, once, by the process that holds the lease. */
+    async claim(runId: string, owner: string, leaseTtlS: number): Promise<RunRow | undefined> {
+      const [row] = await db
+        .update(runs)
+        .set({ state: 'executing', startedAt: sql`now()`, leaseOwner: owner, leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
+        .where(and(eq(runs.id, runId), eq(runs.state, 'queued')))
+        .returning();
+      return row;
+    },
+
+    /**
+     * Append token events and the text they carry, in one statement: the insert only happens if the run is
+     * still executing under our lease, so a run another process has already finished is never written to.
+     * Returns false when the lease was lost.
+     */
+    async appendTokens(runId: string, owner: string, events: RunEvent[], text: string, outputTokens: number): Promise<boolean> {
+      if (events.length === 0) return true;
+      const last = events[events.length - 1]!.seq;
+      const payload = JSON.stringify(events.map((e) => ({ seq: e.seq, type: e.type, data: e.data })));
+      const res = await db.execute(sql`
+        with upd as (
+          update runs set result = result || ${text}, output_tokens = ${outputTokens}, last_seq = ${last}
+          where id = ${runId} and state = 'executing' and lease_owner = ${owner} and last_seq < ${last}
+          returning id
+        )
+        insert into run_events (run_id, seq, type, data)
+        select upd.id, e.seq, e.type, e.data from upd, jsonb_to_recordset(${payload}::jsonb) as e(seq int, type text, data jsonb)`);
+      return (res.rowCount ?? 0) > 0;
+    },
+
+    async insertEvents(tx: DbOrTx, runId: string, events: RunEvent[]) {
+      if (events.length === 0) return;
+      await tx.insert(runEvents).values(events.map((e) => ({ runId, seq: e.seq, type: e.type, data: e.data })));
+    },
+
+    /** Events after `after`, in order, at most `limit`. */
+    async eventsAfter(runId: string, after: number, limit = 10_000): Promise<RunEvent[]> {
+      return db
+        .select({ seq: runEvents.seq, type: runEvents.type, data: runEvents.data })
+        .from(runEvents)
+        .where(and(eq(runEvents.runId, runId), gt(runEvents.seq, after)))
+        .orderBy(asc(runEvents.seq))
+        .limit(limit);
+    },
+
+    /** Keep our leases fresh: a run whose lease runs out is presumed orphaned by a dead process. */
+    async renewLeases(owner: string, leaseTtlS: number): Promise<number> {
+      const res = await db
+        .update(runs)
+        .set({ leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
+        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES])));
+      return res.rowCount ?? 0;
+    },
+
+    /** Live runs nobody alive holds: all but ours (`everyone`: we are the only process), or only expired leases. */
+    async orphans(owner: string, everyone: boolean, limit = 100): Promise<string[]> {
+      const rows = await db
+        .select({ id: runs.id })
+        .from(runs)
+        .where(
+          and(
+            inArray(runs.state, [...LIVE_STATES]),
+            everyone
+              ? sql`${runs.leaseOwner} is distinct from ${owner}`
+              : sql`(${runs.leaseExpiresAt} is null or ${runs.leaseExpiresAt} < now())`,
+          ),
+        )
+        .limit(limit);
+      return rows.map((r) => r.id);
+    },
+
+    /** Finished runs older than the retention window (their events go with them: ON DELETE CASCADE). */
+    async deleteFinishedBefore(cutoff: Date, limit = 500): Promise<number> {
+      const res = await db.execute(sql`
+        delete from runs where id in (
+          select id from runs where completed_at < ${cutoff.toISOString()}::timestamptz and state not in ('queued','executing')
+          limit ${limit})`);
+      return res.rowCount ?? 0;
+    },
+
+    async delete(runId: string): Promise<boolean> {
+      const res = await db.delete(runs).where(and(eq(runs.id, runId), sql`${runs.state} not in ('queued','executing')`));
+      return (res.rowCount ?? 0) > 0;
+    },
+
+  };
+}
+
+export type RunStore = ReturnType<typeof createRunStore>;

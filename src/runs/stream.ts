@@ -1,0 +1,71 @@
+import type { Request, Response } from 'express';
+import type { Config } from '../config.js';
+import { badRequest } from '../http/errors.js';
+import { openSse, readCursor, type SseStream } from '../http/sse.js';
+import { runFeed } from './feed.js';
+import type { Registry } from './registry.js';
+import { isLive, type RunStore } from './store.js';
+
+export interface StreamDeps {
+  config: Config;
+  registry: Registry;
+  store: RunStore;
+}
+
+/** The resume cursor of a stream request, or 400 for a malformed one. */
+export function cursorOf(req: Request): number {
+  const c = readCursor(req);
+  if (typeof c !== 'number') throw badRequest(c.error);
+  return c;
+}
+
+export function openStream(deps: StreamDeps, req: Request, res: Response): SseStream {
+  return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS });
+}
+
+/**
+ * Write a run's events after `after` to an open SSE stream: replay, live, then the final event, then close.
+ * A reader too slow to keep up gets `event: resync` with the last id it was sent and is cut loose; it can
+ * reconnect from there. Leaving early only detaches this reader: the run goes on.
+ */
+export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, after: number): Promise<void> {
+  const feed = runFeed({
+    registry: deps.registry,
+    store: deps.store,
+    runId,
+    after,
+    signal: sse.signal,
+    maxQueue: deps.config.SSE_MAX_QUEUE,
+    pollMs: deps.config.SSE_POLL_MS,
+  });
+  for await (const item of feed) {
+    if (item.kind === 'resync') {
+      await sse.send({ event: 'resync', data: { lastEventId: item.lastEventId, message: 'the reader fell behind; reconnect with Last-Event-ID to resume' } });
+      break;
+    }
+    const { seq, type, data } = item.event;
+    if (!(await sse.send({ id: seq, event: type, data }))) break;
+  }
+  sse.end();
+}
+
+/**
+ * The whole stream endpoint for a run whose row the caller has already authorised. A finished run whose
+ * final event the client already has gets `204`, which tells EventSource to stop reconnecting.
+ */
+export async function streamRun(
+  deps: StreamDeps,
+  req: Request,
+  res: Response,
+  run: { id: string; state: string; lastSeq: number },
+  preamble?: { event: string; data: unknown },
+): Promise<void> {
+  const after = cursorOf(req);
+  if (!isLive(run.state) && after >= run.lastSeq && !deps.registry.get(run.id)) {
+    res.status(204).end();
+    return;
+  }
+  const sse = openStream(deps, req, res);
+  if (preamble) await sse.send(preamble);
+  await pipeRun(deps, sse, run.id, after);
+}

@@ -1,0 +1,83 @@
+import { Router } from 'express';
+import type { AppContext } from '../context.js';
+import { notFound } from '../http/errors.js';
+import { bearerToken } from '../http/auth.js';
+import { isUuid, parse } from '../http/validate.js';
+import { sessionLedger } from '../ledger/ledger.js';
+import { streamRun } from '../runs/stream.js';
+import type { RunRow } from '../runs/store.js';
+import { runFields } from '../runs/view.js';
+import { createSessionBody, requestBody, topupBody } from './sessions.schemas.js';
+import type { SessionRow } from './sessions.service.js';
+
+export function sessionView(s: SessionRow) {
+  return { sessionId: s.id, state: s.state, balanceSats: s.balanceSats, expiresAt: s.expiresAt.toISOString(), createdAt: s.createdAt.toISOString() };
+}
+
+export function sessionRoutes(ctx: AppContext): Router {
+  const r = Router();
+  const { sessions } = ctx;
+  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number }) => ({
+    paymentRequest: i.paymentRequest,
+    paymentHash: i.paymentHash,
+    amountSats: i.amountSats,
+  });
+
+  /** A request of this session, or 404 (also for another session's run: ids are not probeable). */
+  async function ownRun(session: SessionRow, requestId: string | undefined): Promise<RunRow> {
+    const run = isUuid(requestId) ? await ctx.store.get(requestId) : undefined;
+    if (!run || run.kind !== 'session' || run.sessionId !== session.id) throw notFound('request');
+    return run;
+  }
+
+  const requestView = (run: RunRow) => ({ requestId: run.id, sessionId: run.sessionId, ...runFields(run, ctx.registry.get(run.id)) });
+
+  r.post('/sessions', async (req, res) => {
+    const body = parse(createSessionBody(ctx.config), req.body);
+    const { session, token, invoice } = await sessions.create(body.amount_sats);
+    res.status(201).json({ sessionId: session.id, sessionToken: token, state: session.state, invoice: invoiceView(invoice) });
+  });
+
+  r.get('/sessions/:id', async (req, res) => {
+    res.json(sessionView(await sessions.get(bearerToken(req), req.params.id)));
+  });
+
+  r.post('/sessions/:id/topup', async (req, res) => {
+    const session = await sessions.authenticate(bearerToken(req), req.params.id);
+    const body = parse(topupBody(ctx.config), req.body);
+    res.status(201).json({ invoice: invoiceView(await sessions.topup(session, body.amount_sats)) });
+  });
+
+  r.get('/sessions/:id/ledger', async (req, res) => {
+    const session = await sessions.authenticate(bearerToken(req), req.params.id);
+    const entries = await sessionLedger(ctx.db, session.id);
+    res.json({
+      sessionId: session.id,
+      balanceSats: session.balanceSats,
+      entries: entries.map((e) => ({ ...e, createdAt: e.createdAt.toISOString() })),
+    });
+  });
+
+  r.post('/sessions/:id/request', async (req, res) => {
+    const session = await sessions.authenticate(bearerToken(req), req.params.id);
+    const body = parse(requestBody(ctx.config), req.body);
+    const { run, balance } = await sessions.request(session, { request: body.request, maxTokens: body.max_tokens });
+    res
+      .status(202)
+      .location(`/api/sessions/${session.id}/requests/${run.id}`)
+      .json({ requestId: run.id, sessionId: session.id, state: run.state, debitedSats: run.debitedSats, balanceRemaining: balance });
+  });
+
+  r.get('/sessions/:id/requests/:requestId', async (req, res) => {
+    const session = await sessions.authenticate(bearerToken(req), req.params.id);
+    res.json(requestView(await ownRun(session, req.params.requestId)));
+  });
+
+  r.get('/sessions/:id/requests/:requestId/stream', async (req, res) => {
+    const session = await sessions.authenticate(bearerToken(req, true), req.params.id);
+    const run = await ownRun(session, req.params.requestId);
+    await streamRun(ctx, req, res, run);
+  });
+
+  return r;
+}
