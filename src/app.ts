@@ -24,6 +24,10 @@ export function createApp(ctx: AppContext): express.Express {
       // SSE connections are long; log them at their end like any other request, but quietly.
       customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
       autoLogging: { ignore: (req) => req.url === '/api/healthz' },
+      // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
+      serializers: {
+        req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),
+      },
     }),
   );
   app.use(express.json({ limit: '64kb' }));

@@ -84,7 +84,7 @@ describe('SSE streams', () => {
     for (const bad of ['abc', '-1', '1.5', '99999999999']) {
       const res = await fetch(streamUrl(r.requestId), { headers: { ...s.auth, 'Last-Event-ID': bad } });
       expect(res.status).toBe(400);
-      expect((await res.json()).error.code).toBe('invalid_request');
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('invalid_request');
     }
     expect((await fetch(streamUrl(r.requestId, '?starting_after=x'), { headers: s.auth })).status).toBe(400);
     // Asking after the final event of a finished run: 204, which tells EventSource to stop reconnecting.

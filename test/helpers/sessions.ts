@@ -9,14 +9,14 @@ export interface PaidSession {
 }
 
 /** Create a session and pay its deposit through the stub, as a client would. */
-export async function paidSession(t: TestServer, amountSats = 1000): Promise<PaidSession> {
+export async function paidSession(t: Pick<TestServer, "http">, amountSats = 1000): Promise<PaidSession> {
   const created = await t.http.post('/api/sessions').send({ amount_sats: amountSats }).expect(201);
   await t.http.post(`/api/dev/stub/pay/${created.body.invoice.paymentHash}`).expect(200);
   const s = { id: created.body.sessionId as string, token: created.body.sessionToken as string };
   return { ...s, auth: { Authorization: `Bearer ${s.token}` } };
 }
 
-export async function postRequest(t: TestServer, s: PaidSession, request: string, extra: Record<string, unknown> = {}) {
+export async function postRequest(t: Pick<TestServer, "http">, s: PaidSession, request: string, extra: Record<string, unknown> = {}) {
   const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request, ...extra });
   expect(res.status, JSON.stringify(res.body)).toBe(202);
   return res.body as { requestId: string; sessionId: string; state: string; debitedSats: number; balanceRemaining: number };

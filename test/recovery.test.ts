@@ -1,0 +1,117 @@
+import supertest from 'supertest';
+import { eq } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runs } from '../src/db/schema.js';
+import { startTestServer, type TestServer } from './helpers/context.js';
+import { startServerProcess } from './helpers/process.js';
+import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
+import { idsOf, readSse, tokensOf } from './helpers/sse.js';
+import { waitFor } from './helpers/wait.js';
+
+let t: TestServer;
+let databaseUrl: string;
+beforeAll(async () => {
+  t = await startTestServer();
+  databaseUrl = t.ctx.config.DATABASE_URL!;
+});
+afterAll(() => t.close());
+
+const runRow = async (id: string) => (await t.ctx.db.select().from(runs).where(eq(runs.id, id)))[0]!;
+
+describe('crash and restart', () => {
+  it('a restart finds a run a killed process left executing, interrupts it, refunds it in full, and replays it', async () => {
+    const p = await startServerProcess({ DATABASE_URL: databaseUrl, EVENT_FLUSH_MS: '10' });
+    const s = await paidSession({ http: supertest(p.url) }, 500);
+    const res = await fetch(`${p.url}/api/sessions/${s.id}/request`, {
+      method: 'POST',
+      headers: { ...s.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ request: 'crash me [stub:tokens=200] [stub:delay=20]' }),
+    });
+    expect(res.status).toBe(202);
+    const { requestId, debitedSats } = (await res.json()) as { requestId: string; debitedSats: number };
+    await waitFor(async () => (await runRow(requestId)).lastSeq >= 3, { what: 'some tokens in Postgres' });
+    p.proc.kill('SIGKILL');
+    await p.exited;
+    expect((await runRow(requestId)).state).toBe('executing');
+
+    // The restart: a new process on the same database. With one process per database (as with the embedded
+    // cluster) every live run at start-up is an orphan.
+    const restarted = await t.sibling();
+    try {
+      expect(await restarted.ctx.maintenance.recoverOrphans(true)).toBe(1);
+      const row = await runRow(requestId);
+      expect(row).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: debitedSats });
+      const ledger = await expectLedgerBalanced(restarted, s);
+      expect(ledger.balanceSats).toBe(500);
+      // Its stream still replays every persisted token, then done {interrupted}, exactly once.
+      const replay = await readSse(`${restarted.url}/api/sessions/${s.id}/requests/${requestId}/stream`, { headers: s.auth });
+      const ids = idsOf(replay.events);
+      expect(ids).toEqual(Array.from({ length: ids.length }, (_, i) => i + 1));
+      const last = replay.events.at(-1)!;
+      expect(last).toMatchObject({ event: 'done', data: { state: 'interrupted', refundedSats: debitedSats } });
+      expect(last.data.result).toBe(tokensOf(replay.events).join(''));
+      expect(last.data.result).toBe(row.result);
+      // A second recovery does nothing: a run finishes once.
+      expect(await restarted.ctx.maintenance.recoverOrphans(true)).toBe(0);
+      await expectNoLeaks(restarted);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('with a shared database, only runs whose lease expired are recovered', async () => {
+    const a = await t.sibling({ LEASE_TTL_S: 1 });
+    const b = await t.sibling({ LEASE_TTL_S: 1 });
+    try {
+      const s = await paidSession(a, 500);
+      const r = await postRequest(a, s, 'long [stub:tokens=50] [stub:delay=40]');
+      await waitFor(async () => (await runRow(r.requestId)).state === 'executing', { what: 'executing' });
+      // A live process keeps its lease: B must not touch A's run.
+      await a.ctx.store.renewLeases(a.ctx.instanceId, 1);
+      expect(await b.ctx.maintenance.recoverOrphans(false)).toBe(0);
+      // A's lease lapses (its heartbeat is not running in tests): B recovers, A notices and stops writing.
+      await t.ctx.db.update(runs).set({ leaseExpiresAt: new Date(Date.now() - 1000) }).where(eq(runs.id, r.requestId));
+      expect(await b.ctx.maintenance.recoverOrphans(false)).toBe(1);
+      const final = await waitFinal(a, s, r.requestId);
+      expect(final.state).toBe('interrupted');
+      await expectLedgerBalanced(a, s);
+      await expectNoLeaks(a);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('SIGTERM lets short work finish, interrupts and refunds long work after the grace period, and exits 0', async () => {
+    const p = await startServerProcess({ DATABASE_URL: databaseUrl, SHUTDOWN_GRACE_MS: '600' });
+    const http = supertest(p.url);
+    const s = await paidSession({ http }, 1000);
+    const post = async (request: string) => {
+      const res = await http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request }).expect(202);
+      return res.body as { requestId: string; debitedSats: number };
+    };
+    const short = await post('short [stub:tokens=5] [stub:delay=50]');
+    const long = await post('long [stub:tokens=500] [stub:delay=50]');
+    await waitFor(async () => (await runRow(long.requestId)).state === 'executing', { what: 'long run executing' });
+    p.proc.kill('SIGTERM');
+    expect(await p.exited).toBe(0);
+    expect((await runRow(short.requestId)).state).toBe('complete');
+    expect(await runRow(long.requestId)).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: long.debitedSats });
+    const ledger = await expectLedgerBalanced(t, s);
+    expect(ledger.balanceSats).toBe(1000 - (await runRow(short.requestId)).chargedSats);
+  });
+
+  it('refuses new work with 503 while draining', async () => {
+    const x = await t.sibling();
+    const s = await paidSession(x, 500);
+    const r = await postRequest(x, s, 'drain [stub:tokens=20] [stub:delay=20]');
+    const draining = x.ctx.executor.drain(5_000);
+    const refused = await x.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'more' }).expect(503);
+    expect(refused.body.error.code).toBe('shutting_down');
+    await draining;
+    expect((await waitFinal(x, s, r.requestId)).state).toBe('complete');
+    await x.close();
+  });
+});
