@@ -102,6 +102,7 @@ CREATE INDEX "invoices_session_idx" ON "invoices" USING btree ("session_id");-->
 CREATE INDEX "invoices_job_idx" ON "invoices" USING btree ("job_id");--> statement-breakpoint
 CREATE UNIQUE INDEX "jobs_run_uq" ON "jobs" USING btree ("run_id");--> statement-breakpoint
 CREATE INDEX "jobs_state_idx" ON "jobs" USING btree ("state");--> statement-breakpoint
+CREATE UNIQUE INDEX "jobs_refund_invoice_uq" ON "jobs" USING btree ("refund_invoice") WHERE "jobs"."refund_invoice" is not null;--> statement-breakpoint
 CREATE INDEX "ledger_session_idx" ON "ledger_entries" USING btree ("session_id");--> statement-breakpoint
 CREATE UNIQUE INDEX "ledger_run_kind_uq" ON "ledger_entries" USING btree ("run_id","kind") WHERE "ledger_entries"."run_id" is not null;--> statement-breakpoint
 CREATE UNIQUE INDEX "ledger_payment_uq" ON "ledger_entries" USING btree ("payment_hash") WHERE "ledger_entries"."payment_hash" is not null;--> statement-breakpoint

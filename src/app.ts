@@ -6,6 +6,8 @@ import type { AppContext } from './context.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
+import { jobRoutes } from './jobs/jobs.routes.js';
+import { demoRoutes } from './demo/demo.routes.js';
 
 /** The Express app: JSON API under /api, one error envelope, a request id on every log line. */
 export function createApp(ctx: AppContext): express.Express {
@@ -42,6 +44,10 @@ export function createApp(ctx: AppContext): express.Express {
     res.json({ status: 'ok' });
   });
   api.use(sessionRoutes(ctx));
+  api.use(jobRoutes(ctx));
+  const demo = demoRoutes(ctx);
+  api.use(demo.router);
+  ctx.maintenance.addSweep(demo.sweep);
   if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments));
   app.use('/api', api);
 

@@ -13,6 +13,7 @@ import { createMaintenance, type Maintenance } from './runs/maintenance.js';
 import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
+import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
 
 /** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
 export interface AppContext {
@@ -30,6 +31,7 @@ export interface AppContext {
   stubPayments: StubPaymentProvider | null;
   settlement: Settlement;
   sessions: SessionsService;
+  jobs: JobsService;
   maintenance: Maintenance;
   /** This process's id as a lease owner. */
   instanceId: string;
@@ -63,13 +65,14 @@ export function createContext(opts: ContextOptions): AppContext {
     bus,
     log,
     instanceId,
-    settlers: { session: settleSessionRun, job: async () => {} },
+    settlers: { session: settleSessionRun, job: settleJobRun },
     maxConcurrent: config.MAX_CONCURRENT_RUNS,
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
   });
   const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
-  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId });
-  return { config, db, database, log, bus, registry, store, executor, ai, payments, stubPayments, settlement, sessions, maintenance, instanceId };
+  const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
+  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep()] });
+  return { config, db, database, log, bus, registry, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

@@ -36,6 +36,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
   const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
   if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
+  await ctx.jobs.sweep(embedded !== null);
   ctx.maintenance.start();
 
   const app = createApp(ctx);
@@ -55,6 +56,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
       server.close();
       const { interrupted } = await ctx.executor.drain(config.SHUTDOWN_GRACE_MS);
       if (interrupted > 0) log.warn({ interrupted }, 'interrupted and refunded runs still going after the grace period');
+      await ctx.jobs.drain();
       await ctx.maintenance.stop();
       server.closeAllConnections();
       await database.close();

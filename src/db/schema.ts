@@ -169,7 +169,12 @@ export const jobs = pgTable(
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
-  (t) => [uniqueIndex('jobs_run_uq').on(t.runId), index('jobs_state_idx').on(t.state)],
+  (t) => [
+    uniqueIndex('jobs_run_uq').on(t.runId),
+    index('jobs_state_idx').on(t.state),
+    // An invoice can be paid once: it may settle the refund of one job only.
+    uniqueIndex('jobs_refund_invoice_uq').on(t.refundInvoice).where(sql`${t.refundInvoice} is not null`),
+  ],
 );
 export type JobState =
   | 'awaiting_eval_payment'

@@ -1,5 +1,5 @@
 import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
-import type { RunStore } from './store.js';
+import { isLive, type RunStore } from './store.js';
 
 export type FeedItem = { kind: 'event'; event: RunEvent } | { kind: 'resync'; lastEventId: number };
 
@@ -84,11 +84,17 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
       });
       wake = null;
       if (!registry.get(runId) && queue.length === 0 && !signal.aborted) {
-        for (const e of await store.eventsAfter(runId, last, 1000)) {
+        const found = await store.eventsAfter(runId, last, 1000);
+        for (const e of found) {
           if (e.seq <= last) continue;
           last = e.seq;
           yield { kind: 'event', event: e };
           if (isTerminalEvent(e)) return;
+        }
+        if (found.length === 0) {
+          // Nothing new: a run that is gone, or ended at or before the cursor, has nothing more to say.
+          const row = await store.get(runId);
+          if (!row || (!isLive(row.state) && row.lastSeq <= last)) return;
         }
       }
     }

@@ -55,7 +55,7 @@ export function createMaintenance(deps: MaintenanceDeps) {
     await recoverOrphans(false);
     await expireSessions();
     await store.deleteFinishedBefore(new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000));
-    for (const extra of deps.extraSweeps ?? []) await extra();
+    for (const extra of extras) await extra();
   }
 
   function guarded(what: string, fn: () => Promise<unknown>) {
@@ -70,7 +70,13 @@ export function createMaintenance(deps: MaintenanceDeps) {
     };
   }
 
+  const extras = [...(deps.extraSweeps ?? [])];
+
   return {
+    /** Run `fn` on every sweep too. */
+    addSweep(fn: () => Promise<void> | void) {
+      extras.push(fn);
+    },
     recoverOrphans,
     expireSessions,
     sweep,

@@ -63,6 +63,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
       if (closed) return;
       closed = true;
       await ctx.executor.drain(0);
+      await ctx.jobs.drain();
       await ctx.maintenance.stop();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));

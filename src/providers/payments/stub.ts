@@ -15,6 +15,8 @@ export interface StubPaymentProvider extends PaymentProvider {
   markPaid(paymentHash: string): Promise<{ found: boolean; alreadyPaid: boolean }>;
 }
 
+const outgoingHash = (paymentRequest: string) => createHash('sha256').update(paymentRequest.trim()).digest('hex');
+
 const INVOICE = /^lnbcrt([1-9]\d{0,9})u1stub([0-9a-z]{1,200})$/;
 
 export function createStubPaymentProvider(db: Db): StubPaymentProvider {
@@ -47,12 +49,23 @@ export function createStubPaymentProvider(db: Db): StubPaymentProvider {
     async payInvoice(paymentRequest) {
       const decoded = this.decodeInvoice(paymentRequest);
       if (!decoded) throw new PaymentError('invalid_invoice', 'not an invoice this provider can pay');
-      const paymentHash = createHash('sha256').update(paymentRequest.trim()).digest('hex');
-      await db
+      const paymentHash = outgoingHash(paymentRequest);
+      const inserted = await db
         .insert(stubInvoices)
         .values({ paymentHash, paymentRequest: paymentRequest.trim(), amountSats: decoded.amountSats, direction: 'outgoing', state: 'paid', paidAt: new Date() })
-        .onConflictDoNothing();
+        .onConflictDoNothing()
+        .returning({ h: stubInvoices.paymentHash });
+      if (inserted.length === 0) throw new PaymentError('already_paid', 'this invoice has already been paid');
       return { paymentHash, amountSats: decoded.amountSats };
+    },
+
+    async lookupPayment(paymentRequest) {
+      const paymentHash = outgoingHash(paymentRequest);
+      const [row] = await db
+        .select({ paymentHash: stubInvoices.paymentHash })
+        .from(stubInvoices)
+        .where(and(eq(stubInvoices.paymentHash, paymentHash), eq(stubInvoices.direction, 'outgoing')));
+      return row ?? null;
     },
 
     onSettled(handler) {

@@ -9,8 +9,10 @@ export interface PaymentProvider {
   lookupInvoice(paymentHash: string): Promise<{ state: 'pending' | 'paid' } | null>;
   /** Read an invoice someone gave us to pay; null when it is not one this provider can pay. */
   decodeInvoice(paymentRequest: string): { amountSats: number } | null;
-  /** Pay an invoice. Idempotent per invoice: paying one already paid returns the same payment. */
+  /** Pay an invoice. Throws PaymentError('already_paid') for one that was paid before, as a node would. */
   payInvoice(paymentRequest: string): Promise<{ paymentHash: string; amountSats: number }>;
+  /** Our payment of an invoice, if we made one (to finish a payout a crash interrupted without paying twice). */
+  lookupPayment(paymentRequest: string): Promise<{ paymentHash: string } | null>;
   /** Be told when an invoice we created is settled. The provider awaits the handler. */
   onSettled(handler: (paymentHash: string) => Promise<void>): void;
 }

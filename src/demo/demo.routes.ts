@@ -1,0 +1,54 @@
+import { Router } from 'express';
+import { z } from 'zod';
+import type { AppContext } from '../context.js';
+import { AppError } from '../http/errors.js';
+import { parse } from '../http/validate.js';
+import { AiError } from '../providers/ai/types.js';
+import { createRateLimiter } from './rate-limit.js';
+
+/** How long a demo may take before it is cut off (it holds an HTTP request open, unlike real work). */
+const DEMO_TIMEOUT_MS = 10_000;
+
+/**
+ * `GET /api/demo?request=...`: a free, synchronous taste of the AI work, short (DEMO_MAX_TOKENS) and rate
+ * limited per client IP. The only endpoint that waits on the model, which is why it is small and capped.
+ */
+export function demoRoutes(ctx: AppContext): { router: Router; sweep: () => void } {
+  const r = Router();
+  const limiter = createRateLimiter({ limit: ctx.config.DEMO_RATE_LIMIT, windowMs: ctx.config.DEMO_RATE_WINDOW_S * 1000 });
+  const query = z.object({
+    request: z
+      .string({ error: 'request is required' })
+      .max(ctx.config.JOB_REQUEST_MAX_CHARS, `request must be at most ${ctx.config.JOB_REQUEST_MAX_CHARS} characters`)
+      .refine((s) => s.trim().length > 0, 'request must not be empty'),
+  });
+
+  r.get('/demo', async (req, res) => {
+    const { request } = parse(query, { request: typeof req.query.request === 'string' ? req.query.request : undefined }, 'query');
+    const hit = limiter.hit(req.ip ?? 'unknown');
+    if (!hit.ok) {
+      res.setHeader('Retry-After', String(hit.retryAfterS));
+      throw new AppError(429, 'rate_limited', `the demo allows ${ctx.config.DEMO_RATE_LIMIT} requests per ${ctx.config.DEMO_RATE_WINDOW_S} s; try again in ${hit.retryAfterS} s`, {
+        retryAfterSeconds: hit.retryAfterS,
+      });
+    }
+    res.setHeader('RateLimit-Remaining', String(hit.remaining));
+    const gone = new AbortController();
+    res.on('close', () => gone.abort());
+    const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(DEMO_TIMEOUT_MS)]);
+    let result = '';
+    try {
+      for await (const chunk of ctx.ai.stream({ input: request, maxTokens: ctx.config.DEMO_MAX_TOKENS }, signal)) {
+        if (chunk.type === 'token') result += chunk.content;
+      }
+    } catch (err) {
+      if (gone.signal.aborted) return;
+      if (signal.aborted) throw new AppError(504, 'timeout', `the demo took longer than ${DEMO_TIMEOUT_MS / 1000} s`);
+      if (err instanceof AiError) throw new AppError(502, err.code, err.message);
+      throw err;
+    }
+    res.json({ result });
+  });
+
+  return { router: r, sweep: () => limiter.sweep() };
+}

@@ -1,0 +1,100 @@
+import { Router } from 'express';
+import { z } from 'zod';
+import type { AppContext } from '../context.js';
+import { parse } from '../http/validate.js';
+import { cursorOf, openStream, pipeRun } from '../runs/stream.js';
+import { runFields } from '../runs/view.js';
+import { waitForJob } from './job-wait.js';
+import { RUN_STATES, type JobRow } from './jobs.service.js';
+
+export function jobRoutes(ctx: AppContext): Router {
+  const r = Router();
+  const { jobs } = ctx;
+  const createBody = z.object({
+    request: z
+      .string({ error: 'request must be a string' })
+      .max(ctx.config.JOB_REQUEST_MAX_CHARS, `request must be at most ${ctx.config.JOB_REQUEST_MAX_CHARS} characters`)
+      .refine((s) => s.trim().length > 0, 'request must not be empty'),
+  });
+  const refundBody = z.object({ invoice: z.string({ error: 'invoice must be a string' }).min(1, 'invoice is required').max(2000) });
+
+  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number } | undefined) =>
+    i && { paymentRequest: i.paymentRequest, paymentHash: i.paymentHash, amountSats: i.amountSats };
+
+  async function jobView(job: JobRow) {
+    const { evalInvoice, workInvoice } = await jobs.invoicesOf(job);
+    const run = RUN_STATES.includes(job.state) ? await ctx.store.get(job.runId) : undefined;
+    const fields = run && runFields(run, ctx.registry.get(run.id));
+    const ended = job.state === 'complete' || job.state === 'failed';
+    return {
+      jobId: job.id,
+      state: job.state,
+      request: job.request,
+      evalInvoice: invoiceView(evalInvoice),
+      ...(workInvoice ? { workInvoice: invoiceView(workInvoice) } : {}),
+      ...(job.pricing ? { pricingBreakdown: job.pricing } : {}),
+      ...(job.reason ? { reason: job.reason } : {}),
+      ...(fields ? { result: fields.result } : {}),
+      ...(job.errorMessage ? { errorMessage: job.errorMessage } : {}),
+      ...(ended && run
+        ? {
+            costLedger: {
+              actualInputTokens: run.inputTokens,
+              actualOutputTokens: run.outputTokens,
+              totalTokens: run.inputTokens + run.outputTokens,
+              actualAmountSats: run.chargedSats,
+              workAmountSats: run.debitedSats,
+              refundAmountSats: run.refundedSats,
+              refundState: run.refundedSats === 0 ? 'not_applicable' : job.refundState === 'paid' ? 'paid' : 'pending',
+              ...(job.refundPaymentHash ? { refundPaymentHash: job.refundPaymentHash } : {}),
+            },
+          }
+        : {}),
+      createdAt: job.createdAt.toISOString(),
+      updatedAt: job.updatedAt.toISOString(),
+    };
+  }
+
+  r.post('/jobs', async (req, res) => {
+    const body = parse(createBody, req.body);
+    const { job } = await jobs.create(body.request);
+    res.status(201).location(`/api/jobs/${job.id}`).json(await jobView(job));
+  });
+
+  r.get('/jobs/:id', async (req, res) => {
+    res.json(await jobView(await jobs.get(req.params.id)));
+  });
+
+  r.post('/jobs/:id/refund', async (req, res) => {
+    const job = await jobs.find(req.params.id);
+    const body = parse(refundBody, req.body);
+    res.json(await jobs.refund(job, body.invoice));
+  });
+
+  /**
+   * The job's tokens, whenever the stream is opened. Before the work has started it waits (woken by the bus,
+   * with a poll that also reconciles payments) up to JOB_STREAM_WAIT_S; then the run's feed takes over, which
+   * replays from the log and attaches live in one step, so a run that starts and ends in between is whole.
+   */
+  r.get('/jobs/:id/stream', async (req, res) => {
+    let job = await jobs.find(req.params.id);
+    const after = cursorOf(req);
+    const sse = openStream(ctx, req, res);
+    job = await waitForJob(ctx, job, sse.signal);
+    if (sse.signal.aborted) return sse.end();
+    if (job.state === 'rejected') {
+      await sse.send({ event: 'error', data: { state: 'rejected', code: 'rejected', message: job.reason ?? 'the job was rejected', reason: job.reason } });
+      return sse.end();
+    }
+    if (!RUN_STATES.includes(job.state)) {
+      await sse.send({
+        event: 'error',
+        data: { state: job.state, code: 'payment_timeout', message: `the job is still ${job.state} after ${ctx.config.JOB_STREAM_WAIT_S} s; pay its invoice and reconnect` },
+      });
+      return sse.end();
+    }
+    await pipeRun(ctx, sse, job.runId, after);
+  });
+
+  return r;
+}
