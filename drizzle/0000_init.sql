@@ -65,6 +65,7 @@ CREATE TABLE "runs" (
 	"result" text DEFAULT '' NOT NULL,
 	"error" jsonb,
 	"last_seq" integer DEFAULT 0 NOT NULL,
+	"cancel_requested" boolean DEFAULT false NOT NULL,
 	"lease_owner" text,
 	"lease_expires_at" timestamp with time zone,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,

@@ -8,6 +8,7 @@ import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
+import { runRoutes } from './runs/runs.routes.js';
 
 /** The Express app: JSON API under /api, one error envelope, a request id on every log line. */
 export function createApp(ctx: AppContext): express.Express {
@@ -45,6 +46,7 @@ export function createApp(ctx: AppContext): express.Express {
   });
   api.use(sessionRoutes(ctx));
   api.use(jobRoutes(ctx));
+  api.use(runRoutes(ctx));
   const demo = demoRoutes(ctx);
   api.use(demo.router);
   ctx.maintenance.addSweep(demo.sweep);

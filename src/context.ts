@@ -12,6 +12,7 @@ import { createExecutor, type Executor } from './runs/executor.js';
 import { createMaintenance, type Maintenance } from './runs/maintenance.js';
 import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
+import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
 
@@ -23,6 +24,8 @@ export interface AppContext {
   log: Logger;
   bus: Bus;
   registry: Registry;
+  /** Finished runs kept in memory for RUN_MEMORY_TTL_S. */
+  recent: RecentRuns;
   store: RunStore;
   executor: Executor;
   ai: AiProvider;
@@ -56,6 +59,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const payments = opts.payments ?? stubPayments!;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
   const store = createRunStore(db);
+  const recent = createRecentRuns({ ttlMs: config.RUN_MEMORY_TTL_S * 1000, max: config.RUN_MEMORY_MAX });
   const settlement = createSettlement({ db, bus, log, payments });
   const executor = createExecutor({
     db,
@@ -70,9 +74,13 @@ export function createContext(opts: ContextOptions): AppContext {
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
+    // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
+    onFinish: (run, events) => {
+      if (run.kind === 'session') recent.put(run, events);
+    },
   });
   const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
   const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
-  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep()] });
-  return { config, db, database, log, bus, registry, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep()] });
+  return { config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

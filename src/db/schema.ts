@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigint,
   bigserial,
+  boolean,
   check,
   index,
   integer,
@@ -113,6 +114,8 @@ export const runs = pgTable(
     error: jsonb('error').$type<{ code: string; message: string } | null>(),
     /** Highest persisted event seq. */
     lastSeq: integer('last_seq').notNull().default(0),
+    /** Set by a stop that reached another process; the owner sees it on its next event flush and aborts. */
+    cancelRequested: boolean('cancel_requested').notNull().default(false),
     leaseOwner: text('lease_owner'),
     leaseExpiresAt: ts('lease_expires_at'),
     createdAt: ts('created_at').notNull().defaultNow(),

@@ -25,6 +25,8 @@ export function createEventWriter(deps: {
   log: Logger;
   /** Called once if Postgres says another process has taken the run over. */
   onLeaseLost: () => void;
+  /** Called when Postgres says a stop was asked for through another process. */
+  onCancelRequested: () => void;
 }): EventWriter {
   let pending: RunEvent[] = [];
   let writing: Promise<void> | null = null;
@@ -45,12 +47,13 @@ export function createEventWriter(deps: {
     inFlight = batch.length;
     const text = batch.map((e) => (e.data as { content: string }).content).join('');
     try {
-      const ok = await deps.store.appendTokens(deps.runId, deps.owner, batch, text, tokensWritten + batch.length);
-      if (!ok) {
+      const outcome = await deps.store.appendTokens(deps.runId, deps.owner, batch, text, tokensWritten + batch.length);
+      if (outcome === 'lost') {
         leaseLost = true;
         deps.onLeaseLost();
         return;
       }
+      if (outcome === 'cancel') deps.onCancelRequested();
       tokensWritten += batch.length;
       deps.registry.markPersisted(deps.runId, batch[batch.length - 1]!.seq);
     } catch (err) {

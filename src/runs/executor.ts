@@ -5,7 +5,7 @@ import type { AiProvider, AiRequest } from '../providers/ai/types.js';
 import { AiError } from '../providers/ai/types.js';
 import { createEventWriter } from './event-writer.js';
 import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
-import type { Registry, RunEntry } from './registry.js';
+import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
 
 export interface ExecutorOptions {
@@ -24,6 +24,8 @@ export interface ExecutorOptions {
   flushMs: number;
   /** The executor waits for the event writer when this many events are unwritten (default 4 × buffer). */
   maxBacklog?: number;
+  /** Told of every run this process finished, with its whole event log when memory still holds all of it. */
+  onFinish?: (run: RunRow, events: RunEvent[] | null) => void;
 }
 
 /** Why a run's AbortController was aborted. */
@@ -55,13 +57,17 @@ export function createExecutor(opts: ExecutorOptions) {
 
   /** Publish a finish to whoever watches here, then let the registry forget the run. */
   function announce(entry: RunEntry | undefined, fin: Finished | undefined) {
+    let events: RunEvent[] | null = null;
     if (fin && entry) {
       entry.state = fin.run.state;
       opts.registry.publish(entry.runId, fin.final);
+      const snap = opts.registry.snapshot(entry.runId, 0);
+      if (snap.complete) events = snap.events;
     }
     if (entry) opts.registry.end(entry.runId);
     if (!fin?.won) return;
     const r = fin.run;
+    opts.onFinish?.(r, events);
     opts.bus.emit('run:finish', { runId: r.id, kind: r.kind, state: r.state, sessionId: r.sessionId, jobId: r.jobId });
     if (r.kind === 'session' && r.sessionId) {
       opts.bus.emit('session:request:complete', { sessionId: r.sessionId, requestId: r.id, state: r.state });
@@ -91,6 +97,8 @@ export function createExecutor(opts: ExecutorOptions) {
       return;
     }
     entry.state = 'executing';
+    entry.row = run;
+    if (run.cancelRequested) entry.controller.abort('cancelled');
     log.info({ kind: run.kind, maxTokens: run.maxTokens }, 'run started');
 
     const writer = createEventWriter({
@@ -103,6 +111,9 @@ export function createExecutor(opts: ExecutorOptions) {
       onLeaseLost: () => {
         log.warn('lease lost: another process finished this run');
         entry.controller.abort('interrupted');
+      },
+      onCancelRequested: () => {
+        if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
       },
     });
     const outcome = await stream(run, entry, writer, log);
@@ -138,7 +149,7 @@ export function createExecutor(opts: ExecutorOptions) {
   return {
     /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
     accept(run: RunRow): RunEntry {
-      const entry = opts.registry.open({ runId: run.id, kind: run.kind, sessionId: run.sessionId, jobId: run.jobId, state: run.state, lastSeq: run.lastSeq });
+      const entry = opts.registry.open({ row: run, runId: run.id, kind: run.kind, sessionId: run.sessionId, jobId: run.jobId, state: run.state, lastSeq: run.lastSeq });
       waiting.push(run.id);
       setImmediate(pump);
       return entry;

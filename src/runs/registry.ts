@@ -1,4 +1,5 @@
 import type { RunEventType, RunKind, RunState } from '../db/schema.js';
+import type { RunRow } from './store.js';
 
 /** One event of a run's log. `seq` starts at 1, grows by 1, and is the SSE `id:`. */
 export interface RunEvent {
@@ -18,6 +19,8 @@ export interface RunEntry {
   readonly kind: RunKind;
   readonly sessionId: string | null;
   readonly jobId: string | null;
+  /** The row as accepted, then as claimed: with the live fields below, enough to answer without Postgres. */
+  row: RunRow;
   /** Aborting it stops the provider call; the reason says why ('cancelled' or 'interrupted'). */
   readonly controller: AbortController;
   state: RunState;
@@ -63,7 +66,7 @@ export function createRegistry(opts: RegistryOptions = {}) {
 
   return {
     /** Register a run accepted by this process. Watchers waiting for it become its subscribers. */
-    open(info: { runId: string; kind: RunKind; sessionId: string | null; jobId: string | null; state: RunState; lastSeq: number }): RunEntry {
+    open(info: { row: RunRow; runId: string; kind: RunKind; sessionId: string | null; jobId: string | null; state: RunState; lastSeq: number }): RunEntry {
       if (entries.has(info.runId)) throw new Error(`run ${info.runId} is already registered`);
       const entry: Internal = {
         ...info,

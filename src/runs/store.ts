@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, inArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/pool.js';
 import { runEvents, runs } from '../db/schema.js';
 import type { RunEvent } from './registry.js';
@@ -37,19 +37,51 @@ export function createRunStore(db: Db) {
      * still executing under our lease, so a run another process has already finished is never written to.
      * Returns false when the lease was lost.
      */
-    async appendTokens(runId: string, owner: string, events: RunEvent[], text: string, outputTokens: number): Promise<boolean> {
-      if (events.length === 0) return true;
+    async appendTokens(runId: string, owner: string, events: RunEvent[], text: string, outputTokens: number): Promise<'ok' | 'lost' | 'cancel'> {
+      if (events.length === 0) return 'ok';
       const last = events[events.length - 1]!.seq;
       const payload = JSON.stringify(events.map((e) => ({ seq: e.seq, type: e.type, data: e.data })));
       const res = await db.execute(sql`
         with upd as (
           update runs set result = result || ${text}, output_tokens = ${outputTokens}, last_seq = ${last}
           where id = ${runId} and state = 'executing' and lease_owner = ${owner} and last_seq < ${last}
-          returning id
+          returning id, cancel_requested
+        ), ins as (
+          insert into run_events (run_id, seq, type, data)
+          select upd.id, e.seq, e.type, e.data from upd, jsonb_to_recordset(${payload}::jsonb) as e(seq int, type text, data jsonb)
         )
-        insert into run_events (run_id, seq, type, data)
-        select upd.id, e.seq, e.type, e.data from upd, jsonb_to_recordset(${payload}::jsonb) as e(seq int, type text, data jsonb)`);
+        select cancel_requested from upd`);
+      const row = res.rows[0] as { cancel_requested: boolean } | undefined;
+      return !row ? 'lost' : row.cancel_requested ? 'cancel' : 'ok';
+    },
+
+    /** Ask whichever process holds a live run to stop it (it checks on its next flush). */
+    async requestCancel(runId: string): Promise<boolean> {
+      const res = await db
+        .update(runs)
+        .set({ cancelRequested: true })
+        .where(and(eq(runs.id, runId), inArray(runs.state, [...LIVE_STATES])));
       return (res.rowCount ?? 0) > 0;
+    },
+
+    /**
+     * The caller's runs, newest first, after a keyset cursor (created_at, id). `cursorTs` is the exact
+     * Postgres timestamp text, so pagination never skips or repeats a run at microsecond ties.
+     */
+    async listForSession(sessionId: string, opts: { state?: string; limit: number; before?: { ts: string; id: string } }) {
+      return db
+        .select({ run: runs, cursorTs: sql<string>`to_char(${runs.createdAt} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')` })
+        .from(runs)
+        .where(
+          and(
+            eq(runs.sessionId, sessionId),
+            eq(runs.kind, 'session'),
+            opts.state ? eq(runs.state, opts.state as RunRow['state']) : undefined,
+            opts.before ? sql`(${runs.createdAt}, ${runs.id}) < (${opts.before.ts}::timestamptz, ${opts.before.id}::uuid)` : undefined,
+          ),
+        )
+        .orderBy(desc(runs.createdAt), desc(runs.id))
+        .limit(opts.limit);
     },
 
     async insertEvents(tx: DbOrTx, runId: string, events: RunEvent[]) {

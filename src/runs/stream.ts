@@ -4,6 +4,7 @@ import { badRequest } from '../http/errors.js';
 import { openSse, readCursor, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
 import type { Registry } from './registry.js';
+import type { FoundRun } from './lookup.js';
 import { isLive, type RunStore } from './store.js';
 
 export interface StreamDeps {
@@ -53,19 +54,21 @@ export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, a
  * The whole stream endpoint for a run whose row the caller has already authorised. A finished run whose
  * final event the client already has gets `204`, which tells EventSource to stop reconnecting.
  */
-export async function streamRun(
-  deps: StreamDeps,
-  req: Request,
-  res: Response,
-  run: { id: string; state: string; lastSeq: number },
-  preamble?: { event: string; data: unknown },
-): Promise<void> {
+export async function streamRun(deps: StreamDeps, req: Request, res: Response, found: FoundRun, preamble?: { event: string; data: unknown }): Promise<void> {
+  const run = found.row;
   const after = cursorOf(req);
-  if (!isLive(run.state) && after >= run.lastSeq && !deps.registry.get(run.id)) {
+  if (!found.live && !isLive(run.state) && after >= run.lastSeq) {
     res.status(204).end();
     return;
   }
   const sse = openStream(deps, req, res);
   if (preamble) await sse.send(preamble);
+  if (found.events && !isLive(run.state)) {
+    // A recently finished run whose whole log is in memory: no need to touch Postgres.
+    for (const e of found.events) {
+      if (e.seq > after && !(await sse.send({ id: e.seq, event: e.type, data: e.data }))) break;
+    }
+    return sse.end();
+  }
   await pipeRun(deps, sse, run.id, after);
 }

@@ -5,7 +5,7 @@ import { bearerToken } from '../http/auth.js';
 import { isUuid, parse } from '../http/validate.js';
 import { sessionLedger } from '../ledger/ledger.js';
 import { streamRun } from '../runs/stream.js';
-import type { RunRow } from '../runs/store.js';
+import { findRun, type FoundRun } from '../runs/lookup.js';
 import { runFields } from '../runs/view.js';
 import { createSessionBody, requestBody, topupBody } from './sessions.schemas.js';
 import type { SessionRow } from './sessions.service.js';
@@ -24,13 +24,13 @@ export function sessionRoutes(ctx: AppContext): Router {
   });
 
   /** A request of this session, or 404 (also for another session's run: ids are not probeable). */
-  async function ownRun(session: SessionRow, requestId: string | undefined): Promise<RunRow> {
-    const run = isUuid(requestId) ? await ctx.store.get(requestId) : undefined;
-    if (!run || run.kind !== 'session' || run.sessionId !== session.id) throw notFound('request');
-    return run;
+  async function ownRun(session: SessionRow, requestId: string | undefined): Promise<FoundRun> {
+    const found = isUuid(requestId) ? await findRun(ctx, requestId) : undefined;
+    if (!found || found.row.kind !== 'session' || found.row.sessionId !== session.id) throw notFound('request');
+    return found;
   }
 
-  const requestView = (run: RunRow) => ({ requestId: run.id, sessionId: run.sessionId, ...runFields(run, ctx.registry.get(run.id)) });
+  const requestView = ({ row, live }: FoundRun) => ({ requestId: row.id, sessionId: row.sessionId, ...runFields(row, live) });
 
   r.post('/sessions', async (req, res) => {
     const body = parse(createSessionBody(ctx.config), req.body);
@@ -75,8 +75,7 @@ export function sessionRoutes(ctx: AppContext): Router {
 
   r.get('/sessions/:id/requests/:requestId/stream', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req, true), req.params.id);
-    const run = await ownRun(session, req.params.requestId);
-    await streamRun(ctx, req, res, run);
+    await streamRun(ctx, req, res, await ownRun(session, req.params.requestId));
   });
 
   return r;

@@ -1,0 +1,116 @@
+import { Router, type Request } from 'express';
+import { z } from 'zod';
+import type { AppContext } from '../context.js';
+import { AppError, conflict, notFound } from '../http/errors.js';
+import { bearerToken } from '../http/auth.js';
+import { isUuid, parse } from '../http/validate.js';
+import type { SessionRow } from '../sessions/sessions.service.js';
+import { findRun, type FoundRun } from './lookup.js';
+import { isLive } from './store.js';
+import { streamRun } from './stream.js';
+import { runFields } from './view.js';
+
+const STATES = ['queued', 'executing', 'complete', 'failed', 'cancelled', 'interrupted'] as const;
+
+/** An opaque keyset cursor that names its session, so one session's cursor is refused by another. */
+const encodeCursor = (sessionId: string, ts: string, id: string) => Buffer.from(JSON.stringify({ s: sessionId, t: ts, i: id })).toString('base64url');
+function decodeCursor(cursor: string, sessionId: string): { ts: string; id: string } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    parsed = null;
+  }
+  const c = parsed as { s?: unknown; t?: unknown; i?: unknown } | null;
+  const ok = c && c.s === sessionId && typeof c.t === 'string' && !Number.isNaN(Date.parse(c.t)) && isUuid(c.i);
+  if (!ok) throw new AppError(400, 'invalid_cursor', 'cursor is not one this endpoint gave you');
+  return { ts: c.t as string, id: c.i as string };
+}
+
+/**
+ * The runs API: every piece of AI work a session paid for — list, get, stream with resume, stop, delete.
+ * A run of another session answers exactly as no run at all (404). A job's run is reached through its job.
+ */
+export function runRoutes(ctx: AppContext): Router {
+  const r = Router();
+  const listQuery = z.object({
+    state: z.enum(STATES, { error: `state must be one of ${STATES.join(', ')}` }).optional(),
+    limit: z.coerce.number({ error: 'limit must be a number' }).int('limit must be a whole number').min(1, 'limit must be at least 1').max(100, 'limit must be at most 100').default(20),
+    cursor: z.string().min(1).max(500).optional(),
+  });
+
+  const auth = (req: Request, allowQuery = false) => ctx.sessions.authenticate(bearerToken(req, allowQuery));
+
+  async function ownRun(session: SessionRow, runId: string | undefined): Promise<FoundRun> {
+    const found = isUuid(runId) ? await findRun(ctx, runId) : undefined;
+    if (!found || found.row.kind !== 'session' || found.row.sessionId !== session.id) throw notFound('run');
+    return found;
+  }
+
+  const view = ({ row, live }: FoundRun) => {
+    const self = `/api/runs/${row.id}`;
+    return { runId: row.id, kind: row.kind, ...runFields(row, live), links: { self, stream: `${self}/stream`, stop: `${self}/stop` } };
+  };
+
+  r.get('/runs', async (req, res) => {
+    const session = await auth(req);
+    const q = parse(listQuery, req.query, 'query');
+    const before = q.cursor ? decodeCursor(q.cursor, session.id) : undefined;
+    const rows = await ctx.store.listForSession(session.id, { state: q.state, limit: q.limit + 1, before });
+    const page = rows.slice(0, q.limit);
+    const last = page.at(-1);
+    res.json({
+      data: page.map(({ run }) => view({ row: run, live: ctx.registry.get(run.id) })),
+      nextCursor: rows.length > q.limit && last ? encodeCursor(session.id, last.cursorTs, last.run.id) : null,
+    });
+  });
+
+  r.get('/runs/:runId', async (req, res) => {
+    const session = await auth(req);
+    res.json(view(await ownRun(session, req.params.runId)));
+  });
+
+  r.get('/runs/:runId/stream', async (req, res) => {
+    const session = await auth(req, true);
+    const found = await ownRun(session, req.params.runId);
+    const state = found.live?.state ?? found.row.state;
+    // The first frame says what the run is; it has no id, so it never moves a client's cursor.
+    await streamRun(ctx, req, res, found, { event: 'run', data: { runId: found.row.id, state } });
+  });
+
+  /**
+   * Stop a queued or executing run: here by aborting its provider call, or — when another process holds it —
+   * by a flag that process reads on its next event flush. Stopping an ended run is harmless: 200 with the run.
+   */
+  r.post('/runs/:runId/stop', async (req, res) => {
+    const session = await auth(req);
+    const found = await ownRun(session, req.params.runId);
+    const state = found.live?.state ?? found.row.state;
+    if (!isLive(state)) {
+      res.status(200).json(view(found));
+      return;
+    }
+    const local = ctx.executor.stop(found.row.id, 'cancelled');
+    if (!local && !(await ctx.store.requestCancel(found.row.id))) {
+      // It ended between our read and the stop.
+      res.status(200).json(view((await findRun(ctx, found.row.id)) ?? found));
+      return;
+    }
+    res.status(202).json({ runId: found.row.id, state: 'cancelling' });
+  });
+
+  /** Forget a finished run's input, output and events. Its ledger rows stay: money history is never deleted. */
+  r.delete('/runs/:runId', async (req, res) => {
+    const session = await auth(req);
+    const found = await ownRun(session, req.params.runId);
+    if (found.live || isLive(found.row.state)) throw conflict('run_active', 'the run is still active; stop it first');
+    ctx.recent.delete(found.row.id);
+    if (!(await ctx.store.delete(found.row.id))) {
+      const again = await ctx.store.get(found.row.id);
+      if (again) throw conflict('run_active', 'the run is still active; stop it first');
+    }
+    res.status(204).end();
+  });
+
+  return r;
+}
