@@ -71,6 +71,8 @@ export const configSchema = z
     SSE_PING_MS: int(15_000, 10),
     SSE_RETRY_MS: int(2_000, 0),
     SSE_MAX_QUEUE: int(2_048, 16),
+    /** SSE: a client that reads nothing for this long while its socket buffer is full is disconnected. */
+    SSE_WRITE_TIMEOUT_MS: int(30_000, 100),
     /** SSE: how often a stream of a run this process does not execute re-reads Postgres. */
     SSE_POLL_MS: int(1_000, 10),
 

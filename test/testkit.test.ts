@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from './helpers/global-setup.js';
 import { startServerProcess, type ServerProcess } from './helpers/process.js';
 import { client, type Client } from './testkit/client.js';
-import { sessionFlow } from './testkit/session-flow.js';
+import { runAll } from './testkit/index.js';
 
 /**
  * End to end: the real server process with its own embedded Postgres (as `npm start` runs it), or the
@@ -35,7 +35,7 @@ afterAll(async () => {
 });
 
 describe('testkit', () => {
-  it('walks the session flow over HTTP', async () => {
-    await sessionFlow(api);
+  it('walks the session, job and runs flows over HTTP', async () => {
+    await runAll(api);
   });
 });

@@ -2,7 +2,7 @@ import { Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { AppError } from '../http/errors.js';
-import { parse } from '../http/validate.js';
+import { parse, requestText } from '../http/validate.js';
 import { AiError } from '../providers/ai/types.js';
 import { createRateLimiter } from './rate-limit.js';
 
@@ -17,10 +17,7 @@ export function demoRoutes(ctx: AppContext): { router: Router; sweep: () => void
   const r = Router();
   const limiter = createRateLimiter({ limit: ctx.config.DEMO_RATE_LIMIT, windowMs: ctx.config.DEMO_RATE_WINDOW_S * 1000 });
   const query = z.object({
-    request: z
-      .string({ error: 'request is required' })
-      .max(ctx.config.JOB_REQUEST_MAX_CHARS, `request must be at most ${ctx.config.JOB_REQUEST_MAX_CHARS} characters`)
-      .refine((s) => s.trim().length > 0, 'request must not be empty'),
+    request: requestText(ctx.config.JOB_REQUEST_MAX_CHARS),
   });
 
   r.get('/demo', async (req, res) => {

@@ -17,6 +17,8 @@ export interface SseStream {
 export interface SseOptions {
   retryMs: number;
   pingMs: number;
+  /** A client that reads nothing for this long while its buffer is full is disconnected (default 30 000). */
+  writeTimeoutMs?: number;
 }
 
 export function openSse(req: Request, res: Response, opts: SseOptions): SseStream {
@@ -31,7 +33,8 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   req.socket.setKeepAlive(true);
 
   const ping = setInterval(() => {
-    if (!res.writableEnded) res.write(': ping\n\n');
+    // A client whose buffer is already full needs no more bytes from us.
+    if (!res.writableEnded && !res.writableNeedDrain) res.write(': ping\n\n');
   }, opts.pingMs);
   ping.unref();
   const finish = () => {
@@ -39,7 +42,10 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
     if (!controller.signal.aborted) controller.abort();
   };
   res.on('close', finish);
+  // The client may have gone while the route was still authorising: 'close' has then fired already.
+  if (res.destroyed || req.socket.destroyed) finish();
   res.write(`retry: ${opts.retryMs}\n\n`);
+  const writeTimeoutMs = opts.writeTimeoutMs ?? 30_000;
 
   return {
     signal: controller.signal,
@@ -47,9 +53,12 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
       if (controller.signal.aborted || res.writableEnded) return false;
       const frame = `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
       if (res.write(frame)) return true;
-      // The socket buffer is full: wait for room or for the client to leave, never forever.
+      // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
+      // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
       await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => res.destroy(), writeTimeoutMs);
         const done = () => {
+          clearTimeout(timer);
           res.off('drain', done);
           controller.signal.removeEventListener('abort', done);
           resolve();

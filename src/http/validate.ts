@@ -1,4 +1,4 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import { AppError } from './errors.js';
 
 /** Parse `input` with `schema`, or throw `400 invalid_request` with the zod issues as details. */
@@ -16,4 +16,16 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** A path id that is not a UUID names nothing: answer 404 as for an unknown one (and keep it out of SQL). */
 export function isUuid(value: unknown): value is string {
   return typeof value === 'string' && UUID.test(value);
+}
+
+/**
+ * The text of a request for AI work: a non-blank string of at most `max` characters, without NUL (which
+ * Postgres text cannot hold, so it must be a 400 here rather than a 500 later).
+ */
+export function requestText(max: number, name = 'request') {
+  return z
+    .string({ error: `${name} must be a string` })
+    .max(max, `${name} must be at most ${max} characters`)
+    .refine((s) => s.trim().length > 0, `${name} must not be empty`)
+    .refine((s) => !s.includes('\u0000'), `${name} must not contain NUL characters`);
 }

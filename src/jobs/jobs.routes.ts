@@ -1,7 +1,7 @@
 import { Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
-import { parse } from '../http/validate.js';
+import { parse, requestText } from '../http/validate.js';
 import { cursorOf, openStream, pipeRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { waitForJob } from './job-wait.js';
@@ -11,10 +11,7 @@ export function jobRoutes(ctx: AppContext): Router {
   const r = Router();
   const { jobs } = ctx;
   const createBody = z.object({
-    request: z
-      .string({ error: 'request must be a string' })
-      .max(ctx.config.JOB_REQUEST_MAX_CHARS, `request must be at most ${ctx.config.JOB_REQUEST_MAX_CHARS} characters`)
-      .refine((s) => s.trim().length > 0, 'request must not be empty'),
+    request: requestText(ctx.config.JOB_REQUEST_MAX_CHARS),
   });
   const refundBody = z.object({ invoice: z.string({ error: 'invoice must be a string' }).min(1, 'invoice is required').max(2000) });
 

@@ -103,7 +103,7 @@ export function createJobsService(deps: JobsDeps) {
       pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats },
       debitedSats: inv.amountSats,
       leaseOwner: deps.instanceId,
-      leaseExpiresAt: new Date(Date.now() + config.LEASE_TTL_S * 1000),
+      leaseTtlS: config.LEASE_TTL_S,
     });
     return () => {
       emit(jobId, 'executing');

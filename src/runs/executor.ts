@@ -31,6 +31,12 @@ export interface ExecutorOptions {
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
 
+/** Attempts to record a run's end before leaving it to recovery (backoff 100 ms · 2^n: about 3 s in all). */
+const FINISH_RETRIES = 5;
+
+/** Postgres text cannot hold NUL; a provider that sends one must not wedge the run. */
+const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') : s);
+
 /**
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
  * (Postgres) → finish transaction (state + money) → bus. HTTP handlers only call `accept` and `stop`, which
@@ -40,7 +46,11 @@ export function createExecutor(opts: ExecutorOptions) {
   const waiting: string[] = [];
   const running = new Map<string, Promise<void>>();
   const maxBacklog = opts.maxBacklog ?? 2048;
+  /** Runs whose end could not be recorded: their leases are no longer renewed, so recovery takes them. */
+  const abandoned = new Set<string>();
   let accepting = true;
+  /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
+  let admitting = 0;
 
   function pump() {
     while (running.size < opts.maxConcurrent && waiting.length > 0) {
@@ -74,8 +84,34 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
+  /**
+   * Finish (retrying while Postgres is unwell), then announce. If it cannot be recorded at all, readers are told
+   * so and the run is let go: this process stops renewing its lease, so recovery refunds it in full later.
+   */
   async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending = [] as Parameters<typeof finishRun>[3]) {
-    const fin = await finishRun(opts, runId, outcome, pending);
+    let fin: Finished | undefined;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        fin = await finishRun(opts, runId, outcome, pending);
+        break;
+      } catch (err) {
+        if (attempt >= FINISH_RETRIES) {
+          opts.log.error({ err, runId }, 'could not record the end of a run; leaving it to recovery');
+          abandoned.add(runId);
+          if (entry) {
+            opts.registry.publish(runId, {
+              seq: entry.lastSeq + 1,
+              type: 'error',
+              data: { state: 'failed', code: 'internal', message: 'the outcome of this run could not be recorded; it will be refunded in full', refundedSats: 0 },
+            });
+            opts.registry.end(runId);
+          }
+          return undefined;
+        }
+        opts.log.warn({ err, runId, attempt }, 'finishing a run failed; retrying');
+        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      }
+    }
     announce(entry, fin);
     return fin;
   }
@@ -132,7 +168,7 @@ export function createExecutor(opts: ExecutorOptions) {
           usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
           continue;
         }
-        writer.add(opts.registry.append(run.id, 'token', { content: chunk.content }));
+        writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
         // Postgres is slower than the model: let the writer catch up rather than grow without bound.
         if (writer.backlog >= maxBacklog) await writer.flush();
       }
@@ -151,12 +187,33 @@ export function createExecutor(opts: ExecutorOptions) {
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open({ row: run, runId: run.id, kind: run.kind, sessionId: run.sessionId, jobId: run.jobId, state: run.state, lastSeq: run.lastSeq });
       waiting.push(run.id);
-      setImmediate(pump);
+      if (accepting) setImmediate(pump);
+      // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
+      else this.stop(run.id, 'interrupted');
       return entry;
     },
 
     get accepting() {
       return accepting;
+    },
+
+    /**
+     * Reserve the right to accept one run (call before its debit transaction; release after `accept`).
+     * Throws-free: returns null once shutdown has begun, so the caller answers 503 before taking any money.
+     */
+    admit(): (() => void) | null {
+      if (!accepting) return null;
+      admitting++;
+      let released = false;
+      return () => {
+        if (!released) admitting--;
+        released = true;
+      };
+    },
+
+    /** Runs this process holds but has given up on (lease renewal skips them). */
+    abandoned(): string[] {
+      return [...abandoned];
     },
 
     /**
@@ -171,14 +228,22 @@ export function createExecutor(opts: ExecutorOptions) {
       if (i >= 0) {
         waiting.splice(i, 1);
         const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
-        running.set(runId, p.finally(() => running.delete(runId)));
+        running.set(
+          runId,
+          p.finally(() => {
+            running.delete(runId);
+            pump();
+          }),
+        );
       }
       return true;
     },
 
     /** Finish a run no live process holds (recovery): interrupted, refunded in full. */
     async interruptOrphan(runId: string): Promise<boolean> {
-      const fin = await finishAndAnnounce(opts.registry.get(runId), runId, { state: 'interrupted' });
+      const fin = await finishRun(opts, runId, { state: 'interrupted' });
+      if (fin) abandoned.delete(runId);
+      announce(opts.registry.get(runId), fin);
       return Boolean(fin?.won);
     },
 
@@ -188,6 +253,9 @@ export function createExecutor(opts: ExecutorOptions) {
      */
     async drain(graceMs: number): Promise<{ interrupted: number }> {
       accepting = false;
+      // Requests already past the accepting check finish their debit and hand us their run first.
+      const admitDeadline = Date.now() + 5_000;
+      while (admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
       for (const id of [...waiting]) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;
       while (running.size > 0 && Date.now() < deadline) {

@@ -17,6 +17,8 @@ export interface FeedOptions {
   pollMs: number;
 }
 
+const PAGE = 1000;
+
 /**
  * Every event of a run after a cursor, exactly once and in order, then live ones, ending with the final event.
  *
@@ -24,6 +26,9 @@ export interface FeedOptions {
  * subscriber (or, for a run not live here, a watcher that a later `open` adopts). Only then do we read Postgres
  * for anything older than the buffer. Whatever the timing — a run that starts, streams and ends while we read —
  * each event is in the log, the snapshot, or the live queue; duplicates are dropped by seq.
+ *
+ * A reader that falls `maxQueue` events behind stops receiving (so it cannot grow memory or skip an event
+ * silently): it gets what it had queued, then a resync hint naming the last id it was sent.
  */
 export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   const { registry, store, runId, signal } = opts;
@@ -31,6 +36,7 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   let overflow = false;
   let wake: (() => void) | null = null;
   const onEvent = (e: RunEvent) => {
+    if (overflow) return;
     if (queue.length >= opts.maxQueue) overflow = true;
     else queue.push(e);
     wake?.();
@@ -42,28 +48,63 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   let last = opts.after;
   const onAbort = () => wake?.();
   signal.addEventListener('abort', onAbort);
+
+  /** Log pages after `last` up to `until` (inclusive); false if the log had a hole (it cannot, but never skip). */
+  async function* fromLog(until = Infinity): AsyncGenerator<RunEvent, boolean> {
+    while (last < until && !signal.aborted) {
+      const want = Math.min(PAGE, until - last);
+      const page = await store.eventsAfter(runId, last, want);
+      for (const e of page) {
+        if (e.seq !== last + 1) return false;
+        yield e; // the caller moves `last` on before asking for the next one
+      }
+      if (page.length < want) return until === Infinity || last >= until;
+    }
+    return true;
+  }
+
   try {
-    // Oldest first: Postgres (only if the buffer does not reach back to the cursor), the snapshot, then live.
-    const fromDb = snap.complete ? [] : await store.eventsAfter(runId, opts.after);
-    for (const e of [...fromDb, ...snap.events]) {
+    // Oldest first: Postgres (only up to where the buffer begins), the snapshot, then live events.
+    if (!snap.complete) {
+      const firstBuffered = snap.events[0]?.seq;
+      const log = fromLog(firstBuffered !== undefined ? firstBuffered - 1 : Infinity);
+      let n = await log.next();
+      for (; !n.done; n = await log.next()) {
+        last = n.value.seq;
+        yield { kind: 'event', event: n.value };
+        if (isTerminalEvent(n.value)) return;
+      }
+      if (!n.value && !signal.aborted) {
+        yield { kind: 'resync', lastEventId: last };
+        return;
+      }
+    }
+    for (const e of snap.events) {
       if (signal.aborted) return;
-      if (e.seq <= last) continue;
-      last = e.seq;
+      if (e.seq <= last && !isTerminalEvent(e)) continue;
+      last = Math.max(last, e.seq);
       yield { kind: 'event', event: e };
       if (isTerminalEvent(e)) return;
     }
     for (;;) {
       while (queue.length > 0) {
         const e = queue.shift()!;
-        if (e.seq <= last) continue;
+        // A final event always ends the stream, even one another process wrote with a seq we already passed.
+        if (e.seq <= last && !isTerminalEvent(e)) continue;
         if (e.seq > last + 1) {
-          // A gap: the live stream got ahead of what we have read (only across processes); fill it from the log.
-          for (const g of await store.eventsAfter(runId, last, e.seq - last - 1)) {
-            last = g.seq;
-            yield { kind: 'event', event: g };
+          // The live stream got ahead of what we have read (a watcher adopted mid-run): fill from the log.
+          const log = fromLog(e.seq - 1);
+          let n = await log.next();
+          for (; !n.done; n = await log.next()) {
+            last = n.value.seq;
+            yield { kind: 'event', event: n.value };
+          }
+          if (!n.value) {
+            yield { kind: 'resync', lastEventId: last };
+            return;
           }
         }
-        last = e.seq;
+        last = Math.max(last, e.seq);
         yield { kind: 'event', event: e };
         if (isTerminalEvent(e)) return;
       }
@@ -74,7 +115,6 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
       }
       const localEntry = registry.get(runId);
       await new Promise<void>((resolve) => {
-        wake = resolve;
         // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it.
         const timer = localEntry ? null : setTimeout(resolve, opts.pollMs);
         wake = () => {
@@ -84,17 +124,26 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
       });
       wake = null;
       if (!registry.get(runId) && queue.length === 0 && !signal.aborted) {
-        const found = await store.eventsAfter(runId, last, 1000);
-        for (const e of found) {
-          if (e.seq <= last) continue;
-          last = e.seq;
+        let got = 0;
+        for await (const e of fromLog()) {
+          got++;
+          last = Math.max(last, e.seq);
           yield { kind: 'event', event: e };
           if (isTerminalEvent(e)) return;
         }
-        if (found.length === 0) {
-          // Nothing new: a run that is gone, or ended at or before the cursor, has nothing more to say.
+        if (got === 0) {
+          // Nothing new. A run that is gone has nothing more to say; one that ended at our cursor neither.
+          // One whose final event sits *before* our cursor (another process finished it after we were sent
+          // tokens it never persisted) still owes us its outcome.
           const row = await store.get(runId);
-          if (!row || (!isLive(row.state) && row.lastSeq <= last)) return;
+          if (!row) return;
+          if (!isLive(row.state) && row.lastSeq <= last) {
+            if (row.lastSeq < last) {
+              const [final] = await store.eventsAfter(runId, row.lastSeq - 1, 1);
+              if (final) yield { kind: 'event', event: final };
+            }
+            return;
+          }
         }
       }
     }

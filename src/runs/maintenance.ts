@@ -53,6 +53,8 @@ export function createMaintenance(deps: MaintenanceDeps) {
 
   async function sweep(): Promise<void> {
     await recoverOrphans(false);
+    // Runs this process gave up recording (Postgres was down at their end): finish them now it is back.
+    for (const id of deps.executor.abandoned()) await deps.executor.interruptOrphan(id);
     await expireSessions();
     await store.deleteFinishedBefore(new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000));
     for (const extra of extras) await extra();
@@ -82,7 +84,7 @@ export function createMaintenance(deps: MaintenanceDeps) {
     sweep,
     start() {
       heartbeat = setInterval(() => {
-        store.renewLeases(deps.instanceId, config.LEASE_TTL_S).catch((err) => log.error({ err }, 'renewing leases failed'));
+        store.renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.abandoned()).catch((err) => log.error({ err }, 'renewing leases failed'));
       }, Math.max(100, (config.LEASE_TTL_S * 1000) / 3));
       sweeper = setInterval(guarded('sweep', sweep), config.SWEEP_INTERVAL_S * 1000);
       heartbeat.unref();

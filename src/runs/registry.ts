@@ -98,8 +98,10 @@ export function createRegistry(opts: RegistryOptions = {}) {
     publish(runId: string, event: RunEvent): RunEvent {
       const entry = entries.get(runId);
       if (!entry) throw new Error(`run ${runId} is not registered`);
-      if (event.seq <= entry.lastSeq) return event; // already published
-      entry.lastSeq = event.seq;
+      // Already published — unless it is a final event, which always reaches the subscribers (another process
+      // that finished the run may have numbered it below tokens this one streamed but never persisted).
+      if (event.seq <= entry.lastSeq && !isTerminalEvent(event)) return event;
+      entry.lastSeq = Math.max(entry.lastSeq, event.seq);
       if (event.type === 'token') {
         entry.result += (event.data as { content: string }).content;
         entry.outputTokens += 1;

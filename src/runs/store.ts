@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, inArray, notInArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/pool.js';
 import { runEvents, runs } from '../db/schema.js';
 import type { RunEvent } from './registry.js';
@@ -12,9 +12,14 @@ export const isLive = (state: string) => state === 'queued' || state === 'execut
 /** The runs table and its event log: every SQL statement about runs lives here. */
 export function createRunStore(db: Db) {
   return {
-    async insert(tx: DbOrTx, values: NewRun): Promise<RunRow> {
-      const [row] = await tx.insert(runs).values(values).returning();
-      return row!;
+    /** Insert a run; with `leaseTtlS`, its lease runs from Postgres's clock (the one recovery compares with). */
+    async insert(tx: DbOrTx, values: NewRun & { leaseTtlS?: number }): Promise<RunRow> {
+      const { leaseTtlS, ...row } = values;
+      const [inserted] = await tx
+        .insert(runs)
+        .values({ ...row, ...(leaseTtlS ? { leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` } : {}) })
+        .returning();
+      return inserted!;
     },
 
     async get(runId: string, tx: DbOrTx = db): Promise<RunRow | undefined> {
@@ -52,7 +57,11 @@ export function createRunStore(db: Db) {
         )
         select cancel_requested from upd`);
       const row = res.rows[0] as { cancel_requested: boolean } | undefined;
-      return !row ? 'lost' : row.cancel_requested ? 'cancel' : 'ok';
+      if (row) return row.cancel_requested ? 'cancel' : 'ok';
+      // Nothing matched. A retry of a batch that did commit (the reply was lost) is fine; anything else means
+      // another process finished the run.
+      const [now] = await db.select({ state: runs.state, owner: runs.leaseOwner, lastSeq: runs.lastSeq }).from(runs).where(eq(runs.id, runId));
+      return now && now.state === 'executing' && now.owner === owner && now.lastSeq >= last ? 'ok' : 'lost';
     },
 
     /** Ask whichever process holds a live run to stop it (it checks on its next flush). */
@@ -100,11 +109,11 @@ export function createRunStore(db: Db) {
     },
 
     /** Keep our leases fresh: a run whose lease runs out is presumed orphaned by a dead process. */
-    async renewLeases(owner: string, leaseTtlS: number): Promise<number> {
+    async renewLeases(owner: string, leaseTtlS: number, except: string[] = []): Promise<number> {
       const res = await db
         .update(runs)
         .set({ leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
-        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES])));
+        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES]), except.length ? notInArray(runs.id, except) : undefined));
       return res.rowCount ?? 0;
     },
 
@@ -116,9 +125,9 @@ export function createRunStore(db: Db) {
         .where(
           and(
             inArray(runs.state, [...LIVE_STATES]),
-            everyone
-              ? sql`${runs.leaseOwner} is distinct from ${owner}`
-              : sql`(${runs.leaseExpiresAt} is null or ${runs.leaseExpiresAt} < now())`,
+            // Never our own runs: this process is alive, and it finishes (or abandons) what it holds itself.
+            sql`${runs.leaseOwner} is distinct from ${owner}`,
+            everyone ? undefined : sql`(${runs.leaseExpiresAt} is null or ${runs.leaseExpiresAt} < now())`,
           ),
         )
         .limit(limit);

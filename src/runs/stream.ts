@@ -21,7 +21,7 @@ export function cursorOf(req: Request): number {
 }
 
 export function openStream(deps: StreamDeps, req: Request, res: Response): SseStream {
-  return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS });
+  return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
 }
 
 /**
@@ -57,7 +57,8 @@ export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, a
 export async function streamRun(deps: StreamDeps, req: Request, res: Response, found: FoundRun, preamble?: { event: string; data: unknown }): Promise<void> {
   const run = found.row;
   const after = cursorOf(req);
-  if (!found.live && !isLive(run.state) && after >= run.lastSeq) {
+  // (A cursor *past* the log — tokens another process streamed but never persisted — still gets the outcome.)
+  if (!found.live && !isLive(run.state) && after === run.lastSeq) {
     res.status(204).end();
     return;
   }

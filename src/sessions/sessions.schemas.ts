@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { Config } from '../config.js';
+import { requestText } from '../http/validate.js';
 
 const sats = (c: Config) =>
   z
@@ -13,10 +14,7 @@ export const topupBody = createSessionBody;
 
 export const requestBody = (c: Config) =>
   z.object({
-    request: z
-      .string({ error: 'request must be a string' })
-      .max(c.REQUEST_MAX_CHARS, `request must be at most ${c.REQUEST_MAX_CHARS} characters`)
-      .refine((s) => s.trim().length > 0, 'request must not be empty'),
+    request: requestText(c.REQUEST_MAX_CHARS),
     max_tokens: z
       .number({ error: 'max_tokens must be a whole number' })
       .int('max_tokens must be a whole number')

@@ -117,51 +117,61 @@ export function createSessionsService(deps: SessionsDeps) {
     },
 
     /**
-     * Debit the estimate and insert the run in one transaction, then hand the run to the executor.
-     * Returns at once: the work happens in the background.
+     * Take a request: 503 once shutdown has begun, else debit and accept. Returns at once: the work happens
+     * in the background.
      */
     async request(session: SessionRow, input: { request: string; maxTokens?: number }) {
-      if (!deps.executor.accepting) throw new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
       if (session.state !== 'active') {
         throw conflict('session_not_active', `the session is ${session.state}`, { state: session.state });
       }
-      const maxTokens = input.maxTokens ?? config.DEFAULT_MAX_TOKENS;
-      const prices = priceSnapshot(config);
-      const required = estimateSats(prices, input.request, maxTokens);
-      const runId = randomUUID();
-      const out = await db.transaction(async (tx) => {
-        const balance = await debitSession(tx, { sessionId: session.id, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
-        if (balance === null) return null;
-        const run = await deps.store.insert(tx, {
-          id: runId,
-          kind: 'session',
-          sessionId: session.id,
-          state: 'queued',
-          request: input.request,
-          maxTokens,
-          pricing: prices,
-          debitedSats: required,
-          leaseOwner: deps.instanceId,
-          leaseExpiresAt: new Date(Date.now() + config.LEASE_TTL_S * 1000),
-        });
-        return { run, balance };
-      });
-      if (!out) {
-        // Why could it not pay? Read the session again (a concurrent request may have just spent the balance).
-        const [now] = await db.select().from(sessions).where(eq(sessions.id, session.id));
-        const current = now && expired(now) ? await markExpired(now) : now;
-        if (!current || current.state !== 'active') {
-          throw conflict('session_not_active', `the session is ${current?.state ?? 'gone'}`, { state: current?.state });
-        }
-        throw new AppError(402, 'insufficient_balance', `this request needs ${required} sats; the balance is ${current.balanceSats}`, {
-          balanceSats: current.balanceSats,
-          requiredSats: required,
-        });
+      const release = deps.executor.admit();
+      if (!release) throw new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
+      try {
+        return await debitAndAccept(session, input);
+      } finally {
+        release();
       }
-      deps.executor.accept(out.run);
-      return out;
     },
   };
+
+  /** Debit the estimate and insert the run in one transaction, then hand the run to the executor. */
+  async function debitAndAccept(session: SessionRow, input: { request: string; maxTokens?: number }) {
+    const maxTokens = input.maxTokens ?? config.DEFAULT_MAX_TOKENS;
+    const prices = priceSnapshot(config);
+    const required = estimateSats(prices, input.request, maxTokens);
+    const runId = randomUUID();
+    const out = await db.transaction(async (tx) => {
+      const balance = await debitSession(tx, { sessionId: session.id, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
+      if (balance === null) return null;
+      const run = await deps.store.insert(tx, {
+        id: runId,
+        kind: 'session',
+        sessionId: session.id,
+        state: 'queued',
+        request: input.request,
+        maxTokens,
+        pricing: prices,
+        debitedSats: required,
+        leaseOwner: deps.instanceId,
+        leaseTtlS: config.LEASE_TTL_S,
+      });
+      return { run, balance };
+    });
+    if (!out) {
+      // Why could it not pay? Read the session again (a concurrent request may have just spent the balance).
+      const [now] = await db.select().from(sessions).where(eq(sessions.id, session.id));
+      const current = now && expired(now) ? await markExpired(now) : now;
+      if (!current || current.state !== 'active') {
+        throw conflict('session_not_active', `the session is ${current?.state ?? 'gone'}`, { state: current?.state });
+      }
+      throw new AppError(402, 'insufficient_balance', `this request needs ${required} sats; the balance is ${current.balanceSats}`, {
+        balanceSats: current.balanceSats,
+        requiredSats: required,
+      });
+    }
+    deps.executor.accept(out.run);
+    return out;
+  }
 }
 
 export type SessionsService = ReturnType<typeof createSessionsService>;
