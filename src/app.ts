@@ -1,6 +1,8 @@
 import express from 'express';
 import { pinoHttp } from 'pino-http';
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
@@ -52,6 +54,8 @@ export function createApp(ctx: AppContext): express.Express {
   ctx.maintenance.addSweep(demo.sweep);
   if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments));
   app.use('/api', api);
+  // A small page that creates a session, asks, and streams the reply with EventSource.
+  app.use(express.static(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../public'), { index: 'index.html', maxAge: 0 }));
 
   app.use(notFoundHandler);
   app.use(errorHandler(ctx.log));

@@ -32,9 +32,23 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   req.socket.setNoDelay(true);
   req.socket.setKeepAlive(true);
 
+  // Frames written in one turn of the event loop (a burst of tokens, a replay) leave in one socket write.
+  let corked = false;
+  const write = (chunk: string): boolean => {
+    if (!corked) {
+      corked = true;
+      res.cork();
+      setImmediate(() => {
+        corked = false;
+        res.uncork();
+      });
+    }
+    return res.write(chunk);
+  };
+
   const ping = setInterval(() => {
     // A client whose buffer is already full needs no more bytes from us.
-    if (!res.writableEnded && !res.writableNeedDrain) res.write(': ping\n\n');
+    if (!res.writableEnded && !res.writableNeedDrain) write(': ping\n\n');
   }, opts.pingMs);
   ping.unref();
   const finish = () => {
@@ -44,7 +58,7 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   res.on('close', finish);
   // The client may have gone while the route was still authorising: 'close' has then fired already.
   if (res.destroyed || req.socket.destroyed) finish();
-  res.write(`retry: ${opts.retryMs}\n\n`);
+  write(`retry: ${opts.retryMs}\n\n`);
   const writeTimeoutMs = opts.writeTimeoutMs ?? 30_000;
 
   return {
@@ -52,7 +66,7 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
     async send({ id, event, data }) {
       if (controller.signal.aborted || res.writableEnded) return false;
       const frame = `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
-      if (res.write(frame)) return true;
+      if (write(frame)) return true;
       // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
       // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
       await new Promise<void>((resolve) => {
@@ -70,6 +84,10 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
     },
     end() {
       clearInterval(ping);
+      if (corked) {
+        corked = false;
+        res.uncork();
+      }
       if (!res.writableEnded) res.end();
     },
   };
