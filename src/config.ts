@@ -77,7 +77,7 @@ export const configSchema = z
     SSE_POLL_MS: int(1_000, 10),
 
     /** Jobs: evaluation fee, request length limit, and how long a stream waits for the work to start. */
-    JOB_EVAL_FEE_SATS: int(10, 0),
+    JOB_EVAL_FEE_SATS: int(10, 1),
     JOB_REQUEST_MAX_CHARS: int(500, 1),
     JOB_STREAM_WAIT_S: z.coerce.number().positive().default(90),
     /** Jobs: a flat fee added to the work invoice. */

@@ -244,3 +244,45 @@ describe('demo', () => {
   });
 });
 
+
+describe('review fixes', () => {
+  it('retention keeps a job run whose refund is still owed, and sweeps jobs nobody can act on', async () => {
+    const quoted = await quotedJob(t, 'owed [stub:fail] [stub:tokens=4] [stub:delay=1]');
+    await pay(t, quoted.workInvoice.paymentHash);
+    await waitJob(t, quoted.jobId, ['failed']);
+    const rejected = await createJob(t, 'old and rejected [stub:reject]');
+    await pay(t, rejected.evalInvoice.paymentHash);
+    await waitJob(t, rejected.jobId, ['rejected']);
+    const { runs: runsTable, jobs: jobsTable } = await import('../src/db/schema.js');
+    const longAgo = new Date(Date.now() - 40 * 86_400_000);
+    await t.ctx.db.update(runsTable).set({ completedAt: longAgo }).where(isNotNull(runsTable.jobId));
+    await t.ctx.db.update(jobsTable).set({ updatedAt: longAgo }).where(sql`true`);
+    await t.ctx.maintenance.sweep();
+    const owed = await getJob(t, quoted.jobId);
+    expect(owed.costLedger).toMatchObject({ refundAmountSats: quoted.workInvoice.amountSats, refundState: 'pending' });
+    await t.http.get(`/api/jobs/${rejected.jobId}`).expect(404);
+    const paid = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: `lnbcrt${quoted.workInvoice.amountSats}u1stubretention` }).expect(200);
+    expect(paid.body.amountSats).toBe(quoted.workInvoice.amountSats);
+  });
+
+  it('a job stream reconnecting after the final event gets 204', async () => {
+    const quoted = await quotedJob(t, 'reconnect [stub:tokens=5] [stub:delay=0]');
+    await pay(t, quoted.workInvoice.paymentHash);
+    await waitJob(t, quoted.jobId, ['complete']);
+    const res = await fetch(`${t.url}/api/jobs/${quoted.jobId}/stream`, { headers: { 'Last-Event-ID': '6' } });
+    expect(res.status).toBe(204);
+  });
+
+  it('says evaluation_timeout, not payment_timeout, when the window passes during the evaluation', async () => {
+    const short = await t.sibling({ JOB_STREAM_WAIT_S: 0.3 });
+    try {
+      const job = await createJob(short, 'slow to judge [stub:delay=1000]');
+      await pay(short, job.evalInvoice.paymentHash);
+      const { events } = await readSse(`${short.url}/api/jobs/${job.jobId}/stream`);
+      expect(events[0]!.data).toMatchObject({ code: 'evaluation_timeout', state: 'evaluating' });
+      await waitJob(short, job.jobId, ['awaiting_work_payment']);
+    } finally {
+      await short.close();
+    }
+  });
+});

@@ -221,3 +221,21 @@ describe('runs API', () => {
     expect(await t.ctx.db.select().from(ledgerEntries).where(eq(ledgerEntries.runId, r.requestId))).toHaveLength(2);
   });
 });
+
+describe('review fixes', () => {
+  it('400s a cursor whose timestamp Postgres would refuse', async () => {
+    for (const ts of ['Tuesday 2020', '2020-02-30T00:00:00.000000Z', '-271821-04-20T00:00:00.000Z']) {
+      const cursor = Buffer.from(JSON.stringify({ s: a.id, t: ts, i: '00000000-0000-4000-8000-000000000000' })).toString('base64url');
+      const res = await t.http.get('/api/runs').query({ cursor }).set(a.auth);
+      expect(res.status, ts).toBe(400);
+    }
+  });
+
+  it('a cursor past the end of a run in memory still gets the final event', async () => {
+    const r = await postRequest(t, a, 'past the end [stub:tokens=3] [stub:delay=0]');
+    await waitFinal(t, a, r.requestId);
+    expect(t.ctx.recent.get(r.requestId)?.events).toBeTruthy();
+    const { events } = await stream(a, r.requestId, { 'Last-Event-ID': '99' });
+    expect(events.map((e) => e.event)).toEqual(['run', 'done']);
+  });
+});

@@ -40,7 +40,9 @@ export function demoRoutes(ctx: AppContext): { router: Router; sweep: () => void
       }
     } catch (err) {
       if (gone.signal.aborted) return;
-      if (signal.aborted) throw new AppError(504, 'timeout', `the demo took longer than ${DEMO_TIMEOUT_MS / 1000} s`);
+      // Out of time: the taste is what was made so far, and says so.
+      if (signal.aborted) return void res.json({ result, truncated: true });
+      // The AI provider failed (not the client): 502, as a gateway whose upstream failed.
       if (err instanceof AiError) throw new AppError(502, err.code, err.message);
       throw err;
     }

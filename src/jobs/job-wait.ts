@@ -6,6 +6,9 @@ import { RUN_STATES, type JobRow } from './jobs.service.js';
  * (`job:update`), not by sleeping; the poll is the fallback for a settlement this process never hears of
  * (another process, a lost provider event) and reconciles the payment with the provider as it goes.
  */
+/** How often a waiting stream asks the payment provider about the awaited invoice. */
+const RECONCILE_MS = 5_000;
+
 export async function waitForJob(ctx: Pick<AppContext, 'bus' | 'jobs' | 'config'>, job: JobRow, signal: AbortSignal): Promise<JobRow> {
   const ready = (j: JobRow) => RUN_STATES.includes(j.state) || j.state === 'rejected';
   if (ready(job)) return job;
@@ -21,10 +24,14 @@ export async function waitForJob(ctx: Pick<AppContext, 'bus' | 'jobs' | 'config'
   const onAbort = () => wake?.();
   ctx.bus.on('job:update', onUpdate);
   signal.addEventListener('abort', onAbort);
+  // Postgres is re-read every SSE_POLL_MS; the payment provider is asked only every RECONCILE_MS.
+  let reconcileAt = Date.now() + RECONCILE_MS;
   try {
     for (;;) {
       dirty = false;
-      job = await ctx.jobs.get(job.id);
+      const reconcile = Date.now() >= reconcileAt;
+      if (reconcile) reconcileAt = Date.now() + RECONCILE_MS;
+      job = reconcile ? await ctx.jobs.get(job.id) : await ctx.jobs.find(job.id);
       if (ready(job) || signal.aborted) return job;
       const left = deadline - Date.now();
       if (left <= 0) return job;

@@ -2,7 +2,8 @@ import { Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { parse, requestText } from '../http/validate.js';
-import { cursorOf, openStream, pipeRun } from '../runs/stream.js';
+import { findRun } from '../runs/lookup.js';
+import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { waitForJob } from './job-wait.js';
 import { RUN_STATES, type JobRow } from './jobs.service.js';
@@ -76,6 +77,11 @@ export function jobRoutes(ctx: AppContext): Router {
   r.get('/jobs/:id/stream', async (req, res) => {
     let job = await jobs.find(req.params.id);
     const after = cursorOf(req);
+    if (RUN_STATES.includes(job.state)) {
+      // The run exists: stream it like any run (a reconnect after its final event gets 204).
+      const found = await findRun(ctx, job.runId);
+      if (found) return streamRun(ctx, req, res, found);
+    }
     const sse = openStream(ctx, req, res);
     job = await waitForJob(ctx, job, sse.signal);
     if (sse.signal.aborted) return sse.end();
@@ -84,9 +90,16 @@ export function jobRoutes(ctx: AppContext): Router {
       return sse.end();
     }
     if (!RUN_STATES.includes(job.state)) {
+      const unpaid = job.state === 'awaiting_eval_payment' || job.state === 'awaiting_work_payment';
       await sse.send({
         event: 'error',
-        data: { state: job.state, code: 'payment_timeout', message: `the job is still ${job.state} after ${ctx.config.JOB_STREAM_WAIT_S} s; pay its invoice and reconnect` },
+        data: {
+          state: job.state,
+          code: unpaid ? 'payment_timeout' : 'evaluation_timeout',
+          message: unpaid
+            ? `the job is still ${job.state} after ${ctx.config.JOB_STREAM_WAIT_S} s; pay its invoice and reconnect`
+            : `the job is still being evaluated after ${ctx.config.JOB_STREAM_WAIT_S} s; reconnect to keep waiting`,
+        },
       });
       return sse.end();
     }

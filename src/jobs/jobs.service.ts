@@ -145,7 +145,8 @@ export function createJobsService(deps: JobsDeps) {
       return;
     }
     const prices = priceSnapshot(config);
-    const work = costSats(prices, verdict.estimatedInputTokens, verdict.estimatedOutputTokens) + config.JOB_WORK_FEE_SATS;
+    // At least 1 sat: an invoice for nothing cannot exist (zero prices and no minimum would otherwise wedge the job).
+    const work = Math.max(1, costSats(prices, verdict.estimatedInputTokens, verdict.estimatedOutputTokens) + config.JOB_WORK_FEE_SATS);
     const pricing: JobPricing = {
       estimatedInputTokens: verdict.estimatedInputTokens,
       estimatedOutputTokens: verdict.estimatedOutputTokens,
@@ -252,11 +253,26 @@ export function createJobsService(deps: JobsDeps) {
       const stale = everyone ? sql`true` : lt(jobs.updatedAt, sql`now() - interval '60 seconds'`);
       const stuck = await db.select({ id: jobs.id }).from(jobs).where(and(eq(jobs.state, 'evaluating'), stale)).limit(100);
       for (const j of stuck) startEvaluation(j.id);
+      await this.deleteExpired();
       const paying = await db.select().from(jobs).where(and(eq(jobs.refundState, 'paying'), stale)).limit(100);
       for (const j of paying) {
         const run = await deps.store.get(j.runId);
         if (j.refundInvoice && run) await payRefund(j.id, j.refundInvoice, run.refundedSats).catch((err) => log.warn({ err, jobId: j.id }, 'refund retry failed'));
       }
+    },
+
+    /**
+     * Forget jobs past retention that nobody can act on any more: rejected, never paid, or ended with nothing
+     * owed (or the refund paid). A job still owed a refund is kept however old. Ledger rows stay.
+     */
+    async deleteExpired(): Promise<number> {
+      const cutoff = new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000).toISOString();
+      const res = await db.execute(sql`
+        delete from jobs j where j.updated_at < ${cutoff}::timestamptz and (
+          j.state in ('rejected', 'awaiting_eval_payment', 'awaiting_work_payment')
+          or (j.state in ('complete', 'failed') and not exists (
+                select 1 from runs r where r.id = j.run_id and r.refunded_sats > 0 and j.refund_state <> 'paid')))`);
+      return res.rowCount ?? 0;
     },
 
     async drain() {

@@ -84,7 +84,11 @@ export function createMaintenance(deps: MaintenanceDeps) {
     sweep,
     start() {
       heartbeat = setInterval(() => {
-        store.renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.abandoned()).catch((err) => log.error({ err }, 'renewing leases failed'));
+        store
+          .renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.abandoned())
+          // A stop asked through another process reaches a run here even while it streams no tokens.
+          .then((stops) => stops.forEach((id) => deps.executor.stop(id, 'cancelled')))
+          .catch((err) => log.error({ err }, 'renewing leases failed'));
       }, Math.max(100, (config.LEASE_TTL_S * 1000) / 3));
       sweeper = setInterval(guarded('sweep', sweep), config.SWEEP_INTERVAL_S * 1000);
       heartbeat.unref();

@@ -12,6 +12,15 @@ import { runFields } from './view.js';
 
 const STATES = ['queued', 'executing', 'complete', 'failed', 'cancelled', 'interrupted'] as const;
 
+/** The exact form `listForSession` writes (Postgres microseconds, UTC); anything else was not made by us. */
+const CURSOR_TS = /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{6}Z$/;
+
+/** A calendar date JavaScript does not silently roll over (2020-02-30 would become March 1st). */
+const realDate = (t: string) => {
+  const d = new Date(t);
+  return !Number.isNaN(d.getTime()) && d.toISOString().slice(0, 19) === t.slice(0, 19);
+};
+
 /** An opaque keyset cursor that names its session, so one session's cursor is refused by another. */
 const encodeCursor = (sessionId: string, ts: string, id: string) => Buffer.from(JSON.stringify({ s: sessionId, t: ts, i: id })).toString('base64url');
 function decodeCursor(cursor: string, sessionId: string): { ts: string; id: string } {
@@ -22,7 +31,7 @@ function decodeCursor(cursor: string, sessionId: string): { ts: string; id: stri
     parsed = null;
   }
   const c = parsed as { s?: unknown; t?: unknown; i?: unknown } | null;
-  const ok = c && c.s === sessionId && typeof c.t === 'string' && !Number.isNaN(Date.parse(c.t)) && isUuid(c.i);
+  const ok = c && c.s === sessionId && typeof c.t === 'string' && CURSOR_TS.test(c.t) && realDate(c.t) && isUuid(c.i);
   if (!ok) throw new AppError(400, 'invalid_cursor', 'cursor is not one this endpoint gave you');
   return { ts: c.t as string, id: c.i as string };
 }

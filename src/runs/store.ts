@@ -109,12 +109,14 @@ export function createRunStore(db: Db) {
     },
 
     /** Keep our leases fresh: a run whose lease runs out is presumed orphaned by a dead process. */
-    async renewLeases(owner: string, leaseTtlS: number, except: string[] = []): Promise<number> {
-      const res = await db
+    /** Renew our leases; returns the ids of our runs that another process has asked to stop. */
+    async renewLeases(owner: string, leaseTtlS: number, except: string[] = []): Promise<string[]> {
+      const rows = await db
         .update(runs)
         .set({ leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
-        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES]), except.length ? notInArray(runs.id, except) : undefined));
-      return res.rowCount ?? 0;
+        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES]), except.length ? notInArray(runs.id, except) : undefined))
+        .returning({ id: runs.id, cancel: runs.cancelRequested });
+      return rows.filter((r) => r.cancel).map((r) => r.id);
     },
 
     /** Live runs nobody alive holds: all but ours (`everyone`: we are the only process), or only expired leases. */
@@ -136,9 +138,12 @@ export function createRunStore(db: Db) {
 
     /** Finished runs older than the retention window (their events go with them: ON DELETE CASCADE). */
     async deleteFinishedBefore(cutoff: Date, limit = 500): Promise<number> {
+      // A job's run is what its unpaid refund is read from: it stays until the refund is paid.
       const res = await db.execute(sql`
         delete from runs where id in (
-          select id from runs where completed_at < ${cutoff.toISOString()}::timestamptz and state not in ('queued','executing')
+          select r.id from runs r
+          where r.completed_at < ${cutoff.toISOString()}::timestamptz and r.state not in ('queued','executing')
+            and not exists (select 1 from jobs j where j.run_id = r.id and r.refunded_sats > 0 and j.refund_state <> 'paid')
           limit ${limit})`);
       return res.rowCount ?? 0;
     },

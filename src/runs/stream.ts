@@ -65,9 +65,11 @@ export async function streamRun(deps: StreamDeps, req: Request, res: Response, f
   const sse = openStream(deps, req, res);
   if (preamble) await sse.send(preamble);
   if (found.events && !isLive(run.state)) {
-    // A recently finished run whose whole log is in memory: no need to touch Postgres.
-    for (const e of found.events) {
-      if (e.seq > after && !(await sse.send({ id: e.seq, event: e.type, data: e.data }))) break;
+    // A recently finished run whose whole log is in memory: no need to touch Postgres. A cursor past the
+    // end (tokens another process never persisted) still gets the final event.
+    const tail = found.events.filter((e) => e.seq > after);
+    for (const e of tail.length > 0 ? tail : found.events.slice(-1)) {
+      if (!(await sse.send({ id: e.seq, event: e.type, data: e.data }))) break;
     }
     return sse.end();
   }
