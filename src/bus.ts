@@ -10,6 +10,8 @@ export interface BusEvents {
   'session:request:complete': (e: { sessionId: string; requestId: string; state: RunState }) => void;
   /** Any run reached a final state. */
   'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
+  /** New events of a run are in Postgres, up to `lastSeq` (sent by the flush statement itself, across processes). */
+  'run:progress': (e: { runId: string; lastSeq: number }) => void;
   /** An invoice was settled and its effect (credit, job transition) committed. */
   'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null }) => void;
   /** A job changed state. */

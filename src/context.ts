@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { createBus, type Bus } from './bus.js';
+import { BUS_CHANNEL, createBusBridge, type BusBridge } from './bus-bridge.js';
 import type { Config } from './config.js';
 import type { Database, Db } from './db/pool.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
@@ -36,6 +37,8 @@ export interface AppContext {
   sessions: SessionsService;
   jobs: JobsService;
   maintenance: Maintenance;
+  /** The bus across processes (LISTEN/NOTIFY); started and stopped with the server. */
+  bridge: BusBridge;
   /** This process's id as a lease owner. */
   instanceId: string;
 }
@@ -82,5 +85,12 @@ export function createContext(opts: ContextOptions): AppContext {
   const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
   const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
   const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep()] });
-  return { config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  const bridge = createBusBridge({
+    connectionString: database.url,
+    bus,
+    origin: instanceId,
+    log,
+    notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
+  });
+  return { bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

@@ -37,6 +37,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
   if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
   await ctx.jobs.sweep(embedded !== null);
+  await ctx.bridge.start();
   ctx.maintenance.start();
 
   const app = createApp(ctx);
@@ -58,6 +59,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
       if (interrupted > 0) log.warn({ interrupted }, 'interrupted and refunded runs still going after the grace period');
       await ctx.jobs.drain();
       await ctx.maintenance.stop();
+      await ctx.bridge.stop();
       server.closeAllConnections();
       await database.close();
       if (embedded) await embedded.stop();

@@ -5,6 +5,7 @@ import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob, getJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
 import { expectNoLeaks } from './helpers/sessions.js';
 import { idsOf, readSse, tokensOf, type SseEvent } from './helpers/sse.js';
+import { waitFor } from './helpers/wait.js';
 
 let t: TestServer;
 beforeAll(async () => {
@@ -214,12 +215,13 @@ describe('job streams', () => {
 
   it('lets a stream be closed while waiting, leaving nothing behind', async () => {
     const job = await createJob(t, 'walk away');
+    const baseline = t.ctx.bus.listenerCount('job:update');
     const controller = new AbortController();
     const reading = readSse(`${t.url}/api/jobs/${job.jobId}/stream`, { signal: controller.signal });
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => t.ctx.bus.listenerCount('job:update') === baseline + 1, { what: 'the stream to wait on the bus' });
     controller.abort();
     await reading.catch(() => undefined);
-    expect(t.ctx.bus.listenerCount('job:update')).toBeLessThanOrEqual(1);
+    await waitFor(() => t.ctx.bus.listenerCount('job:update') === baseline, { what: 'the waiting stream to let go of the bus' });
   });
 });
 

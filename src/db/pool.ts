@@ -10,6 +10,8 @@ export type DbOrTx = Db | Tx;
 export interface Database {
   db: Db;
   pool: pg.Pool;
+  /** The connection string (the bus bridge opens its own LISTEN connection with it). */
+  url: string;
   close(): Promise<void>;
 }
 
@@ -22,5 +24,5 @@ export function createDatabase(connectionString: string, opts: { max?: number } 
   // An idle client that loses its server (restart, network) must not crash the process.
   pool.on('error', () => {});
   const db = drizzle({ client: pool, schema });
-  return { db, pool, close: () => pool.end() };
+  return { db, pool, url: connectionString, close: () => pool.end() };
 }

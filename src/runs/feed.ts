@@ -15,6 +15,8 @@ export interface FeedOptions {
   maxQueue: number;
   /** How often to re-read Postgres while no live entry in this process feeds us (another process, recovery). */
   pollMs: number;
+  /** Subscribe to "the run has news in Postgres" (the bus, bridged across processes); returns the unsubscribe. */
+  onNews?: (wake: () => void) => () => void;
 }
 
 const PAGE = 1000;
@@ -48,6 +50,13 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   let last = opts.after;
   const onAbort = () => wake?.();
   signal.addEventListener('abort', onAbort);
+  // News from another process: re-read Postgres now rather than at the next poll. `news` catches one that
+  // lands while we are reading, so it is never slept through.
+  let news = false;
+  const offNews = opts.onNews?.(() => {
+    news = true;
+    wake?.();
+  });
 
   /** Log pages after `last` up to `until` (inclusive); false if the log had a hole (it cannot, but never skip). */
   async function* fromLog(until = Infinity): AsyncGenerator<RunEvent, boolean> {
@@ -114,7 +123,7 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
         return;
       }
       const localEntry = registry.get(runId);
-      await new Promise<void>((resolve) => {
+      if (!news || localEntry) await new Promise<void>((resolve) => {
         // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it.
         const timer = localEntry ? null : setTimeout(resolve, opts.pollMs);
         wake = () => {
@@ -123,6 +132,7 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
         };
       });
       wake = null;
+      news = false;
       if (!registry.get(runId) && queue.length === 0 && !signal.aborted) {
         let got = 0;
         for await (const e of fromLog()) {
@@ -149,6 +159,7 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
     }
   } finally {
     signal.removeEventListener('abort', onAbort);
+    offNews?.();
     detach();
   }
 }

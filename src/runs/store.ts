@@ -55,7 +55,10 @@ export function createRunStore(db: Db) {
           insert into run_events (run_id, seq, type, data)
           select upd.id, e.seq, e.type, e.data from upd, jsonb_to_recordset(${payload}::jsonb) as e(seq int, type text, data jsonb)
         )
-        select cancel_requested from upd`);
+        select cancel_requested,
+          -- Tell every other process (streams of this run wake at once); the owner is the sender's origin.
+          pg_notify('sluice_bus', json_build_object('o', ${owner}::text, 'e', 'run:progress', 'p', json_build_object('runId', id, 'lastSeq', ${last}::int))::text)
+        from upd`);
       const row = res.rows[0] as { cancel_requested: boolean } | undefined;
       if (row) return row.cancel_requested ? 'cancel' : 'ok';
       // Nothing matched. A retry of a batch that did commit (the reply was lost) is fine; anything else means

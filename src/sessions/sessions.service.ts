@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, inArray, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, sql } from 'drizzle-orm';
 import type { Config } from '../config.js';
 import type { Db, DbOrTx, Tx } from '../db/pool.js';
 import { invoices, sessions } from '../db/schema.js';
@@ -104,7 +104,10 @@ export function createSessionsService(deps: SessionsDeps) {
       const pending = await db
         .select({ hash: invoices.paymentHash })
         .from(invoices)
-        .where(and(eq(invoices.sessionId, session.id), eq(invoices.state, 'pending')));
+        .where(and(eq(invoices.sessionId, session.id), eq(invoices.state, 'pending')))
+        // The newest few: a client that abandoned many top-ups must not make every GET ask about all of them.
+        .orderBy(desc(invoices.createdAt))
+        .limit(5);
       if (pending.length > 0) {
         for (const p of pending) await deps.settlement.reconcile(p.hash);
         session = await authenticate(token, sessionId);

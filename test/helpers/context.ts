@@ -47,6 +47,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10 });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
+  await ctx.bridge.start();
   const app = createApp(ctx);
   const server: Server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
@@ -65,6 +66,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
       await ctx.executor.drain(0);
       await ctx.jobs.drain();
       await ctx.maintenance.stop();
+      await ctx.bridge.stop();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await database.close();

@@ -1,0 +1,106 @@
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { Bus, BusEvents } from './bus.js';
+
+/** The Postgres channel every Sluice process LISTENs on. */
+export const BUS_CHANNEL = 'sluice_bus';
+
+/** Events that cross processes. The others stay local (they name in-process things). */
+const BRIDGED = ['run:finish', 'run:progress', 'job:update', 'invoice:settle', 'session:request:complete'] as const satisfies ReadonlyArray<keyof BusEvents>;
+type Bridged = (typeof BRIDGED)[number];
+
+export interface BusBridge {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** The NOTIFY payload: who sent it (so a process ignores its own), which event, its payload. */
+export function busMessage(origin: string, event: Bridged, payload: unknown): string {
+  return JSON.stringify({ o: origin, e: event, p: payload });
+}
+
+/**
+ * Bridge the typed bus across processes with LISTEN/NOTIFY: what one process emits, every other process emits
+ * too, so a stream or a waiting job on process B wakes the moment process A settles a payment or flushes a
+ * token — no sleeping poll. Postgres stays the truth: a notification only says "look again"; one lost (a
+ * dropped connection) costs a poll interval, never an event, and the listener reconnects by itself.
+ */
+export function createBusBridge(deps: { connectionString: string; bus: Bus; origin: string; log: Logger; notify: (payload: string) => Promise<unknown> }): BusBridge {
+  const { bus, origin, log } = deps;
+  let client: pg.Client | null = null;
+  let stopped = false;
+  let relaying = false;
+  let retry: NodeJS.Timeout | null = null;
+  const forwarders = new Map<Bridged, (payload: never) => void>();
+
+  function onNotification(msg: pg.Notification) {
+    if (msg.channel !== BUS_CHANNEL || !msg.payload) return;
+    let m: { o?: string; e?: Bridged; p?: unknown };
+    try {
+      m = JSON.parse(msg.payload);
+    } catch {
+      return;
+    }
+    if (m.o === origin || !m.e || !BRIDGED.includes(m.e)) return;
+    // Emitting a remote event must not send it back out.
+    relaying = true;
+    try {
+      (bus.emit as (e: string, p: unknown) => boolean)(m.e, m.p);
+    } finally {
+      relaying = false;
+    }
+  }
+
+  async function connect(): Promise<void> {
+    const c = new pg.Client({ connectionString: deps.connectionString });
+    c.on('notification', onNotification);
+    c.on('error', (err) => {
+      log.warn({ err }, 'bus listener lost its connection; reconnecting');
+      scheduleReconnect();
+    });
+    await c.connect();
+    await c.query(`listen ${BUS_CHANNEL}`);
+    client = c;
+  }
+
+  function scheduleReconnect() {
+    const old = client;
+    client = null;
+    old?.end().catch(() => {});
+    if (stopped || retry) return;
+    retry = setTimeout(() => {
+      retry = null;
+      connect().catch((err) => {
+        log.warn({ err }, 'bus listener could not reconnect; retrying');
+        scheduleReconnect();
+      });
+    }, 1000);
+    retry.unref();
+  }
+
+  return {
+    async start() {
+      stopped = false;
+      await connect();
+      for (const event of BRIDGED) {
+        // run:progress is announced by the flush statement itself (see store.appendTokens); the rest here.
+        if (event === 'run:progress') continue;
+        const forward = (payload: never) => {
+          if (relaying) return;
+          deps.notify(busMessage(origin, event, payload)).catch((err) => log.warn({ err, event }, 'NOTIFY failed'));
+        };
+        forwarders.set(event, forward);
+        bus.on(event, forward as never);
+      }
+    },
+    async stop() {
+      stopped = true;
+      if (retry) clearTimeout(retry);
+      for (const [event, forward] of forwarders) bus.off(event, forward as never);
+      forwarders.clear();
+      const c = client;
+      client = null;
+      await c?.end().catch(() => {});
+    },
+  };
+}
