@@ -98,7 +98,7 @@ describe('readers', () => {
   it('replays a log longer than any one page from cursor 0 without a gap', async () => {
     const registry = createRegistry({ bufferSize: 16 });
     const runId = 'r1';
-    registry.open({ row: {} as RunRow, runId, kind: 'session', sessionId: null, jobId: null, state: 'executing', lastSeq: 0 });
+    registry.open({ id: runId, kind: 'session', sessionId: null, jobId: null, state: 'executing', lastSeq: 0 } as RunRow);
     const persisted: RunEvent[] = [];
     for (let i = 0; i < 10_100; i++) persisted.push(registry.append(runId, 'token', { content: 'x' }));
     registry.markPersisted(runId, 10_100);

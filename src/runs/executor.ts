@@ -185,7 +185,7 @@ export function createExecutor(opts: ExecutorOptions) {
   return {
     /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
     accept(run: RunRow): RunEntry {
-      const entry = opts.registry.open({ row: run, runId: run.id, kind: run.kind, sessionId: run.sessionId, jobId: run.jobId, state: run.state, lastSeq: run.lastSeq });
+      const entry = opts.registry.open(run);
       waiting.push(run.id);
       if (accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.

@@ -66,10 +66,12 @@ export function createRegistry(opts: RegistryOptions = {}) {
 
   return {
     /** Register a run accepted by this process. Watchers waiting for it become its subscribers. */
-    open(info: { row: RunRow; runId: string; kind: RunKind; sessionId: string | null; jobId: string | null; state: RunState; lastSeq: number }): RunEntry {
-      if (entries.has(info.runId)) throw new Error(`run ${info.runId} is already registered`);
+    open(row: RunRow): RunEntry {
+      if (entries.has(row.id)) throw new Error(`run ${row.id} is already registered`);
+      const info = { runId: row.id, kind: row.kind, sessionId: row.sessionId, jobId: row.jobId, state: row.state, lastSeq: row.lastSeq };
       const entry: Internal = {
         ...info,
+        row,
         controller: new AbortController(),
         result: '',
         outputTokens: 0,
