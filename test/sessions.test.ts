@@ -189,6 +189,17 @@ describe('errors', () => {
     expect(res.body.error.code).toBe('not_found');
   });
 
+  it('hides the stub pay route in production', async () => {
+    const prod = await t.sibling({ NODE_ENV: 'production' });
+    try {
+      const created = await prod.http.post('/api/sessions').send({ amount_sats: 100 }).expect(201);
+      const res = await prod.http.post(`/api/dev/stub/pay/${created.body.invoice.paymentHash}`).expect(404);
+      expect(res.body.error.code).toBe('not_found');
+    } finally {
+      await prod.close();
+    }
+  });
+
   it('reports health', async () => {
     await t.http.get('/api/healthz').expect(200, { status: 'ok' });
   });
