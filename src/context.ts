@@ -14,6 +14,7 @@ import { createMaintenance, type Maintenance } from './runs/maintenance.js';
 import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
 import { createRecentRuns, type RecentRuns } from './runs/recent.js';
+import { createRunNews, type RunNews } from './runs/news.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
 
@@ -27,6 +28,8 @@ export interface AppContext {
   registry: Registry;
   /** Finished runs kept in memory for RUN_MEMORY_TTL_S. */
   recent: RecentRuns;
+  /** Wakes the readers of a run when it has news in Postgres (from any process). */
+  news: RunNews;
   store: RunStore;
   executor: Executor;
   ai: AiProvider;
@@ -79,7 +82,7 @@ export function createContext(opts: ContextOptions): AppContext {
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
     // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
     onFinish: (run, events) => {
-      if (run.kind === 'session') recent.put(run, events);
+      if (run.kind === 'session') recent.put(run, events());
     },
   });
   const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
@@ -92,5 +95,6 @@ export function createContext(opts: ContextOptions): AppContext {
     log,
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
-  return { bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  const news = createRunNews(bus);
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

@@ -35,7 +35,6 @@ export interface JobsDeps {
 
 /** States in which the job's run exists (so a stream can attach to it). */
 export const RUN_STATES: JobState[] = ['executing', 'complete', 'failed'];
-export const isJobFinal = (s: JobState) => s === 'complete' || s === 'failed' || s === 'rejected';
 
 /**
  * A job's run finished: the job follows it, in the same transaction. What the work did not use stays owed to

@@ -66,11 +66,3 @@ export async function sessionLedger(db: DbOrTx, sessionId: string) {
     .where(eq(ledgerEntries.sessionId, sessionId))
     .orderBy(asc(ledgerEntries.id));
 }
-
-export async function sessionLedgerSum(db: DbOrTx, sessionId: string): Promise<number> {
-  const [row] = await db
-    .select({ sum: sql<number>`coalesce(sum(${ledgerEntries.amountSats}), 0)::bigint` })
-    .from(ledgerEntries)
-    .where(eq(ledgerEntries.sessionId, sessionId));
-  return Number(row?.sum ?? 0);
-}

@@ -24,8 +24,11 @@ export interface ExecutorOptions {
   flushMs: number;
   /** The executor waits for the event writer when this many events are unwritten (default 4 × buffer). */
   maxBacklog?: number;
-  /** Told of every run this process finished, with its whole event log when memory still holds all of it. */
-  onFinish?: (run: RunRow, events: RunEvent[] | null) => void;
+  /**
+   * Told of every run this process finished. `events()` copies its whole log when memory still holds all of it
+   * (null otherwise): call it only if you keep it, and only during the callback.
+   */
+  onFinish?: (run: RunRow, events: () => RunEvent[] | null) => void;
 }
 
 /** Why a run's AbortController was aborted. */
@@ -67,17 +70,20 @@ export function createExecutor(opts: ExecutorOptions) {
 
   /** Publish a finish to whoever watches here, then let the registry forget the run. */
   function announce(entry: RunEntry | undefined, fin: Finished | undefined) {
-    let events: RunEvent[] | null = null;
     if (fin && entry) {
       entry.state = fin.run.state;
       opts.registry.publish(entry.runId, fin.final);
-      const snap = opts.registry.snapshot(entry.runId, 0);
-      if (snap.complete) events = snap.events;
+    }
+    // Before `end`, which may drop the entry: the log is copied only if the listener asks for it.
+    if (fin?.won && opts.onFinish) {
+      opts.onFinish(fin.run, () => {
+        const snap = entry ? opts.registry.snapshot(entry.runId, 0) : null;
+        return snap?.complete ? snap.events : null;
+      });
     }
     if (entry) opts.registry.end(entry.runId);
     if (!fin?.won) return;
     const r = fin.run;
-    opts.onFinish?.(r, events);
     opts.bus.emit('run:finish', { runId: r.id, kind: r.kind, state: r.state, sessionId: r.sessionId, jobId: r.jobId });
     if (r.kind === 'session' && r.sessionId) {
       opts.bus.emit('session:request:complete', { sessionId: r.sessionId, requestId: r.id, state: r.state });

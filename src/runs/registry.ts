@@ -173,11 +173,6 @@ export function createRegistry(opts: RegistryOptions = {}) {
       drop(entry);
     },
 
-    /** Live entries (for stop, shutdown and leak checks). */
-    entries(): RunEntry[] {
-      return [...entries.values()];
-    },
-
     stats() {
       let subscribers = 0;
       for (const e of entries.values()) subscribers += e.subscribers.size;

@@ -1,18 +1,18 @@
 import type { Request, Response } from 'express';
-import type { Bus } from '../bus.js';
 import type { Config } from '../config.js';
 import { badRequest } from '../http/errors.js';
 import { openSse, readCursor, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
 import type { Registry } from './registry.js';
 import type { FoundRun } from './lookup.js';
+import type { RunNews } from './news.js';
 import { isLive, type RunStore } from './store.js';
 
 export interface StreamDeps {
   config: Config;
   registry: Registry;
   store: RunStore;
-  bus: Bus;
+  news: RunNews;
 }
 
 /** The resume cursor of a stream request, or 400 for a malformed one. */
@@ -40,15 +40,7 @@ export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, a
     signal: sse.signal,
     maxQueue: deps.config.SSE_MAX_QUEUE,
     pollMs: deps.config.SSE_POLL_MS,
-    onNews: (wake) => {
-      const progress = (e: { runId: string }) => e.runId === runId && wake();
-      deps.bus.on('run:progress', progress);
-      deps.bus.on('run:finish', progress);
-      return () => {
-        deps.bus.off('run:progress', progress);
-        deps.bus.off('run:finish', progress);
-      };
-    },
+    onNews: (wake) => deps.news.on(runId, wake),
   });
   for await (const item of feed) {
     if (item.kind === 'resync') {

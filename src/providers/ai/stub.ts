@@ -39,7 +39,7 @@ const WORDS = (
 ).split(' ');
 
 /** The reply's i-th token for a given text: deterministic, so tests can compare whole results. */
-export function stubToken(seed: number, i: number): string {
+function stubToken(seed: number, i: number): string {
   const word = WORDS[(seed + i * 7) % WORDS.length]!;
   return i === 0 ? word[0]!.toUpperCase() + word.slice(1) : ` ${word}`;
 }
