@@ -17,10 +17,12 @@ export function sessionView(s: SessionRow) {
 export function sessionRoutes(ctx: AppContext): Router {
   const r = Router();
   const { sessions } = ctx;
-  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number }) => ({
+  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number; state: string; expiresAt: Date }) => ({
     paymentRequest: i.paymentRequest,
     paymentHash: i.paymentHash,
     amountSats: i.amountSats,
+    state: i.state,
+    expiresAt: i.expiresAt.toISOString(),
   });
 
   /** A request of this session, or 404 (also for another session's run: ids are not probeable). */
@@ -39,7 +41,8 @@ export function sessionRoutes(ctx: AppContext): Router {
   });
 
   r.get('/sessions/:id', async (req, res) => {
-    res.json(sessionView(await sessions.get(bearerToken(req), req.params.id)));
+    const session = await sessions.get(bearerToken(req), req.params.id);
+    res.json({ ...sessionView(session), invoices: (await sessions.invoices(session)).map((i) => ({ purpose: i.purpose, ...invoiceView(i) })) });
   });
 
   r.post('/sessions/:id/topup', async (req, res) => {
