@@ -5,7 +5,7 @@ import { waitFor } from './wait.js';
 export async function createJob(t: Pick<TestServer, 'http'>, request: string) {
   const res = await t.http.post('/api/jobs').send({ request });
   expect(res.status, JSON.stringify(res.body)).toBe(201);
-  return res.body as { jobId: string; state: string; evalInvoice: { paymentHash: string; paymentRequest: string; amountSats: number } };
+  return res.body as { jobId: string; state: string; evalInvoice: { paymentHash: string; paymentRequest: string; amountSats: number; state: string; expiresAt: string } };
 }
 
 export async function getJob(t: Pick<TestServer, 'http'>, jobId: string) {
