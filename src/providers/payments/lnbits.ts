@@ -88,7 +88,7 @@ export function createLnbitsProvider(opts: LnbitsOptions): PaymentProvider {
   /** A refusal that is not about the payment itself: a bad key, a missing wallet, a proxy in the way. */
   function refusal(a: Answer, what: string, outcome: 'failed' | 'unknown'): PaymentError {
     if (a.status === 401 || a.status === 403 || a.status === 404) {
-      return new PaymentError('provider_auth', `LNbits refused the key for ${what} (HTTP ${a.status}: ${detailOf(a)}); check LNBITS_URL and the keys`, 'failed');
+      return new PaymentError('provider_auth', `LNbits refused our key to ${what} (HTTP ${a.status}: ${detailOf(a)})`, 'failed');
     }
     return new PaymentError('provider_error', `LNbits could not ${what} (HTTP ${a.status}: ${detailOf(a)})`, outcome);
   }
