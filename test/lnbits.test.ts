@@ -5,7 +5,7 @@ import { decodeInvoice } from '../src/providers/payments/bolt11.js';
 import { startFakeLnbits, type FakeLnbits } from './fakes/lnbits.js';
 import { clientInvoice } from './helpers/bolt11.js';
 import type { TestServer } from './helpers/context.js';
-import { getJob, waitJob } from './helpers/jobs.js';
+import { getJob, refundReaches as refundReachesOf, waitJob } from './helpers/jobs.js';
 import { failedLnbitsJob, payFromLnbitsWallet, payRequestsFor, startLnbitsServer } from './helpers/lnbits.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
@@ -24,16 +24,7 @@ afterAll(async () => {
 const auth = (token: string) => ({ Authorization: `Bearer ${token}` });
 const lookups = (hash: string) => fake.requests.filter((r) => r.method === 'GET' && r.path === `/api/v1/payments/${hash}`);
 const jobLedger = (jobId: string) => t.ctx.db.select().from(ledgerEntries).where(eq(ledgerEntries.jobId, jobId));
-/** Run the payout sweep until the job's refund reaches `state`. */
-const refundReaches = (jobId: string, state: string) =>
-  waitFor(
-    async () => {
-      await t.ctx.payouts.sweep();
-      const j = await getJob(t, jobId);
-      return j.costLedger.refundState === state ? j : null;
-    },
-    { what: `the refund of ${jobId} to be ${state}`, intervalMs: 20 },
-  );
+const refundReaches = (jobId: string, state: string) => refundReachesOf(t, jobId, state);
 
 describe('LNbits: receiving', () => {
   it('a session deposit: LNbits makes the invoice, another wallet pays it, the webhook makes us ask, the GET confirms', async () => {
@@ -129,6 +120,23 @@ describe('LNbits: receiving', () => {
       expect(read.body.state).toBe('awaiting_payment');
     } finally {
       await Promise.all([wrongKey.close(), otherNet.close(), down.close()]);
+    }
+  });
+
+  it('believes a lookup only when LNbits answers for our wallet', async () => {
+    // Invoices made without a webhook, so only a lookup can settle them.
+    const quiet = await t.sibling({ LNBITS_WEBHOOK_URL: undefined });
+    const stranger = await t.sibling({ LNBITS_INVOICE_KEY: 'a-key-lnbits-does-not-know' });
+    try {
+      const created = await quiet.http.post('/api/sessions').send({ amount_sats: 120 }).expect(201);
+      await fake.settleExternally(created.body.invoice.paymentHash);
+      // LNbits answers an unknown key too, but for no wallet (no `details`): that proves nothing.
+      const asStranger = await stranger.http.get(`/api/sessions/${created.body.sessionId}`).set(auth(created.body.sessionToken)).expect(200);
+      expect(asStranger.body).toMatchObject({ state: 'awaiting_payment', balanceSats: 0 });
+      const asOwner = await quiet.http.get(`/api/sessions/${created.body.sessionId}`).set(auth(created.body.sessionToken)).expect(200);
+      expect(asOwner.body).toMatchObject({ state: 'active', balanceSats: 120 });
+    } finally {
+      await Promise.all([quiet.close(), stranger.close()]);
     }
   });
 });
@@ -258,6 +266,32 @@ describe('LNbits: refund payouts', () => {
       expect(payRequestsFor(fake, client.bolt11)).toHaveLength(1);
       expect(lookups(client.paymentHash).map((r) => r.headers['x-api-key'])).toContain(fake.wallet.adminkey);
       expect((await jobLedger(job.jobId)).filter((r) => r.kind === 'job_refund_payout')).toHaveLength(1);
+    }
+  });
+
+  it('one whose outcome is unknown stays unknown while LNbits cannot be asked, past its attempts, and is never paid twice', async () => {
+    const s = await t.sibling({ REFUND_MAX_ATTEMPTS: 2, REFUND_RETRY_BASE_S: 0.01 });
+    try {
+      const job = await failedLnbitsJob(s, fake);
+      const client = clientInvoice(job.owed, { network: 'bitcoin' });
+      fake.node.next = ['hang'];
+      await s.http.post(`/api/jobs/${job.jobId}/refund`).send({ invoice: client.bolt11 }).expect(202);
+      fake.down = true;
+      const stuck = await waitFor(
+        async () => {
+          await s.ctx.payouts.sweep();
+          const j = await getJob(s, job.jobId);
+          return j.costLedger.refundAttempts >= 4 ? j : null;
+        },
+        { what: 'attempts past the maximum while LNbits is down', intervalMs: 20 },
+      );
+      expect(stuck.costLedger).toMatchObject({ refundState: 'paying', refundOutcomeUnknown: true });
+      fake.down = false;
+      await refundReachesOf(s, job.jobId, 'paid');
+      expect(payRequestsFor(fake, client.bolt11)).toHaveLength(1);
+    } finally {
+      fake.down = false;
+      await s.close();
     }
   });
 

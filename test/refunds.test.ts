@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ledgerEntries, stubInvoices } from '../src/db/schema.js';
 import { clientInvoice } from './helpers/bolt11.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
-import { createJob, getJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
+import { createJob, getJob, pay, quotedJob, refundReaches as refundReachesOf, waitJob } from './helpers/jobs.js';
 import { expectNoLeaks } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
@@ -23,15 +23,7 @@ async function failedJob(label: string) {
   return { jobId: quoted.jobId as string, owed: quoted.workInvoice.amountSats as number };
 }
 const refund = (jobId: string, invoice: string) => t.http.post(`/api/jobs/${jobId}/refund`).send({ invoice });
-const refundReaches = (jobId: string, state: string) =>
-  waitFor(
-    async () => {
-      await t.ctx.payouts.sweep();
-      const j = await getJob(t, jobId);
-      return j.costLedger.refundState === state ? j : null;
-    },
-    { what: `the refund of ${jobId} to be ${state}`, intervalMs: 20 },
-  );
+const refundReaches = (jobId: string, state: string) => refundReachesOf(t, jobId, state);
 const payoutRows = (jobId: string) => t.ctx.db.select().from(ledgerEntries).where(and(eq(ledgerEntries.jobId, jobId), eq(ledgerEntries.kind, 'job_refund_payout')));
 const stubPayments = (hash: string) => t.ctx.db.select().from(stubInvoices).where(and(eq(stubInvoices.paymentHash, hash), eq(stubInvoices.direction, 'outgoing')));
 

@@ -81,7 +81,9 @@ export function createPayouts(deps: { db: Db; log: Logger; payments: PaymentProv
       log.info({ payoutId: p.id, jobId: p.jobId, refundOf: p.refundOf, amountSats: p.amountSats, paymentHash: p.paymentHash }, 'refund paid');
       return;
     }
-    const unknown = result instanceof PaymentError ? result.outcome === 'unknown' : result.state === 'pending';
+    // An error cannot settle an unknown outcome (a failed lookup says nothing about the payment): only an
+    // answer from the provider — paid, pending, failed, or never heard of — can.
+    const unknown = result instanceof PaymentError ? result.outcome === 'unknown' || p.outcomeUnknown : result.state === 'pending';
     const message =
       result instanceof PaymentError
         ? result.message

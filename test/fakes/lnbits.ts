@@ -72,6 +72,8 @@ export interface FakeLnbits {
    * then another wallet of the same LNbits can still pay it internally).
    */
   node: { next: NodeOutcome[]; cancelsExpired: boolean };
+  /** While set, a reverse proxy in front of LNbits answers every request `503` (LNbits itself is unreachable). */
+  down: boolean;
   requests: RecordedRequest[];
   webhooks: Array<{ url: string; status: number | null; headers: Record<string, string>; body: string }>;
   /** Someone pays an invoice of ours over Lightning (the node refuses an expired one). Resolves once the webhook was sent. */
@@ -320,6 +322,10 @@ export async function startFakeLnbits(opts: { network?: LightningNetwork; payWai
     const text = Buffer.concat(chunks).toString('utf8');
     const url = new URL(req.url ?? '/', 'http://lnbits.local');
     requests.push({ method: req.method ?? '', path: url.pathname + url.search, headers: req.headers, body: text });
+    if (api.down) {
+      res.writeHead(503, { 'content-type': 'text/html' });
+      return res.end('<html><body><h1>503 Service Unavailable</h1></body></html>');
+    }
     const headerKey = typeof req.headers['x-api-key'] === 'string' ? req.headers['x-api-key'] : undefined;
 
     const one = /^\/api\/v1\/payments\/([^/]+)$/.exec(url.pathname);
@@ -358,8 +364,9 @@ export async function startFakeLnbits(opts: { network?: LightningNetwork; payWai
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
-  return {
+  const api: FakeLnbits = {
     url,
+    down: false,
     wallet: merchant,
     payer,
     node,
@@ -383,4 +390,5 @@ export async function startFakeLnbits(opts: { network?: LightningNetwork; payWai
       await new Promise((r) => server.close(r));
     },
   };
+  return api;
 }

@@ -30,3 +30,15 @@ export async function quotedJob(t: Pick<TestServer, 'http'>, request: string) {
   await pay(t, job.evalInvoice.paymentHash);
   return waitJob(t, job.jobId, ['awaiting_work_payment']);
 }
+
+/** Run the payout sweep until the job's refund reaches `state` (a retry is due only once its backoff passes). */
+export async function refundReaches(t: Pick<TestServer, 'http' | 'ctx'>, jobId: string, state: string) {
+  return waitFor(
+    async () => {
+      await t.ctx.payouts.sweep();
+      const j = await getJob(t, jobId);
+      return j.costLedger.refundState === state ? j : null;
+    },
+    { what: `the refund of ${jobId} to be ${state}`, intervalMs: 20 },
+  );
+}

@@ -98,7 +98,14 @@ export function createLnbitsProvider(opts: LnbitsOptions): PaymentProvider {
     const a = await call('GET', `api/v1/payments/${hash}`, key);
     if (a.status === 404) return null;
     if (a.status !== 200 || !a.body) throw refusal(a, 'look up a payment', 'failed');
-    const amount = (a.body.details as { amount?: unknown } | undefined)?.amount;
+    // LNbits answers anyone who asks (the key is optional on this route), but adds `details` only for the
+    // wallet that owns the payment. Without them the answer may be about another wallet's payment of the same
+    // hash (a hold invoice can be made for any hash): believe nothing, decide nothing.
+    const details = a.body.details as { amount?: unknown; payment_hash?: unknown } | undefined;
+    if (!details || typeof details !== 'object' || details.payment_hash !== hash) {
+      throw new PaymentError('provider_auth', 'LNbits did not answer for our wallet (the key does not own this payment)', 'failed');
+    }
+    const amount = details.amount;
     if (typeof amount === 'number' && (amount > 0) !== (direction === 'incoming')) {
       // The hash is known to the wallet, but in the other direction: not the payment we asked about.
       log.warn({ paymentHash: hash, direction }, 'LNbits knows this payment hash only in the other direction');
