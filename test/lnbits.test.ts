@@ -4,9 +4,12 @@ import { jobs as jobsTable, ledgerEntries } from '../src/db/schema.js';
 import { decodeInvoice } from '../src/providers/payments/bolt11.js';
 import { startFakeLnbits, type FakeLnbits } from './fakes/lnbits.js';
 import { clientInvoice } from './helpers/bolt11.js';
+import supertest from 'supertest';
 import type { TestServer } from './helpers/context.js';
 import { getJob, refundReaches as refundReachesOf, waitJob } from './helpers/jobs.js';
 import { failedLnbitsJob, payFromLnbitsWallet, payRequestsFor, startLnbitsServer } from './helpers/lnbits.js';
+import { freePort } from './helpers/global-setup.js';
+import { startServerProcess } from './helpers/process.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -256,21 +259,26 @@ describe('LNbits: refund payouts', () => {
   });
 
   it('one whose answer never comes (a timeout) is resolved by a lookup, never by paying again', async () => {
-    for (const outcome of ['hang', 'in_flight'] as const) {
-      const job = await failedLnbitsJob(t, fake);
-      const client = clientInvoice(job.owed, { network: 'bitcoin' });
-      fake.node.next = [outcome];
-      const first = await t.http.post(`/api/jobs/${job.jobId}/refund`).send({ invoice: client.bolt11 }).expect(202);
-      expect(first.body).toMatchObject({ state: 'paying', outcomeUnknown: true, attempts: 1 });
-      await refundReaches(job.jobId, 'paid');
-      expect(payRequestsFor(fake, client.bolt11)).toHaveLength(1);
-      expect(lookups(client.paymentHash).map((r) => r.headers['x-api-key'])).toContain(fake.wallet.adminkey);
-      expect((await jobLedger(job.jobId)).filter((r) => r.kind === 'job_refund_payout')).toHaveLength(1);
+    const quick = await t.sibling({ LNBITS_TIMEOUT_MS: 400 });
+    try {
+      for (const outcome of ['hang', 'in_flight'] as const) {
+        const job = await failedLnbitsJob(quick, fake);
+        const client = clientInvoice(job.owed, { network: 'bitcoin' });
+        fake.node.next = [outcome];
+        const first = await quick.http.post(`/api/jobs/${job.jobId}/refund`).send({ invoice: client.bolt11 }).expect(202);
+        expect(first.body).toMatchObject({ state: 'paying', outcomeUnknown: true, attempts: 1 });
+        await refundReachesOf(quick, job.jobId, 'paid');
+        expect(payRequestsFor(fake, client.bolt11)).toHaveLength(1);
+        expect(lookups(client.paymentHash).map((r) => r.headers['x-api-key'])).toContain(fake.wallet.adminkey);
+        expect((await jobLedger(job.jobId)).filter((r) => r.kind === 'job_refund_payout')).toHaveLength(1);
+      }
+    } finally {
+      await quick.close();
     }
   });
 
   it('one whose outcome is unknown stays unknown while LNbits cannot be asked, past its attempts, and is never paid twice', async () => {
-    const s = await t.sibling({ REFUND_MAX_ATTEMPTS: 2, REFUND_RETRY_BASE_S: 0.01 });
+    const s = await t.sibling({ REFUND_MAX_ATTEMPTS: 2, REFUND_RETRY_BASE_S: 0.01, LNBITS_TIMEOUT_MS: 400 });
     try {
       const job = await failedLnbitsJob(s, fake);
       const client = clientInvoice(job.owed, { network: 'bitcoin' });
@@ -324,5 +332,43 @@ describe('LNbits: refund payouts', () => {
     const settled = fake.walletPayments(fake.wallet.id).filter((p) => p.status === 'success');
     expect(Number(row!.inSats)).toBe(settled.filter((p) => p.amount > 0).reduce((a, p) => a + p.amount / 1000, 0));
     expect(Number(row!.outSats)).toBe(settled.filter((p) => p.amount < 0).reduce((a, p) => a - p.amount / 1000, 0));
+  });
+});
+
+describe('LNbits: the real server process', () => {
+  it('configured by its environment alone, takes a deposit and pays a refund, and never logs a key or a preimage', async () => {
+    const port = await freePort();
+    const p = await startServerProcess({
+      PORT: String(port),
+      DATABASE_URL: t.ctx.config.DATABASE_URL!,
+      LOG_LEVEL: 'trace',
+      PAYMENT_PROVIDER: 'lnbits',
+      LNBITS_URL: fake.url,
+      LNBITS_INVOICE_KEY: fake.wallet.inkey,
+      LNBITS_ADMIN_KEY: fake.wallet.adminkey,
+      LNBITS_WEBHOOK_URL: `http://127.0.0.1:${port}/api/webhooks/lnbits`,
+    });
+    try {
+      const http = supertest(p.url);
+      const created = await http.post('/api/sessions').send({ amount_sats: 250 }).expect(201);
+      // LIGHTNING_NETWORK defaults to bitcoin with LNbits.
+      expect(decodeInvoice(created.body.invoice.paymentRequest).network).toBe('bitcoin');
+      const paid = await payFromLnbitsWallet(fake, created.body.invoice.paymentRequest);
+      await fake.idle();
+      const session = await http.get(`/api/sessions/${created.body.sessionId}`).set(auth(created.body.sessionToken)).expect(200);
+      expect(session.body).toMatchObject({ state: 'active', balanceSats: 250 });
+
+      const job = await failedLnbitsJob({ http, ctx: t.ctx } as TestServer, fake);
+      const client = clientInvoice(job.owed, { network: 'bitcoin' });
+      await http.post(`/api/jobs/${job.jobId}/refund`).send({ invoice: client.bolt11 }).expect(200);
+
+      p.proc.kill('SIGTERM');
+      expect(await p.exited).toBe(0);
+      const log = p.output();
+      expect(log).toMatch(/invoice settled/);
+      for (const secret of [fake.wallet.inkey, fake.wallet.adminkey, paid.body.preimage!, client.preimage]) expect(log).not.toContain(secret);
+    } finally {
+      p.proc.kill('SIGKILL');
+    }
   });
 });

@@ -16,7 +16,8 @@ export async function startLnbitsServer(fake: FakeLnbits, overrides: Partial<Con
       LNBITS_INVOICE_KEY: fake.wallet.inkey,
       LNBITS_ADMIN_KEY: fake.wallet.adminkey,
       LNBITS_WEBHOOK_URL: `http://127.0.0.1:${port}/api/webhooks/lnbits`,
-      LNBITS_TIMEOUT_MS: 500,
+      // Generous, for a loaded machine; the tests of a timeout use a short one of their own.
+      LNBITS_TIMEOUT_MS: 5_000,
       INVOICE_EXPIRY_GRACE_S: 0,
       REFUND_RETRY_BASE_S: 0.05,
       ...overrides,
