@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { decodeInvoice, encodeInvoice, newNodeKey, newPreimage, type LightningNetwork } from '../../src/providers/payments/bolt11.js';
-import { pyDumps, pyIsoformat } from './python-json.js';
+import { feeReserveMsat, paymentJson, type PaymentRecord } from './lnbits-models.js';
+import { pyDumps } from './python-json.js';
 
 /**
  * A local LNbits that speaks its wallet REST API as LNbits v1.5 implements it (lnbits/lnbits: `core/views/
@@ -29,26 +30,6 @@ export interface FakeWallet {
   inkey: string;
   adminkey: string;
   balanceMsat: number;
-}
-
-interface PaymentRecord {
-  checking_id: string;
-  payment_hash: string;
-  wallet_id: string;
-  amount: number;
-  fee: number;
-  bolt11: string;
-  status: 'pending' | 'success' | 'failed';
-  memo: string;
-  expiry: Date | null;
-  webhook: string | null;
-  webhook_status: string | null;
-  preimage: string | null;
-  time: Date;
-  created_at: Date;
-  updated_at: Date;
-  /** Fake-only: the node's fate for an outgoing payment that is still pending. */
-  resolvesTo?: 'success';
 }
 
 export type NodeOutcome = 'ok' | 'no_route' | 'in_flight' | 'hang';
@@ -93,36 +74,6 @@ const wallet = (balanceSats: number): FakeWallet => ({
   adminkey: randomBytes(16).toString('hex'),
   balanceMsat: balanceSats * 1000,
 });
-
-/** The Payment model's fields, in pydantic's order (`payment_request` mirrors `bolt11`). */
-function paymentJson(p: PaymentRecord) {
-  return {
-    checking_id: p.checking_id,
-    payment_hash: p.payment_hash,
-    wallet_id: p.wallet_id,
-    amount: p.amount,
-    fee: p.fee,
-    bolt11: p.bolt11,
-    payment_request: p.bolt11,
-    fiat_provider: null,
-    status: p.status,
-    memo: p.memo,
-    expiry: p.expiry ? pyIsoformat(p.expiry) : null,
-    webhook: p.webhook,
-    webhook_status: p.webhook_status,
-    preimage: p.preimage,
-    tag: null,
-    extension: null,
-    time: pyIsoformat(p.time),
-    created_at: pyIsoformat(p.created_at),
-    updated_at: pyIsoformat(p.updated_at),
-    labels: [],
-    extra: {},
-  };
-}
-
-/** LNbits's fee reserve: max(lnbits_reserve_fee_min = 2000 msat, 1 %). */
-const feeReserveMsat = (amountMsat: number) => Math.max(2000, Math.floor(Math.abs(amountMsat) * 0.01));
 
 export async function startFakeLnbits(opts: { network?: LightningNetwork; payWaitMs?: number } = {}): Promise<FakeLnbits> {
   const network = opts.network ?? 'bitcoin';

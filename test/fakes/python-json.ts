@@ -7,8 +7,9 @@ export function pyDumps(value: unknown): string {
   if (value === null || value === undefined) return 'null';
   if (typeof value === 'boolean') return value ? 'true' : 'false';
   if (typeof value === 'number') {
-    if (!Number.isFinite(value)) throw new Error('pyDumps: non-finite number');
-    return Number.isInteger(value) ? String(value) : String(value);
+    // Integers print alike in both languages; LNbits's payments hold no floats (Python's float repr differs).
+    if (!Number.isInteger(value)) throw new Error('pyDumps: only integers are supported');
+    return String(value);
   }
   if (typeof value === 'string') return pyString(value);
   if (Array.isArray(value)) return `[${value.map(pyDumps).join(', ')}]`;
