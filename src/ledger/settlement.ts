@@ -195,6 +195,6 @@ export function createSettlement(deps: { db: Db; bus: Bus; log: Logger; payments
 export type Settlement = ReturnType<typeof createSettlement>;
 
 /** An invoice as clients see it: what to pay, how much, until when, and what became of it. */
-export function invoiceView(i: InvoiceRow) {
+export function invoiceView(i: Pick<InvoiceRow, 'paymentRequest' | 'paymentHash' | 'amountSats' | 'state' | 'expiresAt'>) {
   return { paymentRequest: i.paymentRequest, paymentHash: i.paymentHash, amountSats: i.amountSats, state: i.state, expiresAt: i.expiresAt.toISOString() };
 }
