@@ -12,8 +12,8 @@ export interface BusEvents {
   'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
   /** New events of a run are in Postgres, up to `lastSeq` (sent by the flush statement itself, across processes). */
   'run:progress': (e: { runId: string; lastSeq: number }) => void;
-  /** An invoice was settled and its effect (credit, job transition) committed. */
-  'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null }) => void;
+  /** A payment was confirmed and committed: its effect applied (`paid`), or held for the payer (`refundable`). */
+  'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null; state: 'paid' | 'refundable' }) => void;
   /** A job changed state. */
   'job:update': (e: { jobId: string; state: JobState }) => void;
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { LIGHTNING_NETWORKS } from './providers/payments/bolt11.js';
 
 /**
  * The environment, parsed once. Every variable here is listed in `.env.example` with its default;
@@ -49,9 +50,29 @@ export const configSchema = z
     PRICE_OUTPUT_SATS_PER_1K: z.coerce.number().min(0).default(40),
     MIN_REQUEST_SATS: int(1, 0),
 
-    /** Which providers to use. Only the stubs exist so far; real ones sit behind the same interfaces. */
+    /** Which providers to use. The AI has only its stub so far; payments: the stub node, or LNbits. */
     AI_PROVIDER: z.enum(['stub']).default('stub'),
-    PAYMENT_PROVIDER: z.enum(['stub']).default('stub'),
+    PAYMENT_PROVIDER: z.enum(['stub', 'lnbits']).default('stub'),
+    /**
+     * The Lightning network our invoices are on and refund invoices must be for. Default: `regtest` with the
+     * stub (its invoices are `lnbcrt…`), `bitcoin` with LNbits.
+     */
+    LIGHTNING_NETWORK: z.enum(LIGHTNING_NETWORKS).optional(),
+    /** Every invoice we issue expires after this many seconds (LNbits's own default is 3600). */
+    INVOICE_EXPIRY_S: int(3_600, 1, 30 * 86_400),
+    /** An unpaid invoice is closed (and what waited on it expired) this long after its expiry, once the provider says it is unpaid. */
+    INVOICE_EXPIRY_GRACE_S: int(30, 0, 3_600),
+    /** A refund payout that fails is tried this many times in all, the waits doubling from REFUND_RETRY_BASE_S (capped at an hour). */
+    REFUND_MAX_ATTEMPTS: int(5, 1, 100),
+    REFUND_RETRY_BASE_S: z.coerce.number().positive().max(3_600).default(30),
+    /** LNbits (PAYMENT_PROVIDER=lnbits): base URL, the wallet's invoice key (receive) and admin key (pay refunds). */
+    LNBITS_URL: z.string().url().optional(),
+    LNBITS_INVOICE_KEY: z.string().min(1).optional(),
+    LNBITS_ADMIN_KEY: z.string().min(1).optional(),
+    /** Where LNbits should POST when an invoice is paid (our `/api/webhooks/lnbits`, as LNbits reaches it). Unset: polling only. */
+    LNBITS_WEBHOOK_URL: z.string().url().optional(),
+    /** Longest wait for one LNbits call; a payment still unanswered then has an unknown outcome and is looked up later. */
+    LNBITS_TIMEOUT_MS: int(30_000, 100, 600_000),
     /** Stub AI: delay between tokens and default reply length (directives in the text override both). */
     STUB_TOKEN_DELAY_MS: int(50, 0, 60_000),
     STUB_OUTPUT_TOKENS: int(24, 0, 100_000),
@@ -100,7 +121,13 @@ export const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['SESSION_MIN_SATS'], message: 'must not exceed SESSION_MAX_SATS' });
     if (c.DEFAULT_MAX_TOKENS > c.MAX_TOKENS_LIMIT)
       ctx.addIssue({ code: 'custom', path: ['DEFAULT_MAX_TOKENS'], message: 'must not exceed MAX_TOKENS_LIMIT' });
-  });
+    if (c.PAYMENT_PROVIDER === 'lnbits') {
+      for (const key of ['LNBITS_URL', 'LNBITS_INVOICE_KEY', 'LNBITS_ADMIN_KEY'] as const) {
+        if (!c[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'is required with PAYMENT_PROVIDER=lnbits' });
+      }
+    }
+  })
+  .transform((c) => ({ ...c, LIGHTNING_NETWORK: c.LIGHTNING_NETWORK ?? (c.PAYMENT_PROVIDER === 'lnbits' ? ('bitcoin' as const) : ('regtest' as const)) }));
 
 export type Config = z.infer<typeof configSchema>;
 
@@ -126,5 +153,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 function valueOf(env: Record<string, unknown>, path: PropertyKey[]): string {
   const key = path[0];
   if (typeof key !== 'string' || !(key in env)) return '';
-  return key === 'DATABASE_URL' ? ' (value hidden)' : ` (got ${JSON.stringify(env[key])})`;
+  // Secrets are never echoed, not even in a start-up error.
+  return key === 'DATABASE_URL' || key.endsWith('_KEY') ? ' (value hidden)' : ` (got ${JSON.stringify(env[key])})`;
 }

@@ -7,8 +7,10 @@ import type { Database, Db } from './db/pool.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
 import { createStubAiProvider } from './providers/ai/stub.js';
 import type { AiProvider } from './providers/ai/types.js';
-import { createStubPaymentProvider, type StubPaymentProvider } from './providers/payments/stub.js';
+import { createPaymentProvider } from './providers/payments/provider.js';
+import type { StubPaymentProvider } from './providers/payments/stub.js';
 import type { PaymentProvider } from './providers/payments/types.js';
+import { createPayouts, type Payouts } from './ledger/payouts.js';
 import { createExecutor, type Executor } from './runs/executor.js';
 import { createMaintenance, type Maintenance } from './runs/maintenance.js';
 import { createRegistry, type Registry } from './runs/registry.js';
@@ -37,6 +39,8 @@ export interface AppContext {
   /** Set when the stub payment provider is in use (it exposes `markPaid` for the dev route and tests). */
   stubPayments: StubPaymentProvider | null;
   settlement: Settlement;
+  /** Refunds paid out to clients' invoices, retried through failures, never twice. */
+  payouts: Payouts;
   sessions: SessionsService;
   jobs: JobsService;
   maintenance: Maintenance;
@@ -50,7 +54,7 @@ export interface ContextOptions {
   config: Config;
   database: Database;
   log: Logger;
-  /** Override the providers (default: the stubs, configured from `config`). */
+  /** Override the providers (default: what `config` names). */
   ai?: AiProvider;
   payments?: PaymentProvider;
 }
@@ -61,12 +65,13 @@ export function createContext(opts: ContextOptions): AppContext {
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
   const ai = opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
-  const stubPayments = opts.payments ? null : createStubPaymentProvider(db);
-  const payments = opts.payments ?? stubPayments!;
+  const chosen = opts.payments ? { payments: opts.payments, stub: null } : createPaymentProvider(config, db, log);
+  const { payments, stub: stubPayments } = chosen;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
   const store = createRunStore(db);
   const recent = createRecentRuns({ ttlMs: config.RUN_MEMORY_TTL_S * 1000, max: config.RUN_MEMORY_MAX });
-  const settlement = createSettlement({ db, bus, log, payments });
+  const settlement = createSettlement({ db, bus, log, payments, config });
+  const payouts = createPayouts({ db, log, payments, config });
   const executor = createExecutor({
     db,
     store,
@@ -85,9 +90,18 @@ export function createContext(opts: ContextOptions): AppContext {
       if (run.kind === 'session') recent.put(run, events());
     },
   });
-  const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
-  const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
-  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep()] });
+  const sessions = createSessionsService({ config, db, settlement, executor, store, instanceId });
+  const jobs = createJobsService({ config, db, bus, log, ai, settlement, payouts, executor, store, instanceId });
+  const maintenance = createMaintenance({
+    config,
+    db,
+    store,
+    executor,
+    log,
+    instanceId,
+    // Invoices close before jobs are swept, so a job whose invoice just expired is seen expired.
+    extraSweeps: [() => settlement.sweep(), () => jobs.sweep(), () => payouts.sweep(), () => recent.sweep()],
+  });
   const bridge = createBusBridge({
     connectionString: database.url,
     bus,
@@ -96,5 +110,5 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId };
 }

@@ -1,6 +1,7 @@
 import { eq, isNotNull, sql } from 'drizzle-orm';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ledgerEntries, stubInvoices } from '../src/db/schema.js';
+import { clientInvoice } from './helpers/bolt11.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob, getJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
 import { expectNoLeaks } from './helpers/sessions.js';
@@ -63,13 +64,14 @@ describe('the job flow', () => {
 
     const bad = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: 'not an invoice' }).expect(400);
     expect(bad.body.error.code).toBe('invalid_invoice');
-    const wrong = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: `lnbcrt${work + 1}u1stubwrong` }).expect(400);
+    const wrong = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: clientInvoice(work + 1).bolt11 }).expect(400);
     expect(wrong.body.error).toMatchObject({ code: 'wrong_amount', details: { expectedSats: work, invoiceSats: work + 1 } });
     await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({}).expect(400);
 
-    const invoice = `lnbcrt${work}u1stubrefund${quoted.jobId.slice(0, 8)}`;
+    const client = clientInvoice(work);
+    const invoice = client.bolt11;
     const paid = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice }).expect(200);
-    expect(paid.body).toEqual({ refundPaymentHash: expect.stringMatching(/^[0-9a-f]{64}$/), amountSats: work });
+    expect(paid.body).toMatchObject({ state: 'paid', refundPaymentHash: client.paymentHash, amountSats: work, attempts: 1 });
     const again = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice }).expect(409);
     expect(again.body.error).toMatchObject({ code: 'refund_already_paid', details: { refundPaymentHash: paid.body.refundPaymentHash } });
     const after = await getJob(t, quoted.jobId);
@@ -89,7 +91,7 @@ describe('the job flow', () => {
     await waitJob(t, a.jobId, ['failed']);
     await waitJob(t, b.jobId, ['failed']);
     expect(a.workInvoice.amountSats).toBe(b.workInvoice.amountSats);
-    const invoice = `lnbcrt${a.workInvoice.amountSats}u1stubsame`;
+    const invoice = clientInvoice(a.workInvoice.amountSats).bolt11;
     await t.http.post(`/api/jobs/${a.jobId}/refund`).send({ invoice }).expect(200);
     const second = await t.http.post(`/api/jobs/${b.jobId}/refund`).send({ invoice }).expect(400);
     expect(second.body.error.code).toBe('invoice_already_used');
@@ -150,7 +152,7 @@ describe('the job flow', () => {
       .where(isNotNull(ledgerEntries.paymentHash));
     const paidInvoices = await t.ctx.db.execute<{ s: number }>(sql`select coalesce(sum(amount_sats), 0)::bigint as s from invoices where state = 'paid'`);
     expect(Number(row!.inSats)).toBe(Number(paidInvoices.rows[0]!.s));
-    const payouts = await t.ctx.db.execute<{ s: number }>(sql`select coalesce(sum(amount_sats), 0)::bigint as s from stub_invoices where direction = 'outgoing'`);
+    const payouts = await t.ctx.db.execute<{ s: number }>(sql`select coalesce(sum(amount_sats), 0)::bigint as s from stub_invoices where direction = 'outgoing' and state = 'paid'`);
     expect(Number(row!.outSats)).toBe(Number(payouts.rows[0]!.s));
   });
 });
@@ -263,7 +265,7 @@ describe('review fixes', () => {
     const owed = await getJob(t, quoted.jobId);
     expect(owed.costLedger).toMatchObject({ refundAmountSats: quoted.workInvoice.amountSats, refundState: 'pending' });
     await t.http.get(`/api/jobs/${rejected.jobId}`).expect(404);
-    const paid = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: `lnbcrt${quoted.workInvoice.amountSats}u1stubretention` }).expect(200);
+    const paid = await t.http.post(`/api/jobs/${quoted.jobId}/refund`).send({ invoice: clientInvoice(quoted.workInvoice.amountSats).bolt11 }).expect(200);
     expect(paid.body.amountSats).toBe(quoted.workInvoice.amountSats);
   });
 

@@ -37,7 +37,13 @@ export const sessions = pgTable(
 );
 export type SessionState = 'awaiting_payment' | 'active' | 'paused' | 'expired';
 
-/** Every Lightning invoice the server asked to be paid, and what paying it does. */
+/**
+ * Every Lightning invoice the server asked to be paid, and what paying it does. `pending` until paid or
+ * closed: `paid` (its effect applied: a session credited, a job moved on), `expired` (closed unpaid, after the
+ * provider said so past `expires_at`), or `refundable`: the money arrived but nothing can be delivered for it
+ * any more (its job was deleted, its invoice had been closed), so it is held for the payer, who claims it back
+ * by showing the preimage. Rows are kept: a late payment must always find its invoice.
+ */
 export const invoices = pgTable(
   'invoices',
   {
@@ -47,13 +53,23 @@ export const invoices = pgTable(
     jobId: uuid('job_id'),
     amountSats: sats('amount_sats').notNull(),
     paymentRequest: text('payment_request').notNull(),
-    state: text('state').$type<'pending' | 'paid'>().notNull().default('pending'),
+    state: text('state').$type<InvoiceState>().notNull().default('pending'),
     createdAt: ts('created_at').notNull().defaultNow(),
+    /** From the invoice itself (timestamp + expiry). Rows from before expiry existed get an hour. */
+    expiresAt: ts('expires_at')
+      .notNull()
+      .default(sql`now() + interval '1 hour'`),
     paidAt: ts('paid_at'),
   },
-  (t) => [index('invoices_session_idx').on(t.sessionId), index('invoices_job_idx').on(t.jobId)],
+  (t) => [
+    index('invoices_session_idx').on(t.sessionId),
+    index('invoices_job_idx').on(t.jobId),
+    // The sweeper closes due invoices oldest first.
+    index('invoices_pending_expiry_idx').on(t.expiresAt).where(sql`${t.state} = 'pending'`),
+  ],
 );
 export type InvoicePurpose = 'session_deposit' | 'session_topup' | 'job_eval' | 'job_work';
+export type InvoiceState = 'pending' | 'paid' | 'expired' | 'refundable';
 
 /**
  * Every sat that moves. `amount_sats` is the signed change to the account named by `session_id` or `job_id`.
@@ -79,7 +95,8 @@ export const ledgerEntries = pgTable(
     uniqueIndex('ledger_run_kind_uq').on(t.runId, t.kind).where(sql`${t.runId} is not null`),
     uniqueIndex('ledger_payment_uq').on(t.paymentHash).where(sql`${t.paymentHash} is not null`),
     uniqueIndex('ledger_job_kind_uq').on(t.jobId, t.kind).where(sql`${t.jobId} is not null`),
-    check('ledger_account', sql`${t.sessionId} is not null or ${t.jobId} is not null`),
+    // A payment that could not be delivered belongs to no session or job: it is held for its payer.
+    check('ledger_account', sql`${t.sessionId} is not null or ${t.jobId} is not null or ${t.kind} in ('undeliverable_payment', 'undeliverable_refund_payout')`),
   ],
 );
 export type LedgerKind =
@@ -89,7 +106,10 @@ export type LedgerKind =
   | 'refund'
   | 'job_eval_payment'
   | 'job_work_payment'
-  | 'job_refund_payout';
+  | 'job_refund_payout'
+  /** A payment for something that could no longer be delivered (+), and its refund to the payer (−). */
+  | 'undeliverable_payment'
+  | 'undeliverable_refund_payout';
 
 /** Every unit of AI work. */
 export const runs = pgTable(
@@ -166,17 +186,12 @@ export const jobs = pgTable(
     pricing: jsonb('pricing').$type<JobPricing>(),
     reason: text('reason'),
     errorMessage: text('error_message'),
-    refundState: text('refund_state').$type<'none' | 'paying' | 'paid'>().notNull().default('none'),
-    refundInvoice: text('refund_invoice'),
-    refundPaymentHash: text('refund_payment_hash'),
     createdAt: ts('created_at').notNull().defaultNow(),
     updatedAt: ts('updated_at').notNull().defaultNow(),
   },
   (t) => [
     uniqueIndex('jobs_run_uq').on(t.runId),
     index('jobs_state_idx').on(t.state),
-    // An invoice can be paid once: it may settle the refund of one job only.
-    uniqueIndex('jobs_refund_invoice_uq').on(t.refundInvoice).where(sql`${t.refundInvoice} is not null`),
   ],
 );
 export type JobState =
@@ -186,7 +201,9 @@ export type JobState =
   | 'rejected'
   | 'executing'
   | 'complete'
-  | 'failed';
+  | 'failed'
+  /** Its evaluation or work invoice expired unpaid. */
+  | 'expired';
 export interface JobPricing {
   estimatedInputTokens: number;
   estimatedOutputTokens: number;
@@ -198,8 +215,51 @@ export interface JobPricing {
 }
 
 /**
+ * Money we pay out: a refund to an invoice the client gave us. `pending` while being paid or waiting to be
+ * tried again (`next_attempt_at`), `paid` once the provider confirms it (the ledger row is written then, in
+ * the same transaction), `failed` when its attempts are spent on definite failures: the refund is still owed,
+ * and the client may give another invoice. `refund_of` names the incoming payment whose money goes back.
+ */
+export const payouts = pgTable(
+  'payouts',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    kind: text('kind').$type<PayoutKind>().notNull(),
+    /** The incoming payment refunded: a job's work payment, or an undeliverable payment itself. */
+    refundOf: text('refund_of').notNull(),
+    jobId: uuid('job_id'),
+    amountSats: sats('amount_sats').notNull(),
+    /** The BOLT 11 invoice to pay, and its payment hash. */
+    invoice: text('invoice').notNull(),
+    paymentHash: text('payment_hash').notNull(),
+    state: text('state').$type<PayoutState>().notNull().default('pending'),
+    attempts: integer('attempts').notNull().default(0),
+    lastError: text('last_error'),
+    /** The last attempt left the outcome unknown (a timeout, a payment in flight): only a lookup may go on. */
+    outcomeUnknown: boolean('outcome_unknown').notNull().default(false),
+    nextAttemptAt: ts('next_attempt_at').notNull().defaultNow(),
+    /** An attempt in progress holds the payout until then (a dead process's hold lapses). */
+    heldUntil: ts('held_until'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+    paidAt: ts('paid_at'),
+  },
+  (t) => [
+    // One invoice settles one refund, ever (a failed payout's invoice is spent too: nodes refuse to retry it).
+    uniqueIndex('payouts_payment_hash_uq').on(t.paymentHash),
+    // At most one payout of a debt is under way or paid: a second can start only after a failure.
+    uniqueIndex('payouts_refund_of_live_uq').on(t.refundOf).where(sql`${t.state} <> 'failed'`),
+    index('payouts_due_idx').on(t.nextAttemptAt).where(sql`${t.state} = 'pending'`),
+    index('payouts_job_idx').on(t.jobId),
+  ],
+);
+export type PayoutKind = 'job_refund' | 'undeliverable_refund';
+export type PayoutState = 'pending' | 'paid' | 'failed';
+
+/**
  * The stub payment provider's own books: it plays a Lightning node, so its invoices and payments
- * survive restarts like a real node's would.
+ * survive restarts like a real node's would. An incoming row keeps its preimage (the node's secret, revealed
+ * to the payer on payment); an outgoing row is a payment the node made, or tried to.
  */
 export const stubInvoices = pgTable('stub_invoices', {
   paymentHash: text('payment_hash').primaryKey(),
@@ -207,7 +267,11 @@ export const stubInvoices = pgTable('stub_invoices', {
   direction: text('direction').$type<'incoming' | 'outgoing'>().notNull(),
   amountSats: sats('amount_sats').notNull(),
   memo: text('memo').notNull().default(''),
-  state: text('state').$type<'pending' | 'paid'>().notNull().default('pending'),
+  state: text('state').$type<'pending' | 'paid' | 'failed'>().notNull().default('pending'),
+  preimage: text('preimage'),
+  expiresAt: ts('expires_at'),
+  /** Outgoing: what the last failed attempt said. */
+  failure: text('failure'),
   createdAt: ts('created_at').notNull().defaultNow(),
   paidAt: ts('paid_at'),
 });

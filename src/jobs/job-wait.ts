@@ -10,7 +10,7 @@ import { RUN_STATES, type JobRow } from './jobs.service.js';
 const RECONCILE_MS = 5_000;
 
 export async function waitForJob(ctx: Pick<AppContext, 'bus' | 'jobs' | 'config'>, job: JobRow, signal: AbortSignal): Promise<JobRow> {
-  const ready = (j: JobRow) => RUN_STATES.includes(j.state) || j.state === 'rejected';
+  const ready = (j: JobRow) => RUN_STATES.includes(j.state) || j.state === 'rejected' || j.state === 'expired';
   if (ready(job)) return job;
   const deadline = Date.now() + ctx.config.JOB_STREAM_WAIT_S * 1000;
   // `dirty` catches an update that lands while we are reading, so it is never slept through.

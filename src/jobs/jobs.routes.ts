@@ -5,8 +5,28 @@ import { parse, requestText } from '../http/validate.js';
 import { findRun } from '../runs/lookup.js';
 import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
+import { payoutAnswer, payoutView, type PayoutRow } from '../ledger/payouts.js';
+import { invoiceView } from '../ledger/settlement.js';
 import { waitForJob } from './job-wait.js';
 import { RUN_STATES, type JobRow } from './jobs.service.js';
+
+/**
+ * What the job owes back, as `costLedger` shows it. `refundState`: `not_applicable` (nothing owed), `pending`
+ * (owed: give an invoice), `paying` (a payout is under way or waiting to retry), `paid`, or `failed` (the last
+ * payout failed for good: still owed, give another invoice).
+ */
+function refundFields(owed: number, payout: PayoutRow | undefined) {
+  if (owed === 0) return { refundState: 'not_applicable' as const };
+  if (!payout) return { refundState: 'pending' as const };
+  const v = payoutView(payout);
+  return {
+    refundState: v.state,
+    refundPaymentHash: v.refundPaymentHash,
+    refundAttempts: v.attempts,
+    ...(v.lastError ? { refundLastError: v.lastError } : {}),
+    ...(v.nextAttemptAt ? { refundNextAttemptAt: v.nextAttemptAt, refundOutcomeUnknown: v.outcomeUnknown } : {}),
+  };
+}
 
 export function jobRoutes(ctx: AppContext): Router {
   const r = Router();
@@ -16,14 +36,12 @@ export function jobRoutes(ctx: AppContext): Router {
   });
   const refundBody = z.object({ invoice: z.string({ error: 'invoice must be a string' }).min(1, 'invoice is required').max(2000) });
 
-  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number } | undefined) =>
-    i && { paymentRequest: i.paymentRequest, paymentHash: i.paymentHash, amountSats: i.amountSats };
-
   async function jobView(job: JobRow) {
     const { evalInvoice, workInvoice } = await jobs.invoicesOf(job);
     const run = RUN_STATES.includes(job.state) ? await ctx.store.get(job.runId) : undefined;
     const fields = run && runFields(run, ctx.registry.get(run.id));
     const ended = job.state === 'complete' || job.state === 'failed';
+    const payout = ended && run && run.refundedSats > 0 ? await jobs.payoutOf(job) : undefined;
     return {
       jobId: job.id,
       state: job.state,
@@ -32,6 +50,7 @@ export function jobRoutes(ctx: AppContext): Router {
       ...(workInvoice ? { workInvoice: invoiceView(workInvoice) } : {}),
       ...(job.pricing ? { pricingBreakdown: job.pricing } : {}),
       ...(job.reason ? { reason: job.reason } : {}),
+      ...(job.state === 'expired' ? { reason: 'its invoice expired unpaid' } : {}),
       ...(fields ? { result: fields.result } : {}),
       ...(job.errorMessage ? { errorMessage: job.errorMessage } : {}),
       ...(ended && run
@@ -43,8 +62,7 @@ export function jobRoutes(ctx: AppContext): Router {
               actualAmountSats: run.chargedSats,
               workAmountSats: run.debitedSats,
               refundAmountSats: run.refundedSats,
-              refundState: run.refundedSats === 0 ? 'not_applicable' : job.refundState === 'paid' ? 'paid' : 'pending',
-              ...(job.refundPaymentHash ? { refundPaymentHash: job.refundPaymentHash } : {}),
+              ...refundFields(run.refundedSats, payout),
             },
           }
         : {}),
@@ -66,7 +84,8 @@ export function jobRoutes(ctx: AppContext): Router {
   r.post('/jobs/:id/refund', async (req, res) => {
     const job = await jobs.find(req.params.id);
     const body = parse(refundBody, req.body);
-    res.json(await jobs.refund(job, body.invoice));
+    const answer = payoutAnswer(await jobs.refund(job, body.invoice));
+    res.status(answer.status).json(answer.body);
   });
 
   /**
@@ -87,6 +106,10 @@ export function jobRoutes(ctx: AppContext): Router {
     if (sse.signal.aborted) return sse.end();
     if (job.state === 'rejected') {
       await sse.send({ event: 'error', data: { state: 'rejected', code: 'rejected', message: job.reason ?? 'the job was rejected', reason: job.reason } });
+      return sse.end();
+    }
+    if (job.state === 'expired') {
+      await sse.send({ event: 'error', data: { state: 'expired', code: 'invoice_expired', message: 'the job expired: its invoice was not paid in time' } });
       return sse.end();
     }
     if (!RUN_STATES.includes(job.state)) {

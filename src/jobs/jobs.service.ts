@@ -1,24 +1,21 @@
-import { and, eq, inArray, lt, sql } from 'drizzle-orm';
+import { and, eq, lt, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Config } from '../config.js';
-import type { Db } from '../db/pool.js';
-import { invoices, jobs, type JobPricing, type JobState } from '../db/schema.js';
-import { AppError, conflict, notFound } from '../http/errors.js';
+import type { Db, Tx } from '../db/pool.js';
+import { jobs, type JobPricing, type JobState } from '../db/schema.js';
+import { conflict, notFound } from '../http/errors.js';
 import { isUuid } from '../http/validate.js';
 import { recordJobMovement } from '../ledger/ledger.js';
 import { costSats, priceSnapshot } from '../ledger/pricing.js';
+import type { Payouts } from '../ledger/payouts.js';
 import type { Settlement } from '../ledger/settlement.js';
 import type { AiProvider } from '../providers/ai/types.js';
-import { PaymentError, type PaymentProvider } from '../providers/payments/types.js';
 import type { Executor } from '../runs/executor.js';
 import type { Settler } from '../runs/finish.js';
 import type { RunStore } from '../runs/store.js';
 
 export type JobRow = typeof jobs.$inferSelect;
-
-const isUniqueViolation = (err: unknown): boolean =>
-  typeof err === 'object' && err !== null && ((err as { code?: string }).code === '23505' || isUniqueViolation((err as { cause?: unknown }).cause));
 
 export interface JobsDeps {
   config: Config;
@@ -26,8 +23,8 @@ export interface JobsDeps {
   bus: Bus;
   log: Logger;
   ai: AiProvider;
-  payments: PaymentProvider;
   settlement: Settlement;
+  payouts: Payouts;
   executor: Executor;
   store: RunStore;
   instanceId: string;
@@ -64,34 +61,37 @@ export function createJobsService(deps: JobsDeps) {
 
   const emit = (jobId: string, state: JobState) => bus.emit('job:update', { jobId, state });
 
-  // Paying the evaluation fee starts the evaluation (after commit).
+  // Paying the evaluation fee starts the evaluation (after commit). A job that no longer awaits it (deleted,
+  // expired) cannot take the payment: the settlement holds it for the payer.
   deps.settlement.on('job_eval', async (tx, inv) => {
-    if (!inv.jobId) return;
+    if (!inv.jobId) return null;
     const jobId = inv.jobId;
-    await recordJobMovement(tx, { jobId, kind: 'job_eval_payment', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
     const moved = await tx
       .update(jobs)
       .set({ state: 'evaluating', updatedAt: sql`now()` })
       .where(and(eq(jobs.id, jobId), eq(jobs.state, 'awaiting_eval_payment')))
       .returning({ id: jobs.id });
-    if (moved.length === 0) return;
-    return () => {
-      emit(jobId, 'evaluating');
-      startEvaluation(jobId);
+    if (moved.length === 0) return null;
+    await recordJobMovement(tx, { jobId, kind: 'job_eval_payment', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
+    return {
+      effect: () => {
+        emit(jobId, 'evaluating');
+        startEvaluation(jobId);
+      },
     };
   });
 
   // Paying the work invoice creates the run, in the same transaction, and hands it to the executor.
   deps.settlement.on('job_work', async (tx, inv) => {
-    if (!inv.jobId) return;
+    if (!inv.jobId) return null;
     const jobId = inv.jobId;
-    await recordJobMovement(tx, { jobId, kind: 'job_work_payment', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
     const [job] = await tx
       .update(jobs)
       .set({ state: 'executing', updatedAt: sql`now()` })
-      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'awaiting_work_payment')))
+      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'awaiting_work_payment'), sql`${jobs.pricing} is not null`))
       .returning();
-    if (!job?.pricing) return;
+    if (!job?.pricing) return null;
+    await recordJobMovement(tx, { jobId, kind: 'job_work_payment', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
     const run = await deps.store.insert(tx, {
       id: job.runId,
       kind: 'job',
@@ -104,11 +104,27 @@ export function createJobsService(deps: JobsDeps) {
       leaseOwner: deps.instanceId,
       leaseTtlS: config.LEASE_TTL_S,
     });
-    return () => {
-      emit(jobId, 'executing');
-      deps.executor.accept(run);
+    return {
+      effect: () => {
+        emit(jobId, 'executing');
+        deps.executor.accept(run);
+      },
     };
   });
+
+  // An invoice closed unpaid: the job that waited on it expires.
+  const expireJob = (awaiting: JobState) => async (tx: Tx, inv: { jobId: string | null }) => {
+    if (!inv.jobId) return;
+    const jobId = inv.jobId;
+    const moved = await tx
+      .update(jobs)
+      .set({ state: 'expired', updatedAt: sql`now()` })
+      .where(and(eq(jobs.id, jobId), eq(jobs.state, awaiting)))
+      .returning({ id: jobs.id });
+    if (moved.length) return () => emit(jobId, 'expired');
+  };
+  deps.settlement.onExpire('job_eval', expireJob('awaiting_eval_payment'));
+  deps.settlement.onExpire('job_work', expireJob('awaiting_work_payment'));
 
   // The run's finish moved the job in its transaction; tell the watchers.
   bus.on('run:finish', (e) => {
@@ -155,14 +171,14 @@ export function createJobsService(deps: JobsDeps) {
       feeSats: config.JOB_WORK_FEE_SATS,
       workAmountSats: work,
     };
-    const inv = await deps.payments.createInvoice({ amountSats: work, memo: `sluice job work ${jobId}` });
+    const inv = await deps.settlement.issue({ amountSats: work, memo: `sluice job work ${jobId}` });
     const moved = await db.transaction(async (tx) => {
       const rows = await tx
         .update(jobs)
         .set({ state: 'awaiting_work_payment', pricing, workPaymentHash: inv.paymentHash, updatedAt: sql`now()` })
         .where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating')))
         .returning({ id: jobs.id });
-      if (rows.length) await deps.settlement.record(tx, { paymentHash: inv.paymentHash, purpose: 'job_work', jobId, amountSats: work, paymentRequest: inv.paymentRequest });
+      if (rows.length) await deps.settlement.record(tx, { paymentHash: inv.paymentHash, purpose: 'job_work', jobId, amountSats: work, paymentRequest: inv.paymentRequest, expiresAt: inv.expiresAt });
       return rows.length > 0;
     });
     if (moved) emit(jobId, 'awaiting_work_payment');
@@ -178,10 +194,10 @@ export function createJobsService(deps: JobsDeps) {
     find,
 
     async create(request: string) {
-      const inv = await deps.payments.createInvoice({ amountSats: config.JOB_EVAL_FEE_SATS, memo: 'sluice job evaluation' });
+      const inv = await deps.settlement.issue({ amountSats: config.JOB_EVAL_FEE_SATS, memo: 'sluice job evaluation' });
       return db.transaction(async (tx) => {
         const [job] = await tx.insert(jobs).values({ request, evalPaymentHash: inv.paymentHash }).returning();
-        await deps.settlement.record(tx, { paymentHash: inv.paymentHash, purpose: 'job_eval', jobId: job!.id, amountSats: inv.amountSats, paymentRequest: inv.paymentRequest });
+        await deps.settlement.record(tx, { paymentHash: inv.paymentHash, purpose: 'job_eval', jobId: job!.id, amountSats: inv.amountSats, paymentRequest: inv.paymentRequest, expiresAt: inv.expiresAt });
         return { job: job!, evalInvoice: inv };
       });
     },
@@ -198,15 +214,18 @@ export function createJobsService(deps: JobsDeps) {
     },
 
     async invoicesOf(job: JobRow) {
-      const hashes = [job.evalPaymentHash, job.workPaymentHash].filter((h): h is string => Boolean(h));
-      const rows = await db.select().from(invoices).where(inArray(invoices.paymentHash, hashes));
+      const rows = await deps.settlement.findMany([job.evalPaymentHash, job.workPaymentHash].filter((h): h is string => Boolean(h)));
       return { evalInvoice: rows.find((r) => r.paymentHash === job.evalPaymentHash)!, workInvoice: rows.find((r) => r.paymentHash === job.workPaymentHash) };
     },
 
+    /** The latest payout of this job's refund, if one was ever asked for. */
+    async payoutOf(job: JobRow) {
+      return job.workPaymentHash ? deps.payouts.latest(job.workPaymentHash) : undefined;
+    },
+
     /**
-     * Pay back what the work did not use, to an invoice of exactly that amount. Once: the job row moves
-     * none → paying → paid by compare-and-set, and the payment is idempotent per invoice, so a retry after a
-     * crash between paying and recording pays nothing twice.
+     * Pay back what the work did not use, to an invoice of exactly that amount: at most once (see payouts.ts),
+     * retried through failures; a payout that fails for good leaves the refund owed for another invoice.
      */
     async refund(job: JobRow, invoice: string) {
       if (job.state !== 'complete' && job.state !== 'failed') {
@@ -214,63 +233,37 @@ export function createJobsService(deps: JobsDeps) {
       }
       const run = await deps.store.get(job.runId);
       const owed = run?.refundedSats ?? 0;
-      if (job.refundState === 'paid') {
-        throw conflict('refund_already_paid', 'the refund was already paid', { refundPaymentHash: job.refundPaymentHash, amountSats: owed });
+      const before = await this.payoutOf(job);
+      if (before?.state === 'paid') {
+        throw conflict('refund_already_paid', 'the refund was already paid', { refundPaymentHash: before.paymentHash, amountSats: before.amountSats });
       }
-      if (owed <= 0) throw conflict('nothing_owed', 'the work used everything it was paid for; no refund is owed');
-      const decoded = deps.payments.decodeInvoice(invoice);
-      if (!decoded) throw new AppError(400, 'invalid_invoice', 'invoice is not a payable Lightning invoice');
-      if (decoded.amountSats !== owed) {
-        throw new AppError(400, 'wrong_amount', `the invoice is for ${decoded.amountSats} sats; the refund is ${owed} sats`, {
-          expectedSats: owed,
-          invoiceSats: decoded.amountSats,
-        });
-      }
-      const claimed = await db
-        .update(jobs)
-        .set({ refundState: 'paying', refundInvoice: invoice.trim(), updatedAt: sql`now()` })
-        .where(and(eq(jobs.id, job.id), eq(jobs.refundState, 'none')))
-        .returning({ id: jobs.id })
-        .catch((err: unknown) => {
-          if (isUniqueViolation(err)) throw new AppError(400, 'invoice_already_used', 'that invoice was already given for another refund');
-          throw err;
-        });
-      if (claimed.length === 0) {
-        const now = await find(job.id);
-        if (now.refundState === 'paid') {
-          throw conflict('refund_already_paid', 'the refund was already paid', { refundPaymentHash: now.refundPaymentHash, amountSats: owed });
-        }
-        throw conflict('refund_in_progress', 'the refund is being paid');
-      }
-      return payRefund(job.id, invoice.trim(), owed);
+      if (owed <= 0 || !job.workPaymentHash) throw conflict('nothing_owed', 'the work used everything it was paid for; no refund is owed');
+      return deps.payouts.start({ kind: 'job_refund', refundOf: job.workPaymentHash, jobId: job.id, amountSats: owed }, invoice);
     },
 
     startEvaluation,
 
-    /** Finish what a dead process (or a failed call) left half done: evaluations and refund payments. */
+    /** Finish what a dead process (or a failed call) left half done: evaluations. (Payouts sweep themselves.) */
     async sweep(everyone = false) {
       const stale = everyone ? sql`true` : lt(jobs.updatedAt, sql`now() - interval '60 seconds'`);
       const stuck = await db.select({ id: jobs.id }).from(jobs).where(and(eq(jobs.state, 'evaluating'), stale)).limit(100);
       for (const j of stuck) startEvaluation(j.id);
       await this.deleteExpired();
-      const paying = await db.select().from(jobs).where(and(eq(jobs.refundState, 'paying'), stale)).limit(100);
-      for (const j of paying) {
-        const run = await deps.store.get(j.runId);
-        if (j.refundInvoice && run) await payRefund(j.id, j.refundInvoice, run.refundedSats).catch((err) => log.warn({ err, jobId: j.id }, 'refund retry failed'));
-      }
     },
 
     /**
-     * Forget jobs past retention that nobody can act on any more: rejected, never paid, or ended with nothing
-     * owed (or the refund paid). A job still owed a refund is kept however old. Ledger rows stay.
+     * Forget jobs past retention that nobody can act on any more: rejected, expired unpaid, or ended with
+     * nothing owed (or the refund paid). A job still owed a refund is kept however old. Ledger rows, invoices
+     * and payouts stay: a late payment must still find its invoice (and is then held for its payer).
      */
     async deleteExpired(): Promise<number> {
       const cutoff = new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000).toISOString();
       const res = await db.execute(sql`
         delete from jobs j where j.updated_at < ${cutoff}::timestamptz and (
-          j.state in ('rejected', 'awaiting_eval_payment', 'awaiting_work_payment')
-          or (j.state in ('complete', 'failed') and not exists (
-                select 1 from runs r where r.id = j.run_id and r.refunded_sats > 0 and j.refund_state <> 'paid')))`);
+          j.state in ('rejected', 'expired')
+          or (j.state in ('complete', 'failed') and (
+                not exists (select 1 from runs r where r.id = j.run_id and r.refunded_sats > 0)
+                or exists (select 1 from payouts p where p.refund_of = j.work_payment_hash and p.state = 'paid'))))`);
       return res.rowCount ?? 0;
     },
 
@@ -278,27 +271,6 @@ export function createJobsService(deps: JobsDeps) {
       await Promise.allSettled(evaluating.values());
     },
   };
-
-  async function payRefund(jobId: string, invoice: string, amountSats: number) {
-    let paid: { paymentHash: string };
-    try {
-      // A retry after a crash may find the payment already made: record it, never pay twice.
-      paid = (await deps.payments.lookupPayment(invoice)) ?? (await deps.payments.payInvoice(invoice));
-    } catch (err) {
-      await db.update(jobs).set({ refundState: 'none', refundInvoice: null }).where(and(eq(jobs.id, jobId), eq(jobs.refundState, 'paying')));
-      if (err instanceof PaymentError) throw new AppError(502, 'payment_failed', `paying the refund failed: ${err.message}`);
-      throw err;
-    }
-    await db.transaction(async (tx) => {
-      await tx
-        .update(jobs)
-        .set({ refundState: 'paid', refundPaymentHash: paid.paymentHash, updatedAt: sql`now()` })
-        .where(and(eq(jobs.id, jobId), eq(jobs.refundState, 'paying')));
-      await recordJobMovement(tx, { jobId, kind: 'job_refund_payout', amountSats: -amountSats, paymentHash: paid.paymentHash });
-    });
-    log.info({ jobId, amountSats, paymentHash: paid.paymentHash }, 'job refund paid');
-    return { refundPaymentHash: paid.paymentHash, amountSats };
-  }
 }
 
 export type JobsService = ReturnType<typeof createJobsService>;

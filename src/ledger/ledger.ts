@@ -59,6 +59,16 @@ export async function recordJobMovement(tx: Tx, e: { jobId: string; kind: Extrac
   return inserted.length > 0;
 }
 
+/** Money held for a payer whose payment could not be delivered (+), or paid back to them (−): no account. */
+export async function recordUndeliverable(tx: Tx, e: { kind: 'undeliverable_payment' | 'undeliverable_refund_payout'; amountSats: number; paymentHash: string }): Promise<boolean> {
+  const inserted = await tx
+    .insert(ledgerEntries)
+    .values({ kind: e.kind, amountSats: e.amountSats, paymentHash: e.paymentHash })
+    .onConflictDoNothing()
+    .returning({ id: ledgerEntries.id });
+  return inserted.length > 0;
+}
+
 export async function sessionLedger(db: DbOrTx, sessionId: string) {
   return db
     .select({ kind: ledgerEntries.kind, amountSats: ledgerEntries.amountSats, runId: ledgerEntries.runId, paymentHash: ledgerEntries.paymentHash, createdAt: ledgerEntries.createdAt })

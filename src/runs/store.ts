@@ -146,7 +146,8 @@ export function createRunStore(db: Db) {
         delete from runs where id in (
           select r.id from runs r
           where r.completed_at < ${cutoff.toISOString()}::timestamptz and r.state not in ('queued','executing')
-            and not exists (select 1 from jobs j where j.run_id = r.id and r.refunded_sats > 0 and j.refund_state <> 'paid')
+            and not exists (select 1 from jobs j where j.run_id = r.id and r.refunded_sats > 0
+                            and not exists (select 1 from payouts p where p.refund_of = j.work_payment_hash and p.state = 'paid'))
           limit ${limit})`);
       return res.rowCount ?? 0;
     },

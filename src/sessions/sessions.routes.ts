@@ -4,6 +4,7 @@ import { notFound } from '../http/errors.js';
 import { bearerToken } from '../http/auth.js';
 import { isUuid, parse } from '../http/validate.js';
 import { sessionLedger } from '../ledger/ledger.js';
+import { invoiceView } from '../ledger/settlement.js';
 import { streamRun } from '../runs/stream.js';
 import { findRun, type FoundRun } from '../runs/lookup.js';
 import { runFields } from '../runs/view.js';
@@ -17,11 +18,6 @@ export function sessionView(s: SessionRow) {
 export function sessionRoutes(ctx: AppContext): Router {
   const r = Router();
   const { sessions } = ctx;
-  const invoiceView = (i: { paymentRequest: string; paymentHash: string; amountSats: number }) => ({
-    paymentRequest: i.paymentRequest,
-    paymentHash: i.paymentHash,
-    amountSats: i.amountSats,
-  });
 
   /** A request of this session, or 404 (also for another session's run: ids are not probeable). */
   async function ownRun(session: SessionRow, requestId: string | undefined): Promise<FoundRun> {
@@ -39,7 +35,8 @@ export function sessionRoutes(ctx: AppContext): Router {
   });
 
   r.get('/sessions/:id', async (req, res) => {
-    res.json(sessionView(await sessions.get(bearerToken(req), req.params.id)));
+    const session = await sessions.get(bearerToken(req), req.params.id);
+    res.json({ ...sessionView(session), invoices: (await sessions.invoices(session)).map((i) => ({ purpose: i.purpose, ...invoiceView(i) })) });
   });
 
   r.post('/sessions/:id/topup', async (req, res) => {

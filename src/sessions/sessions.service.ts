@@ -8,8 +8,7 @@ import { hashToken, newToken, tokenMatches } from '../http/auth.js';
 import { isUuid } from '../http/validate.js';
 import { creditSession, debitSession, refundRun } from '../ledger/ledger.js';
 import { estimateSats, priceSnapshot } from '../ledger/pricing.js';
-import type { Settlement } from '../ledger/settlement.js';
-import type { PaymentProvider } from '../providers/payments/types.js';
+import type { InvoiceRow, Settlement } from '../ledger/settlement.js';
 import type { Executor } from '../runs/executor.js';
 import type { Settler } from '../runs/finish.js';
 import type { RunStore } from '../runs/store.js';
@@ -19,7 +18,6 @@ export type SessionRow = typeof sessions.$inferSelect;
 export interface SessionsDeps {
   config: Config;
   db: Db;
-  payments: PaymentProvider;
   settlement: Settlement;
   executor: Executor;
   store: RunStore;
@@ -38,27 +36,32 @@ export function createSessionsService(deps: SessionsDeps) {
   const expiryMs = () => config.SESSION_EXPIRY_HOURS * 3600_000;
 
   // Paying the deposit opens the session; a top-up adds to it (and revives an expired session: paying is use).
-  deps.settlement.on('session_deposit', async (tx, inv) => {
+  // A session that is gone cannot take the money: the settlement then holds it for the payer.
+  const credit = (kind: 'deposit' | 'topup') => async (tx: Tx, inv: InvoiceRow) => {
+    if (!inv.sessionId || !(await activate(tx, inv.sessionId))) return null;
+    await creditSession(tx, { sessionId: inv.sessionId, kind, amountSats: inv.amountSats, paymentHash: inv.paymentHash });
+    return {};
+  };
+  deps.settlement.on('session_deposit', credit('deposit'));
+  deps.settlement.on('session_topup', credit('topup'));
+  // A deposit that expired unpaid: the session it would have opened expires with it.
+  deps.settlement.onExpire('session_deposit', async (tx, inv) => {
     if (!inv.sessionId) return;
-    await creditSession(tx, { sessionId: inv.sessionId, kind: 'deposit', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
-    await activate(tx, inv.sessionId);
+    await tx.update(sessions).set({ state: 'expired' }).where(and(eq(sessions.id, inv.sessionId), eq(sessions.state, 'awaiting_payment')));
   });
-  deps.settlement.on('session_topup', async (tx, inv) => {
-    if (!inv.sessionId) return;
-    await creditSession(tx, { sessionId: inv.sessionId, kind: 'topup', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
-    await activate(tx, inv.sessionId);
-  });
-  async function activate(tx: Tx, sessionId: string) {
-    await tx
+  async function activate(tx: Tx, sessionId: string): Promise<boolean> {
+    const moved = await tx
       .update(sessions)
       .set({ state: 'active', lastUsedAt: sql`now()`, expiresAt: sql`now() + make_interval(secs => ${config.SESSION_EXPIRY_HOURS * 3600})` })
-      .where(and(eq(sessions.id, sessionId), inArray(sessions.state, ['awaiting_payment', 'active', 'expired'])));
+      .where(and(eq(sessions.id, sessionId), inArray(sessions.state, ['awaiting_payment', 'active', 'expired'])))
+      .returning({ id: sessions.id });
+    return moved.length > 0;
   }
 
-  async function invoice(tx: DbOrTx, sessionId: string, purpose: 'session_deposit' | 'session_topup', amountSats: number) {
-    const inv = await deps.payments.createInvoice({ amountSats, memo: `sluice ${purpose === 'session_deposit' ? 'deposit' : 'top-up'} ${sessionId}` });
-    await deps.settlement.record(tx, { paymentHash: inv.paymentHash, purpose, sessionId, amountSats, paymentRequest: inv.paymentRequest });
-    return inv;
+  /** Ask the provider for an invoice: outside any transaction (it is a network call); the caller records it. */
+  async function invoice(sessionId: string, purpose: 'session_deposit' | 'session_topup', amountSats: number) {
+    const inv = await deps.settlement.issue({ amountSats, memo: `sluice ${purpose === 'session_deposit' ? 'deposit' : 'top-up'} ${sessionId}` });
+    return { paymentHash: inv.paymentHash, purpose, sessionId, amountSats, paymentRequest: inv.paymentRequest, expiresAt: inv.expiresAt };
   }
 
   /**
@@ -88,13 +91,14 @@ export function createSessionsService(deps: SessionsDeps) {
     async create(amountSats: number) {
       const token = newToken();
       const id = randomUUID();
+      const deposit = await invoice(id, 'session_deposit', amountSats);
       return db.transaction(async (tx) => {
         const [row] = await tx
           .insert(sessions)
           .values({ id, tokenHash: hashToken(token), state: 'awaiting_payment', expiresAt: new Date(Date.now() + expiryMs()) })
           .returning();
-        const inv = await invoice(tx, id, 'session_deposit', amountSats);
-        return { session: row!, token, invoice: inv };
+        await deps.settlement.record(tx, deposit);
+        return { session: row!, token, invoice: { ...deposit, state: 'pending' as const } };
       });
     },
 
@@ -116,7 +120,14 @@ export function createSessionsService(deps: SessionsDeps) {
     },
 
     async topup(session: SessionRow, amountSats: number) {
-      return invoice(db, session.id, 'session_topup', amountSats);
+      const topup = await invoice(session.id, 'session_topup', amountSats);
+      await deps.settlement.record(db, topup);
+      return { ...topup, state: 'pending' as const };
+    },
+
+    /** The session's newest invoices (what a client may still be paying, and what became of the last ones). */
+    async invoices(session: SessionRow, limit = 5) {
+      return db.select().from(invoices).where(eq(invoices.sessionId, session.id)).orderBy(desc(invoices.createdAt)).limit(limit);
     },
 
     /**

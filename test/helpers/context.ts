@@ -41,7 +41,10 @@ async function freshDatabaseUrl(): Promise<string> {
 }
 
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
-export async function startTestServer(overrides: Partial<Config> = {}, opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string } = {}): Promise<TestServer> {
+export async function startTestServer(
+  overrides: Partial<Config> = {},
+  opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number } = {},
+): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
@@ -50,7 +53,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
   await ctx.bridge.start();
   const app = createApp(ctx);
   const server: Server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    const s = app.listen(opts.port ?? 0, '127.0.0.1', () => resolve(s));
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   let closed = false;
@@ -59,7 +62,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
     app,
     http: supertest(app),
     url,
-    sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, databaseUrl }),
+    sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, port: undefined, databaseUrl }),
     async close() {
       if (closed) return;
       closed = true;

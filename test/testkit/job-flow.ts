@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { decodeInvoice, encodeInvoice, newNodeKey, newPreimage } from '../../src/providers/payments/bolt11.js';
 import { poll, type Client } from './client.js';
 
 /** The job flow over plain HTTP: eval invoice, work invoice, stream, cost ledger, refund once. */
@@ -41,8 +42,11 @@ export async function jobFlow(api: Client, log: (msg: string) => void = () => {}
   }, 'the job to fail');
   const owed = failed.costLedger.refundAmountSats;
   assert.equal(owed, fq.workInvoice.amountSats);
-  const invoice = `lnbcrt${owed}u1stubtestkit${Date.now()}`;
+  // The refund invoice a client's wallet would make: a real BOLT 11 invoice on the server's own network.
+  const { network } = decodeInvoice(failing.body.evalInvoice.paymentRequest);
+  const invoice = encodeInvoice({ network, amountSats: owed, paymentHash: newPreimage().paymentHash, description: 'testkit refund', expirySeconds: 600, nodeKey: newNodeKey() });
   const refund = await api.post(`/api/jobs/${failing.body.jobId}/refund`, { body: { invoice }, expect: 200 });
+  assert.equal(refund.body.state, 'paid');
   assert.equal(refund.body.amountSats, owed);
   const again = await api.post(`/api/jobs/${failing.body.jobId}/refund`, { body: { invoice }, expect: 409 });
   assert.equal(again.body.error.details.refundPaymentHash, refund.body.refundPaymentHash);

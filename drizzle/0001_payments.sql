@@ -1,0 +1,34 @@
+CREATE TABLE "payouts" (
+	"id" uuid PRIMARY KEY DEFAULT gen_random_uuid() NOT NULL,
+	"kind" text NOT NULL,
+	"refund_of" text NOT NULL,
+	"job_id" uuid,
+	"amount_sats" bigint NOT NULL,
+	"invoice" text NOT NULL,
+	"payment_hash" text NOT NULL,
+	"state" text DEFAULT 'pending' NOT NULL,
+	"attempts" integer DEFAULT 0 NOT NULL,
+	"last_error" text,
+	"outcome_unknown" boolean DEFAULT false NOT NULL,
+	"next_attempt_at" timestamp with time zone DEFAULT now() NOT NULL,
+	"held_until" timestamp with time zone,
+	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
+	"updated_at" timestamp with time zone DEFAULT now() NOT NULL,
+	"paid_at" timestamp with time zone
+);
+--> statement-breakpoint
+ALTER TABLE "ledger_entries" DROP CONSTRAINT "ledger_account";--> statement-breakpoint
+DROP INDEX "jobs_refund_invoice_uq";--> statement-breakpoint
+ALTER TABLE "invoices" ADD COLUMN "expires_at" timestamp with time zone DEFAULT now() + interval '1 hour' NOT NULL;--> statement-breakpoint
+ALTER TABLE "stub_invoices" ADD COLUMN "preimage" text;--> statement-breakpoint
+ALTER TABLE "stub_invoices" ADD COLUMN "expires_at" timestamp with time zone;--> statement-breakpoint
+ALTER TABLE "stub_invoices" ADD COLUMN "failure" text;--> statement-breakpoint
+CREATE UNIQUE INDEX "payouts_payment_hash_uq" ON "payouts" USING btree ("payment_hash");--> statement-breakpoint
+CREATE UNIQUE INDEX "payouts_refund_of_live_uq" ON "payouts" USING btree ("refund_of") WHERE "payouts"."state" <> 'failed';--> statement-breakpoint
+CREATE INDEX "payouts_due_idx" ON "payouts" USING btree ("next_attempt_at") WHERE "payouts"."state" = 'pending';--> statement-breakpoint
+CREATE INDEX "payouts_job_idx" ON "payouts" USING btree ("job_id");--> statement-breakpoint
+CREATE INDEX "invoices_pending_expiry_idx" ON "invoices" USING btree ("expires_at") WHERE "invoices"."state" = 'pending';--> statement-breakpoint
+ALTER TABLE "jobs" DROP COLUMN "refund_state";--> statement-breakpoint
+ALTER TABLE "jobs" DROP COLUMN "refund_invoice";--> statement-breakpoint
+ALTER TABLE "jobs" DROP COLUMN "refund_payment_hash";--> statement-breakpoint
+ALTER TABLE "ledger_entries" ADD CONSTRAINT "ledger_account" CHECK ("ledger_entries"."session_id" is not null or "ledger_entries"."job_id" is not null or "ledger_entries"."kind" in ('undeliverable_payment', 'undeliverable_refund_payout'));
