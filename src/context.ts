@@ -17,6 +17,10 @@ import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
+import { createLimits, type Limits } from './http/limits.js';
+import { runLogFields } from './logger.js';
+import { instrumentAi } from './metrics/instrument-ai.js';
+import { createMetrics, type Metrics } from './metrics/metrics.js';
 
 /** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
 export interface AppContext {
@@ -44,6 +48,10 @@ export interface AppContext {
   bridge: BusBridge;
   /** This process's id as a lease owner. */
   instanceId: string;
+  /** Prometheus metrics of this process (its own registry). */
+  metrics: Metrics;
+  /** Rate and concurrency limits, counted in Postgres (shared by every process). */
+  limits: Limits;
 }
 
 export interface ContextOptions {
@@ -53,6 +61,8 @@ export interface ContextOptions {
   /** Override the providers (default: the stubs, configured from `config`). */
   ai?: AiProvider;
   payments?: PaymentProvider;
+  /** Node's default metrics in this context's registry (default true). */
+  defaultMetrics?: boolean;
 }
 
 export function createContext(opts: ContextOptions): AppContext {
@@ -60,7 +70,8 @@ export function createContext(opts: ContextOptions): AppContext {
   const db = database.db;
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
-  const ai = opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
+  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
+  const ai = instrumentAi(opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS }), metrics);
   const stubPayments = opts.payments ? null : createStubPaymentProvider(db);
   const payments = opts.payments ?? stubPayments!;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
@@ -83,11 +94,16 @@ export function createContext(opts: ContextOptions): AppContext {
     // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
     onFinish: (run, events) => {
       if (run.kind === 'session') recent.put(run, events());
+      metrics.runFinished(run);
+      log.info({ runId: run.id, ...runLogFields(run) }, 'run finished');
     },
+    metrics: metrics.runs,
   });
+  metrics.bind({ executor, registry, pool: database.pool });
+  const limits = createLimits({ config, db, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
   const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
-  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep()] });
+  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep(), () => limits.sweep()] });
   const bridge = createBusBridge({
     connectionString: database.url,
     bus,
@@ -96,5 +112,5 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId, metrics, limits };
 }
