@@ -32,7 +32,8 @@ export function createApp(ctx: AppContext): express.Express {
       },
       // SSE connections are long; log them at their end like any other request, but quietly.
       customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
-      autoLogging: { ignore: (req) => req.url === '/api/healthz' || req.url === '/metrics' },
+      // Probes, scrapes and the console's static files would drown the lines that matter.
+      autoLogging: { ignore: (req) => req.url === '/api/healthz' || req.url === '/metrics' || req.url?.startsWith('/console/') === true },
       // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
       serializers: {
         req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),

@@ -6,7 +6,7 @@ import { rateLimits, streamSlots } from '../src/db/schema.js';
 import { clientKey, tokenKey } from '../src/http/limits.js';
 import { createRateLimit } from '../src/limits/rate-limit.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
-import { paidSession, postRequest } from './helpers/sessions.js';
+import { paidSession, postRequest, type PaidSession } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -32,6 +32,29 @@ afterAll(async () => {
   await b.close();
   await a.close();
 });
+
+/** Only the stream limit on (this file's IP budget for sessions is spent by the first test). */
+const STREAMS_ONLY = { SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 };
+
+/**
+ * Two more processes on the database, a paid session and a long run of it; afterwards the run is stopped and
+ * every slot must have been given back (none left in the table, none held by either process).
+ */
+async function streamPair(request: string, fn: (p: { one: TestServer; two: TestServer; s: PaidSession; runId: string }) => Promise<void>) {
+  const one = await a.sibling(STREAMS_ONLY);
+  const two = await one.sibling(STREAMS_ONLY);
+  try {
+    const s = await paidSession(one, 5000);
+    const { requestId } = await postRequest(one, s, request);
+    await fn({ one, two, s, runId: requestId });
+    await one.http.post(`/api/runs/${requestId}/stop`).set(s.auth);
+    await waitFor(async () => (await one.ctx.db.select().from(streamSlots)).length === 0, { what: 'no stream slots' });
+    expect(one.ctx.limits.streamSlotsHeld + two.ctx.limits.streamSlotsHeld).toBe(0);
+  } finally {
+    await two.close();
+    await one.close();
+  }
+}
 
 /** A 429 in the /api envelope, naming its limit, with Retry-After. */
 function expectLimited(res: { status: number; body: any; headers: Record<string, string> }, limit: string) {
@@ -91,75 +114,51 @@ describe('limits shared by every process', () => {
     }
   });
 
-  it('open streams per session: a slot per stream in any process, given back on close', async () => {
-    const free = await a.sibling({ SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 });
-    const c = await free.sibling({ SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 });
-    try {
-      const s = await paidSession(free, 5000);
-      const r = await postRequest(free, s, 'hold the line [stub:tokens=400] [stub:delay=25]');
-      const url = (t: TestServer) => `${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream?access_token=${s.token}`;
-      const one = new AbortController();
-      const two = new AbortController();
+  it('open streams per session: a slot per stream in any process, given back on close', () =>
+    streamPair('hold the line [stub:tokens=400] [stub:delay=25]', async ({ one, two, s, runId }) => {
+      const url = (t: TestServer) => `${t.url}/api/sessions/${s.id}/requests/${runId}/stream?access_token=${s.token}`;
+      const first = new AbortController();
+      const second = new AbortController();
       let got1 = 0;
       let got2 = 0;
-      const r1 = readSse(url(free), { signal: one.signal, onEvent: () => got1++ });
-      const r2 = readSse(`${c.url}/api/runs/${r.requestId}/stream`, { headers: s.auth, signal: two.signal, onEvent: () => got2++ });
+      const r1 = readSse(url(one), { signal: first.signal, onEvent: () => got1++ });
+      const r2 = readSse(`${two.url}/api/runs/${runId}/stream`, { headers: s.auth, signal: second.signal, onEvent: () => got2++ });
       await waitFor(() => got1 > 0 && got2 > 0, { what: 'two live streams' });
-      const third = await fetch(url(free));
+      const third = await fetch(url(one));
       expect(third.status).toBe(429);
       const body = await third.json();
       expect(body.error).toMatchObject({ code: 'rate_limited', details: { limit: 'streams' } });
       expect(Number(third.headers.get('retry-after'))).toBeGreaterThan(0);
-      expect((await fetch(url(c))).status).toBe(429);
+      expect((await fetch(url(two))).status).toBe(429);
 
       // Closing one gives its slot back (asynchronously: poll with a deadline).
-      two.abort();
+      second.abort();
       await r2.catch(() => undefined);
       const again = new AbortController();
       const opened = await waitFor(async () => {
-        const res = await fetch(url(c), { signal: again.signal });
+        const res = await fetch(url(two), { signal: again.signal });
         if (res.status === 200) return res;
         await res.body?.cancel();
         return null;
       }, { what: 'a slot to come free' });
       expect(opened.headers.get('content-type')).toMatch(/^text\/event-stream/);
       again.abort();
-      one.abort();
+      first.abort();
       await r1.catch(() => undefined);
-      await free.http.post(`/api/runs/${r.requestId}/stop`).set(s.auth);
-      // Every slot is given back: none left in the table.
-      await waitFor(async () => (await free.ctx.db.select().from(streamSlots)).length === 0, { what: 'no stream slots' });
-      expect(free.ctx.limits.streamSlotsHeld + c.ctx.limits.streamSlotsHeld).toBe(0);
-    } finally {
-      await c.close();
-      await free.close();
-    }
-  });
+    }));
 
-  it('gives exactly SESSION_MAX_STREAMS of many simultaneous opens a slot, across processes', async () => {
-    const free = await a.sibling({ SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 });
-    const c = await free.sibling({ SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 });
-    try {
-      const s = await paidSession(free, 5000);
-      const r = await postRequest(free, s, 'crowd [stub:tokens=400] [stub:delay=25]');
+  it('gives exactly SESSION_MAX_STREAMS of many simultaneous opens a slot, across processes', () =>
+    streamPair('crowd [stub:tokens=400] [stub:delay=25]', async ({ one, two, s, runId }) => {
       const controller = new AbortController();
       const opens = await Promise.all(
-        Array.from({ length: 10 }, (_, i) =>
-          fetch(`${(i % 2 ? c : free).url}/api/runs/${r.requestId}/stream?access_token=${s.token}`, { signal: controller.signal }),
-        ),
+        Array.from({ length: 10 }, (_, i) => fetch(`${(i % 2 ? two : one).url}/api/runs/${runId}/stream?access_token=${s.token}`, { signal: controller.signal })),
       );
       expect(opens.map((res) => res.status).sort()).toEqual([200, 200, 429, 429, 429, 429, 429, 429, 429, 429]);
       controller.abort();
-      await free.http.post(`/api/runs/${r.requestId}/stop`).set(s.auth);
-      await waitFor(async () => (await free.ctx.db.select().from(streamSlots)).length === 0, { what: 'no stream slots' });
-    } finally {
-      await c.close();
-      await free.close();
-    }
-  });
+    }));
 
   it('renews the slots it holds, and heals from a dead process’s slots after their TTL', async () => {
-    const free = await a.sibling({ SESSION_CREATE_RATE_LIMIT: 0, SESSION_RATE_LIMIT_PER_MIN: 0 });
+    const free = await a.sibling(STREAMS_ONLY);
     try {
       const s = await paidSession(free, 5000);
       const key = `session:${tokenKey(s.token)}`;

@@ -196,7 +196,9 @@ export function createJobPanel({ newCard, listCard, flowCard, active }) {
       }
     }, '', { id: 'claim-refund' });
     // The stub provider pays invoices of the form lnbcrt<sats>u1stub<anything>: a stand-in for your wallet's invoice.
-    const stub = button('Make a stub invoice', () => (field.value = `lnbcrt${owed}u1stub${crypto.randomUUID().replaceAll('-', '')}`), 'ghost small');
+    // (getRandomValues, not randomUUID: the console must work over plain HTTP on a LAN address too.)
+    const nonce = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+    const stub = button('Make a stub invoice', () => (field.value = `lnbcrt${owed}u1stub${nonce()}`), 'ghost small');
     return [h('p', {}, `The work did not use ${sats(owed)}. Give an invoice for exactly that and it is paid back, once.`), field, h('div', { class: 'row' }, stub, h('span', { class: 'grow' }), claim)];
   }
 

@@ -100,6 +100,7 @@ export function createMetrics(opts: MetricsOptions = {}) {
   });
   const rateLimited = new Counter({ name: 'sluice_rate_limited_total', help: 'Requests refused with 429, by limit', labelNames: ['limit'] as const, registers });
 
+  const tokenChildren = new Map<string, { inc(n: number): void }>();
   /** When each run was accepted; keyed by its registry entry so a run that never streams leaves nothing behind. */
   const acceptedAt = new WeakMap<RunEntry, bigint>();
   const seconds = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e9;
@@ -132,8 +133,11 @@ export function createMetrics(opts: MetricsOptions = {}) {
       if (run.chargedSats > 0) charged.inc({ kind: run.kind }, run.chargedSats);
       if (run.refundedSats > 0) refunded.inc({ kind: run.kind }, run.refundedSats);
     },
+    /** Called per token: the labelled child is looked up once per provider, not per call. */
     tokens(provider: string, n = 1) {
-      tokens.inc({ provider }, n);
+      let child = tokenChildren.get(provider);
+      if (!child) tokenChildren.set(provider, (child = tokens.labels({ provider })));
+      child.inc(n);
     },
     providerError(provider: string, code: string) {
       providerErrors.inc({ provider, code });
