@@ -28,7 +28,7 @@ export function createJobPanel({ newCard, listCard, flowCard, active }) {
     return { li, mark, tag, body };
   });
   const viewerCard = h('div', { class: 'viewer', id: 'job-viewer' });
-  const viewer = createViewer(viewerCard, { title: '', placeholder: 'The work streams here once its invoice is paid.', active, onEnd: () => load(job.jobId) });
+  const viewer = createViewer(viewerCard, { title: '', placeholder: 'The work streams here once its invoice is paid.', active, onEnd: () => job && load(job.jobId) });
   steps[3].body.append(viewerCard);
   const empty = h('div', { class: 'empty' }, 'Create a job: you pay a small invoice for its evaluation, then one for the work it quotes, and get back what the work did not use.');
   const flow = h('ol', { class: 'steps', hidden: true }, steps.map((s) => s.li));
