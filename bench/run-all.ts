@@ -48,6 +48,9 @@ async function main() {
     SWEEP_INTERVAL_S: 3600,
     // The memory tier keeps a finished run's log only when it fits the replay buffer: make this one fit.
     REPLAY_BUFFER_EVENTS: 8192,
+    // One session makes hundreds of requests a minute here: the limits would (rightly) refuse it.
+    SESSION_RATE_LIMIT_PER_MIN: 0,
+    SESSION_MAX_STREAMS: 0,
   });
   const database = createDatabase(url, { max: 10 });
   await runMigrations(database.db);

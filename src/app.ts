@@ -1,12 +1,13 @@
 import express from 'express';
 import { pinoHttp } from 'pino-http';
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
+import { consoleRoutes } from './console/console.routes.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
+import { corsFor, DOCS_CSP, securityHeaders } from './http/security.js';
+import { metricsRoutes } from './metrics/metrics.routes.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
@@ -14,7 +15,10 @@ import { runRoutes } from './runs/runs.routes.js';
 import { invoiceRoutes } from './payments/invoices.routes.js';
 import { lnbitsWebhookRoutes } from './payments/lnbits-webhook.routes.js';
 
-/** The Express app: JSON API under /api, one error envelope, a request id on every log line. */
+/**
+ * The Express app: JSON API under /api, one error envelope, a request id on every log line; security headers
+ * everywhere, CORS on the API, limits counted in Postgres, `/metrics` for Prometheus, the console at `/`.
+ */
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -30,13 +34,20 @@ export function createApp(ctx: AppContext): express.Express {
       },
       // SSE connections are long; log them at their end like any other request, but quietly.
       customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
-      autoLogging: { ignore: (req) => req.url === '/api/healthz' },
+      // Probes, scrapes and the console's static files would drown the lines that matter.
+      autoLogging: { ignore: (req) => req.url === '/api/healthz' || req.url === '/metrics' || req.url?.startsWith('/console/') === true },
       // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
       serializers: {
         req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),
+        // The status only: a dozen security headers on every line would bury what matters.
+        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
       },
     }),
   );
+  // The API reference page (a later `/docs`) boots with inline script and styles; everything else gets the strict policy.
+  app.use(securityHeaders([{ prefix: '/docs', directives: DOCS_CSP }]));
+  app.use(['/api', '/v1'], corsFor(ctx.config.CORS_ORIGINS));
+  app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
   // LNbits's webhook sends a JSON string, which the strict parser below refuses: its route parses its own body.
   if (ctx.payments.name === 'lnbits') app.use('/api', lnbitsWebhookRoutes(ctx));
   app.use(express.json({ limit: '64kb' }));
@@ -50,17 +61,23 @@ export function createApp(ctx: AppContext): express.Express {
     }
     res.json({ status: 'ok' });
   });
+  // Limits and timers in front of the routes they guard (each calls next(), so the route files stay as they are).
+  const { limits, metrics } = ctx;
+  api.use(limits.sessionRequests);
+  api.post('/sessions', limits.sessionCreate);
+  api.post('/jobs', limits.jobCreate);
+  api.get(['/sessions/:id/requests/:requestId/stream', '/runs/:runId/stream'], metrics.trackStreams(), limits.sessionStreams);
+  api.get('/jobs/:id/stream', metrics.trackStreams(), limits.jobStreams);
+  api.post('/sessions/:id/request', metrics.acceptTimer('session_request'));
   api.use(sessionRoutes(ctx));
   api.use(jobRoutes(ctx));
   api.use(runRoutes(ctx));
   api.use(invoiceRoutes(ctx));
-  const demo = demoRoutes(ctx);
-  api.use(demo.router);
-  ctx.maintenance.addSweep(demo.sweep);
+  api.use(demoRoutes(ctx));
   if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments));
   app.use('/api', api);
-  // A small page that creates a session, asks, and streams the reply with EventSource.
-  app.use(express.static(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../public'), { index: 'index.html', maxAge: 0 }));
+  // The browser console: sessions, runs, jobs and their invoices, live streams.
+  app.use(consoleRoutes());
 
   app.use(notFoundHandler);
   app.use(errorHandler(ctx.log));

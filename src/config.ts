@@ -13,6 +13,19 @@ const bool = (def: boolean) =>
     .default(def ? 'true' : 'false')
     .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
+/** A comma-separated list of origins (`scheme://host[:port]`, no path), or `*`. */
+const origins = z
+  .string()
+  .default('')
+  .transform((v) => v.split(',').map((o) => o.trim().replace(/\/+$/, '')).filter(Boolean))
+  .pipe(
+    z.array(
+      z.string().refine((o) => o === '*' || /^https?:\/\/[^/\s?#]+$/i.test(o), {
+        error: (i) => `${JSON.stringify(i.input)} is not an origin like https://app.example.com (scheme, host and port only), or *`,
+      }),
+    ),
+  );
+
 export const configSchema = z
   .object({
     NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -24,6 +37,12 @@ export const configSchema = z
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     /** Express `trust proxy`: set when behind a reverse proxy so client IPs (demo rate limit) are right. */
     TRUST_PROXY: bool(false),
+    /** `pretty`: coloured one-line logs (pino-pretty); `json`: one JSON object a line; `auto`: pretty on a terminal. */
+    LOG_FORMAT: z.enum(['auto', 'pretty', 'json']).default('auto'),
+    /** Origins (comma-separated, e.g. `https://app.example.com`) whose pages may call the API; `*` for any; none by default. */
+    CORS_ORIGINS: origins,
+    /** When set, `GET /metrics` asks for `Authorization: Bearer <METRICS_TOKEN>`; unset, it is open. */
+    METRICS_TOKEN: z.string().min(1).optional(),
 
     /** Use this Postgres instead of the embedded one. */
     DATABASE_URL: z.string().url().optional(),
@@ -104,10 +123,25 @@ export const configSchema = z
     /** Jobs: a flat fee added to the work invoice. */
     JOB_WORK_FEE_SATS: int(0, 0),
 
-    /** Demo: free synchronous requests per client IP per window. */
+    /** Demo: free synchronous requests per client IP per window (0: the demo is off, every call is 429). */
     DEMO_RATE_LIMIT: int(5, 0),
     DEMO_RATE_WINDOW_S: int(3_600, 1),
     DEMO_MAX_TOKENS: int(32, 1),
+
+    /**
+     * Limits shared by every process (counted in Postgres); over one, `429 rate_limited` with `Retry-After`.
+     * For all of these, 0 means no limit. Sessions created per client IP per window; jobs likewise.
+     */
+    SESSION_CREATE_RATE_LIMIT: int(30, 0),
+    SESSION_CREATE_RATE_WINDOW_S: int(3_600, 1),
+    JOB_CREATE_RATE_LIMIT: int(120, 0),
+    JOB_CREATE_RATE_WINDOW_S: int(3_600, 1),
+    /** Requests per session (per bearer token) per minute, streams and polls included. */
+    SESSION_RATE_LIMIT_PER_MIN: int(300, 0),
+    /** Streams open at once per session (and per job). */
+    SESSION_MAX_STREAMS: int(10, 0),
+    /** An open stream's slot is renewed every third of this; a crashed process's slots free themselves after it. */
+    STREAM_SLOT_TTL_S: int(60, 3),
 
     /** Runs API: finished runs served from memory this long; retained in Postgres this many days. */
     RUN_MEMORY_TTL_S: int(3_600, 0),
@@ -154,5 +188,5 @@ function valueOf(env: Record<string, unknown>, path: PropertyKey[]): string {
   const key = path[0];
   if (typeof key !== 'string' || !(key in env)) return '';
   // Secrets are never echoed, not even in a start-up error.
-  return key === 'DATABASE_URL' || key.endsWith('_KEY') ? ' (value hidden)' : ` (got ${JSON.stringify(env[key])})`;
+  return key === 'DATABASE_URL' || key === 'METRICS_TOKEN' || key.endsWith('_KEY') ? ' (value hidden)' : ` (got ${JSON.stringify(env[key])})`;
 }

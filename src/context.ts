@@ -19,6 +19,10 @@ import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
+import { createLimits, type Limits } from './http/limits.js';
+import { runLogFields } from './logger.js';
+import { instrumentAi } from './metrics/instrument-ai.js';
+import { createMetrics, type Metrics } from './metrics/metrics.js';
 
 /** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
 export interface AppContext {
@@ -48,6 +52,10 @@ export interface AppContext {
   bridge: BusBridge;
   /** This process's id as a lease owner. */
   instanceId: string;
+  /** Prometheus metrics of this process (its own registry). */
+  metrics: Metrics;
+  /** Rate and concurrency limits, counted in Postgres (shared by every process). */
+  limits: Limits;
 }
 
 export interface ContextOptions {
@@ -57,6 +65,8 @@ export interface ContextOptions {
   /** Override the providers (default: what `config` names). */
   ai?: AiProvider;
   payments?: PaymentProvider;
+  /** Node's default metrics in this context's registry (default true). */
+  defaultMetrics?: boolean;
 }
 
 export function createContext(opts: ContextOptions): AppContext {
@@ -64,7 +74,8 @@ export function createContext(opts: ContextOptions): AppContext {
   const db = database.db;
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
-  const ai = opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
+  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
+  const ai = instrumentAi(opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS }), metrics);
   const chosen = opts.payments ? { payments: opts.payments, stub: null } : createPaymentProvider(config, db, log);
   const { payments, stub: stubPayments } = chosen;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
@@ -88,8 +99,13 @@ export function createContext(opts: ContextOptions): AppContext {
     // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
     onFinish: (run, events) => {
       if (run.kind === 'session') recent.put(run, events());
+      metrics.runFinished(run);
+      log.info({ runId: run.id, ...runLogFields(run) }, 'run finished');
     },
+    metrics: metrics.runs,
   });
+  metrics.bind({ executor, registry, pool: database.pool });
+  const limits = createLimits({ config, db, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const sessions = createSessionsService({ config, db, settlement, executor, store, instanceId });
   const jobs = createJobsService({ config, db, bus, log, ai, settlement, payouts, executor, store, instanceId });
   const maintenance = createMaintenance({
@@ -100,7 +116,7 @@ export function createContext(opts: ContextOptions): AppContext {
     log,
     instanceId,
     // Invoices close before jobs are swept, so a job whose invoice just expired is seen expired.
-    extraSweeps: [() => settlement.sweep(), () => jobs.sweep(), () => payouts.sweep(), () => recent.sweep()],
+    extraSweeps: [() => settlement.sweep(), () => jobs.sweep(), () => payouts.sweep(), () => recent.sweep(), () => limits.sweep()],
   });
   const bridge = createBusBridge({
     connectionString: database.url,
@@ -110,5 +126,5 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId };
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

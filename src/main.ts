@@ -1,11 +1,12 @@
 import type { Server } from 'node:http';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
 import { DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
+import { createLogger } from './logger.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -81,7 +82,8 @@ async function main() {
     }
     throw err;
   }
-  const log = pino({ level: config.LOG_LEVEL, base: { service: 'sluice' } });
+  // Coloured one-line logs on a terminal, JSON lines otherwise (LOG_FORMAT).
+  const log = createLogger(config);
   let running: Running;
   try {
     running = await start(config, log);

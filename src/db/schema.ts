@@ -13,6 +13,7 @@ import {
   timestamp,
   uniqueIndex,
   uuid,
+  varchar,
 } from 'drizzle-orm/pg-core';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
@@ -275,3 +276,35 @@ export const stubInvoices = pgTable('stub_invoices', {
   createdAt: ts('created_at').notNull().defaultNow(),
   paidAt: ts('paid_at'),
 });
+
+/**
+ * Rate-limit counters shared by every process, in the exact shape `rate-limiter-flexible`'s Postgres limiter
+ * reads and writes (it is told the table exists, so it never creates one itself): one row per limit and key
+ * (`<limit>:<ip or session>`), `points` used in the window that ends at `expire` (epoch milliseconds).
+ * Expired rows are deleted by the sweeper.
+ */
+export const rateLimits = pgTable(
+  'rate_limits',
+  {
+    key: varchar('key', { length: 255 }).primaryKey(),
+    points: integer('points').notNull().default(0),
+    expire: bigint('expire', { mode: 'number' }),
+  },
+  (t) => [index('rate_limits_expire_idx').on(t.expire)],
+);
+
+/**
+ * Open streams, one row per open SSE connection, for the concurrency limit per session. A row lives while its
+ * connection does: deleted on close, and kept alive by its process's heartbeat; a process that dies stops
+ * renewing, so its rows lapse after the TTL and the limit heals by itself.
+ */
+export const streamSlots = pgTable(
+  'stream_slots',
+  {
+    id: uuid('id').primaryKey(),
+    /** What is limited, e.g. `session:<token hash>`. */
+    key: text('key').notNull(),
+    expiresAt: ts('expires_at').notNull(),
+  },
+  (t) => [index('stream_slots_key_idx').on(t.key, t.expiresAt), index('stream_slots_expires_idx').on(t.expiresAt)],
+);

@@ -4,32 +4,25 @@ import type { AppContext } from '../context.js';
 import { AppError } from '../http/errors.js';
 import { parse, requestText } from '../http/validate.js';
 import { AiError } from '../providers/ai/types.js';
-import { createRateLimiter } from './rate-limit.js';
 
 /** How long a demo may take before it is cut off (it holds an HTTP request open, unlike real work). */
 const DEMO_TIMEOUT_MS = 10_000;
 
 /**
  * `GET /api/demo?request=...`: a free, synchronous taste of the AI work, short (DEMO_MAX_TOKENS) and rate
- * limited per client IP. The only endpoint that waits on the model, which is why it is small and capped.
+ * limited per client IP (DEMO_RATE_LIMIT, counted in Postgres). The only endpoint that waits on the model,
+ * which is why it is small and capped.
  */
-export function demoRoutes(ctx: AppContext): { router: Router; sweep: () => void } {
+export function demoRoutes(ctx: AppContext): Router {
   const r = Router();
-  const limiter = createRateLimiter({ limit: ctx.config.DEMO_RATE_LIMIT, windowMs: ctx.config.DEMO_RATE_WINDOW_S * 1000 });
   const query = z.object({
     request: requestText(ctx.config.JOB_REQUEST_MAX_CHARS),
   });
 
   r.get('/demo', async (req, res) => {
     const { request } = parse(query, { request: typeof req.query.request === 'string' ? req.query.request : undefined }, 'query');
-    const hit = limiter.hit(req.ip ?? 'unknown');
-    if (!hit.ok) {
-      res.setHeader('Retry-After', String(hit.retryAfterS));
-      throw new AppError(429, 'rate_limited', `the demo allows ${ctx.config.DEMO_RATE_LIMIT} requests per ${ctx.config.DEMO_RATE_WINDOW_S} s; try again in ${hit.retryAfterS} s`, {
-        retryAfterSeconds: hit.retryAfterS,
-      });
-    }
-    res.setHeader('RateLimit-Remaining', String(hit.remaining));
+    // Counted in Postgres, so the limit per client IP holds across every process.
+    await ctx.limits.demo(req, res);
     const gone = new AbortController();
     res.on('close', () => gone.abort());
     const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(DEMO_TIMEOUT_MS)]);
@@ -49,5 +42,5 @@ export function demoRoutes(ctx: AppContext): { router: Router; sweep: () => void
     res.json({ result });
   });
 
-  return { router: r, sweep: () => limiter.sweep() };
+  return r;
 }

@@ -3,6 +3,7 @@ import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import type { AiProvider, AiRequest } from '../providers/ai/types.js';
 import { AiError } from '../providers/ai/types.js';
+import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
 import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
@@ -29,6 +30,14 @@ export interface ExecutorOptions {
    * (null otherwise): call it only if you keep it, and only during the callback.
    */
   onFinish?: (run: RunRow, events: () => RunEvent[] | null) => void;
+  /** Told when a run is accepted and when its first token arrives (the operator's metrics; optional). */
+  metrics?: RunMetrics;
+}
+
+/** The executor's only hooks into the operator's metrics: both are synchronous counters, never awaited. */
+export interface RunMetrics {
+  accepted(entry: RunEntry): void;
+  firstToken(entry: RunEntry): void;
 }
 
 /** Why a run's AbortController was aborted. */
@@ -141,7 +150,7 @@ export function createExecutor(opts: ExecutorOptions) {
     entry.state = 'executing';
     entry.row = run;
     if (run.cancelRequested) entry.controller.abort('cancelled');
-    log.info({ kind: run.kind, maxTokens: run.maxTokens }, 'run started');
+    log.info(runLogFields(run), 'run started');
 
     const writer = createEventWriter({
       store: opts.store,
@@ -160,8 +169,8 @@ export function createExecutor(opts: ExecutorOptions) {
     });
     const outcome = await stream(run, entry, writer, log);
     const pending = await writer.close();
-    const fin = await finishAndAnnounce(entry, runId, outcome, pending);
-    log.info({ state: fin?.run.state, chargedSats: fin?.run.chargedSats, refundedSats: fin?.run.refundedSats }, 'run finished');
+    // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
+    await finishAndAnnounce(entry, runId, outcome, pending);
   }
 
   async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
@@ -175,6 +184,7 @@ export function createExecutor(opts: ExecutorOptions) {
           continue;
         }
         writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
+        if (entry.outputTokens === 1) opts.metrics?.firstToken(entry);
         // Postgres is slower than the model: let the writer catch up rather than grow without bound.
         if (writer.backlog >= maxBacklog) await writer.flush();
       }
@@ -192,6 +202,7 @@ export function createExecutor(opts: ExecutorOptions) {
     /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open(run);
+      opts.metrics?.accepted(entry);
       waiting.push(run.id);
       if (accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import supertest from 'supertest';
 import { inject } from 'vitest';
 import { createApp } from '../../src/app.js';
@@ -31,6 +31,9 @@ export const testDefaults: Partial<Config> = {
   SSE_POLL_MS: 50,
   SSE_PING_MS: 15_000,
   SWEEP_INTERVAL_S: 3600,
+  // Every test file creates its sessions and jobs from 127.0.0.1; the limits have their own tests.
+  SESSION_CREATE_RATE_LIMIT: 0,
+  JOB_CREATE_RATE_LIMIT: 0,
 };
 
 async function freshDatabaseUrl(): Promise<string> {
@@ -43,11 +46,11 @@ async function freshDatabaseUrl(): Promise<string> {
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
 export async function startTestServer(
   overrides: Partial<Config> = {},
-  opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number } = {},
+  opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number; log?: Logger } = {},
 ): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
-  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
+  const log = opts.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10 });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
   await ctx.bridge.start();
@@ -62,7 +65,7 @@ export async function startTestServer(
     app,
     http: supertest(app),
     url,
-    sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, port: undefined, databaseUrl }),
+    sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, port: undefined, log: undefined, databaseUrl }),
     async close() {
       if (closed) return;
       closed = true;

@@ -1,0 +1,77 @@
+import cors from 'cors';
+import type { RequestHandler } from 'express';
+import helmet from 'helmet';
+
+type Directives = Record<string, Iterable<string> | null>;
+
+/** Request headers a page on another origin may send (checked by the browser's preflight). */
+export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'Last-Event-ID', 'X-Request-Id'];
+/** Response headers such a page may read: ids, where a created thing lives, and when to try again. */
+export const CORS_EXPOSED_HEADERS = ['X-Request-Id', 'Location', 'Retry-After', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset', 'RateLimit-Policy'];
+
+/**
+ * CORS for the API faces (the `cors` package): only the configured origins, `*` for any, none when the list is
+ * empty (then not a header is added, and a browser keeps other origins out). No credentials: the API is
+ * authorised by bearer tokens, never cookies, so there is nothing ambient for another origin to ride on.
+ * EventSource cannot send headers, which is why streams also take `?access_token=`; its reconnect sends
+ * `Last-Event-ID`, allowed here so a cross-origin stream resumes like a same-origin one.
+ */
+export function corsFor(origins: string[]): RequestHandler {
+  if (origins.length === 0) return (_req, _res, next) => next();
+  return cors({
+    origin: origins.includes('*') ? '*' : origins,
+    methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'],
+    allowedHeaders: CORS_ALLOWED_HEADERS,
+    exposedHeaders: CORS_EXPOSED_HEADERS,
+    credentials: false,
+    maxAge: 600,
+  });
+}
+
+/**
+ * The default Content-Security-Policy: helmet's defaults, tightened to our own styles only (the console at `/`
+ * is built to need nothing but its own files), and without `upgrade-insecure-requests`, which would break the
+ * console served over plain HTTP on a LAN address.
+ */
+export const DEFAULT_CSP: Directives = {
+  ...Object.fromEntries(Object.entries(helmet.contentSecurityPolicy.getDefaultDirectives() as Directives).filter(([name]) => name !== 'upgrade-insecure-requests')),
+  'style-src': ["'self'"],
+};
+
+/**
+ * A relaxed policy for an API reference page (`/docs`, e.g. Scalar): such pages boot with an inline script
+ * and inline styles, and use data:/blob: fonts, images and workers. Still only our own origin for everything
+ * fetched, so it works with the reference bundle served by the app itself.
+ */
+export const DOCS_CSP: Directives = {
+  'script-src': ["'self'", "'unsafe-inline'"],
+  'style-src': ["'self'", "'unsafe-inline'"],
+  'font-src': ["'self'", 'data:'],
+  'img-src': ["'self'", 'data:', 'blob:'],
+  'worker-src': ["'self'", 'blob:'],
+};
+
+/** A route (path prefix) whose CSP differs from the default: its directives replace the default's. */
+export interface CspRoute {
+  prefix: string;
+  directives: Directives;
+}
+
+/**
+ * helmet's security headers on every response. None of them affects SSE (no compression, no buffering); the
+ * Content-Security-Policy is chosen per route, so a page such as `/docs` can be given what it needs without
+ * loosening the rest.
+ */
+export function securityHeaders(routes: CspRoute[] = []): RequestHandler {
+  const headers = helmet({ contentSecurityPolicy: false });
+  const policy = (directives: Directives) => helmet.contentSecurityPolicy({ useDefaults: false, directives: directives as never });
+  const fallback = policy(DEFAULT_CSP);
+  const special = routes.map((r) => ({ prefix: r.prefix, csp: policy({ ...DEFAULT_CSP, ...r.directives }) }));
+  return (req, res, next) => {
+    headers(req, res, (err?: unknown) => {
+      if (err) return next(err);
+      const route = special.find((s) => req.path === s.prefix || req.path.startsWith(`${s.prefix}/`));
+      (route?.csp ?? fallback)(req, res, next);
+    });
+  };
+}

@@ -1,0 +1,118 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from './helpers/context.js';
+import { paidSession, postRequest } from './helpers/sessions.js';
+import { readSse, tokensOf } from './helpers/sse.js';
+
+const APP = 'https://app.example.com';
+let t: TestServer;
+beforeAll(async () => {
+  t = await startTestServer({ CORS_ORIGINS: [APP, 'http://localhost:5173'] });
+});
+afterAll(() => t.close());
+
+describe('CORS', () => {
+  it('answers the preflight of a POST with Authorization and Idempotency-Key for an allowed origin', async () => {
+    const res = await t.http
+      .options('/api/sessions/00000000-0000-4000-8000-000000000000/request')
+      .set('Origin', APP)
+      .set('Access-Control-Request-Method', 'POST')
+      .set('Access-Control-Request-Headers', 'authorization, content-type, idempotency-key')
+      .expect(204);
+    expect(res.headers['access-control-allow-origin']).toBe(APP);
+    expect(res.headers['vary']).toMatch(/Origin/);
+    const allowed = res.headers['access-control-allow-headers']!.toLowerCase().split(',');
+    expect(allowed).toEqual(expect.arrayContaining(['authorization', 'content-type', 'idempotency-key', 'last-event-id']));
+    expect(res.headers['access-control-allow-methods']).toMatch(/POST/);
+    expect(res.headers['access-control-allow-methods']).toMatch(/DELETE/);
+    expect(res.headers['access-control-max-age']).toBe('600');
+    expect(res.headers['access-control-allow-credentials']).toBeUndefined();
+  });
+
+  it('lets an allowed origin read the headers a client needs, on answers and on errors', async () => {
+    const created = await t.http.post('/api/sessions').set('Origin', APP).send({ amount_sats: 100 }).expect(201);
+    expect(created.headers['access-control-allow-origin']).toBe(APP);
+    const exposed = created.headers['access-control-expose-headers']!.toLowerCase().split(',');
+    expect(exposed).toEqual(
+      expect.arrayContaining(['x-request-id', 'location', 'retry-after', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'ratelimit-policy']),
+    );
+    const denied = await t.http.get(`/api/sessions/${created.body.sessionId}`).set('Origin', APP).expect(401);
+    expect(denied.headers['access-control-allow-origin']).toBe(APP);
+  });
+
+  it('gives other origins nothing, and adds no CORS header at all when CORS_ORIGINS is empty', async () => {
+    const other = await t.http.options('/api/sessions').set('Origin', 'https://evil.example').set('Access-Control-Request-Method', 'POST');
+    expect(other.headers['access-control-allow-origin']).toBeUndefined();
+    const plain = await t.sibling({ CORS_ORIGINS: [] });
+    try {
+      const res = await plain.http.options('/api/sessions').set('Origin', APP).set('Access-Control-Request-Method', 'POST');
+      expect(res.headers['access-control-allow-origin']).toBeUndefined();
+      expect(res.headers['access-control-allow-headers']).toBeUndefined();
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('streams to another origin with ?access_token= (what EventSource does), and lets it resume', async () => {
+    const s = await paidSession(t);
+    const r = await postRequest(t, s, 'far away [stub:tokens=6] [stub:delay=1]');
+    const url = `${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream?access_token=${encodeURIComponent(s.token)}`;
+    const res = await fetch(url, { headers: { Origin: APP, Accept: 'text/event-stream' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('access-control-allow-origin')).toBe(APP);
+    await res.body?.cancel();
+    const resumed = await readSse(url, { headers: { Origin: APP, 'Last-Event-ID': '3' } });
+    expect(resumed.events[0]!.id).toBe('4');
+    expect(tokensOf(resumed.events)).toHaveLength(3);
+  });
+});
+
+describe('security headers (helmet)', () => {
+  it('sets them on the console page, with a policy that allows only its own scripts', async () => {
+    const res = await t.http.get('/').expect(200);
+    const csp = res.headers['content-security-policy']!;
+    expect(csp).toMatch(/default-src 'self'/);
+    expect(csp).toMatch(/script-src 'self'(;|$)/);
+    expect(csp).toMatch(/style-src 'self'(;|$)/);
+    expect(csp).toMatch(/object-src 'none'/);
+    expect(csp).not.toMatch(/upgrade-insecure-requests/);
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    expect(res.headers['x-frame-options']).toBe('SAMEORIGIN');
+    expect(res.headers['referrer-policy']).toBe('no-referrer');
+    expect(res.headers['x-powered-by']).toBeUndefined();
+  });
+
+  it('leaves SSE alone: its headers, its frames', async () => {
+    const s = await paidSession(t);
+    const r = await postRequest(t, s, 'sse [stub:tokens=4] [stub:delay=1]');
+    const res = await fetch(`${t.url}/api/runs/${r.requestId}/stream`, { headers: s.auth });
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    expect(res.headers.get('cache-control')).toBe('no-cache, no-transform');
+    expect(res.headers.get('x-accel-buffering')).toBe('no');
+    expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+    const text = await res.text();
+    expect(text.match(/^event: token$/gm)).toHaveLength(4);
+    expect(text).toMatch(/event: done/);
+  });
+
+  it('gives /docs its own, looser policy (an API reference page boots with inline script and styles)', async () => {
+    const docs = await t.http.get('/docs');
+    const csp = docs.headers['content-security-policy']!;
+    expect(csp).toMatch(/script-src 'self' 'unsafe-inline'/);
+    expect(csp).toMatch(/worker-src 'self' blob:/);
+    expect(csp).toMatch(/default-src 'self'/);
+    const api = await t.http.get('/api/healthz');
+    expect(api.headers['content-security-policy']).not.toMatch(/unsafe-inline/);
+  });
+});
+
+describe('the console’s QR codes', () => {
+  it('draws a bolt11 as an SVG QR code, and 400s what it cannot draw', async () => {
+    const res = await t.http.get('/console/qr.svg').query({ data: 'lnbcrt200u1stubabcdef' }).expect(200);
+    expect(res.headers['content-type']).toMatch(/^image\/svg\+xml/);
+    expect(res.headers['cache-control']).toMatch(/immutable/);
+    expect(res.text ?? res.body.toString()).toMatch(/^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+    const none = await t.http.get('/console/qr.svg').expect(400);
+    expect(none.body.error.code).toBe('invalid_request');
+    await t.http.get('/console/qr.svg').query({ data: 'x'.repeat(2001) }).expect(400);
+  });
+});
