@@ -74,7 +74,7 @@ export function createApp(ctx: AppContext): express.Express {
   api.use(runRoutes(ctx));
   api.use(invoiceRoutes(ctx));
   api.use(demoRoutes(ctx));
-  if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments));
+  if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments, ctx.config.LIGHTNING_NETWORK));
   app.use('/api', api);
   // The browser console: sessions, runs, jobs and their invoices, live streams.
   app.use(consoleRoutes());

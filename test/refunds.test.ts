@@ -28,6 +28,18 @@ const payoutRows = (jobId: string) => t.ctx.db.select().from(ledgerEntries).wher
 const stubPayments = (hash: string) => t.ctx.db.select().from(stubInvoices).where(and(eq(stubInvoices.paymentHash, hash), eq(stubInvoices.direction, 'outgoing')));
 
 describe('refund payouts with the stub node', () => {
+  it('the stub plays the client wallet too: its dev invoice is real, for the amount asked, and the refund pays it once', async () => {
+    const job = await failedJob('dev wallet');
+    const made = await t.http.post('/api/dev/stub/wallet/invoice').send({ amount_sats: job.owed, memo: 'my refund' }).expect(201);
+    expect(made.body).toMatchObject({ amountSats: job.owed, network: 'regtest', paymentRequest: expect.stringMatching(/^lnbcrt/) });
+    const paid = await refund(job.jobId, made.body.paymentRequest).expect(200);
+    expect(paid.body).toMatchObject({ state: 'paid', refundPaymentHash: made.body.paymentHash });
+    expect(await stubPayments(made.body.paymentHash)).toHaveLength(1);
+    // Bad input is a 400 in the envelope, never a 5xx.
+    const bad = await t.http.post('/api/dev/stub/wallet/invoice').send({ amount_sats: 0 }).expect(400);
+    expect(bad.body.error).toMatchObject({ code: 'invalid_request' });
+  });
+
   it('a payout that fails once ([stub:pay=fail-once]) stays visible, is retried, and is paid once', async () => {
     const job = await failedJob('fail once');
     const client = clientInvoice(job.owed, { description: 'my refund [stub:pay=fail-once]' });

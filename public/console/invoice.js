@@ -4,11 +4,16 @@ import { payWithStub } from './api.js';
 import { badge, button, copyButton, h, problem, sats, toast } from './ui.js';
 
 /**
- * `status` is what the page knows of it: 'pending' (waiting to be paid) or 'paid'; a provider that reports more
- * (expired, cancelled) only needs another word here. `onPaid` is called after the stub wallet paid it.
+ * `status` is what the page knows of it: the server's `invoice.state` — 'pending' (waiting to be paid), 'paid',
+ * 'expired' (closed unpaid) or 'refundable' (paid too late: the payer can claim it back) — unless the caller
+ * knows better. `onPaid` is called after the stub wallet paid it.
  */
-export function invoiceCard({ title, invoice, status = 'pending', onPaid, note }) {
+export function invoiceCard({ title, invoice, status = invoice.state ?? 'pending', onPaid, note }) {
   const paid = status === 'paid';
+  if (status === 'expired' || status === 'refundable') {
+    const why = status === 'expired' ? 'It expired unpaid: it can no longer be paid.' : 'It was paid after it could be used: the payer can claim the sats back with the preimage.';
+    return h('div', { class: `invoice ${status}`, dataset: { paymentHash: invoice.paymentHash, status } }, h('div', { class: 'inv-title' }, title, badge(status), h('span', { class: 'grow' }), h('b', {}, sats(invoice.amountSats))), h('p', { class: 'hint' }, why));
+  }
   // Paid: one quiet line is enough.
   if (paid) {
     return h('div', { class: 'invoice paid', dataset: { paymentHash: invoice.paymentHash, status } }, h('div', { class: 'inv-title' }, '✓ ', title, badge('paid'), h('span', { class: 'grow' }), h('b', {}, sats(invoice.amountSats))));
@@ -20,7 +25,8 @@ export function invoiceCard({ title, invoice, status = 'pending', onPaid, note }
     height: 132,
     src: `/console/qr.svg?data=${encodeURIComponent(invoice.paymentRequest)}`,
   });
-  const statusLine = h('div', { class: 'inv-status' }, h('span', { class: 'spinner' }), note ?? 'waiting for payment…');
+  const expires = invoice.expiresAt ? ` · expires ${new Date(invoice.expiresAt).toLocaleTimeString()}` : '';
+  const statusLine = h('div', { class: 'inv-status' }, h('span', { class: 'spinner' }), note ?? `waiting for payment…${expires}`);
   const stub = button('⚡ Pay (stub wallet)', async () => {
     stub.disabled = true;
     try {

@@ -103,19 +103,23 @@ export function createJobPanel({ newCard, listCard, flowCard, active }) {
     const cost = j.costLedger;
 
     step(0, evalPaid ? 'done' : 'current', evalPaid ? 'paid' : 'pending', `eval:${evalPaid}`, () =>
-      invoiceCard({ title: 'Evaluation invoice', invoice: j.evalInvoice, status: evalPaid ? 'paid' : 'pending', onPaid: () => load(j.jobId) }),
+      invoiceCard({ title: 'Evaluation invoice', invoice: j.evalInvoice, status: evalPaid && s !== 'expired' ? 'paid' : j.evalInvoice.state, onPaid: () => load(j.jobId) }),
     );
-    step(1, s === 'rejected' ? 'bad' : s === 'evaluating' ? 'current' : quoted ? 'done' : 'todo', s === 'rejected' ? 'rejected' : s === 'evaluating' ? 'evaluating' : quoted ? 'quoted' : '', `evaluation:${s === 'rejected'}:${quoted}:${s === 'evaluating'}`, () =>
+    const expired = s === 'expired';
+    step(1, s === 'rejected' || (expired && !quoted) ? 'bad' : s === 'evaluating' ? 'current' : quoted ? 'done' : 'todo', s === 'rejected' ? 'rejected' : expired && !quoted ? 'expired' : s === 'evaluating' ? 'evaluating' : quoted ? 'quoted' : '', `evaluation:${s}:${quoted}`, () =>
       s === 'rejected'
         ? h('p', {}, j.reason ?? 'The request was declined.', ' Nothing more is owed.')
-        : s === 'evaluating'
-          ? h('p', { class: 'hint' }, h('span', { class: 'spinner' }), ' The AI is sizing the work…')
-          : j.pricingBreakdown
-            ? pricing(j.pricingBreakdown)
-            : null,
+        : expired && !quoted
+          ? h('p', {}, j.reason ?? 'The evaluation invoice expired unpaid.', ' Nothing was taken; start a new job.')
+          : s === 'evaluating'
+            ? h('p', { class: 'hint' }, h('span', { class: 'spinner' }), ' The AI is sizing the work…')
+            : j.pricingBreakdown
+              ? pricing(j.pricingBreakdown)
+              : null,
     );
-    step(2, workPaid ? 'done' : quoted ? 'current' : 'todo', workPaid ? 'paid' : quoted ? 'pending' : '', `work-invoice:${quoted}:${workPaid}`, () =>
-      quoted ? invoiceCard({ title: 'Work invoice', invoice: j.workInvoice, status: workPaid ? 'paid' : 'pending', onPaid: () => load(j.jobId) }) : null,
+    const workInvoiceState = workPaid ? 'paid' : j.workInvoice?.state ?? 'pending';
+    step(2, workPaid ? 'done' : expired && quoted ? 'bad' : quoted ? 'current' : 'todo', quoted ? workInvoiceState : '', `work-invoice:${quoted}:${workInvoiceState}`, () =>
+      quoted ? invoiceCard({ title: 'Work invoice', invoice: j.workInvoice, status: workInvoiceState, onPaid: () => load(j.jobId) }) : null,
     );
     const workState = s === 'executing' ? 'current' : s === 'complete' ? 'done' : s === 'failed' ? 'bad' : 'todo';
     mark(3, workState, workPaid ? s : '');
@@ -128,9 +132,28 @@ export function createJobPanel({ newCard, listCard, flowCard, active }) {
     step(4, ended ? (s === 'complete' ? 'done' : 'bad') : 'todo', ended ? s : '', `result:${s}`, () => (ended ? result(j) : null));
     const owed = cost?.refundAmountSats ?? 0;
     const refund = cost?.refundState;
-    step(5, !ended || s === 'rejected' ? 'todo' : refund === 'pending' ? 'current' : 'done', refund && ended ? refund.replaceAll('_', ' ') : '', `refund:${refund}:${owed}`, () =>
-      !ended ? null : refund === 'pending' ? refundForm(j, owed) : refund === 'paid' ? h('p', {}, `✓ ${sats(owed)} paid back · `, h('span', { class: 'mono' }, short(cost.refundPaymentHash))) : h('p', { class: 'hint' }, 'Nothing to give back: the work used all it was paid for.'),
-    );
+    const look = !ended ? 'todo' : refund === 'pending' || refund === 'paying' ? 'current' : refund === 'failed' ? 'bad' : 'done';
+    step(5, look, refund && ended ? refund.replaceAll('_', ' ') : '', `refund:${refund}:${owed}:${cost?.refundAttempts ?? 0}`, () => (ended ? refundBody(j, cost, owed) : null));
+    // A payout under way is retried by the server; keep the page current until it settles.
+    if (ended && refund === 'paying') timer = setTimeout(() => load(j.jobId), 2500);
+  }
+
+  /** What the refund step says: the form while it is owed, the payout's progress, or that it is settled. */
+  function refundBody(j, cost, owed) {
+    switch (cost?.refundState) {
+      case 'pending':
+        return refundForm(j, owed);
+      case 'failed':
+        return [h('p', { class: 'bad-text' }, `The payout failed for good${cost.refundLastError ? ` (${cost.refundLastError})` : ''}; ${sats(owed)} are still owed. Give a new invoice.`), ...refundForm(j, owed)];
+      case 'paying':
+        return h('p', { class: 'hint' }, h('span', { class: 'spinner' }), ` Paying ${sats(owed)} back… attempt ${cost.refundAttempts ?? 1}`,
+          cost.refundOutcomeUnknown ? ' (outcome unknown: the node is asked, never paid twice)' : cost.refundLastError ? ` — last try: ${cost.refundLastError}` : '',
+          cost.refundNextAttemptAt ? `; next try ${new Date(cost.refundNextAttemptAt).toLocaleTimeString()}` : '');
+      case 'paid':
+        return h('p', {}, `✓ ${sats(owed)} paid back · `, h('span', { class: 'mono' }, short(cost.refundPaymentHash)));
+      default:
+        return h('p', { class: 'hint' }, 'Nothing to give back: the work used all it was paid for.');
+    }
   }
 
   /** Set a step's look, and redraw its body only when what it shows changed (`key`). */
@@ -187,18 +210,23 @@ export function createJobPanel({ newCard, listCard, flowCard, active }) {
     const claim = button(`Claim ${sats(owed)}`, async () => {
       claim.disabled = true;
       try {
-        await api('POST', `/jobs/${j.jobId}/refund`, { body: { invoice: field.value.trim() } });
-        toast(`${sats(owed)} paid back`);
+        const payout = await api('POST', `/jobs/${j.jobId}/refund`, { body: { invoice: field.value.trim() } });
+        toast(payout.state === 'paid' ? `${sats(owed)} paid back` : `The payout is under way (${payout.lastError ?? 'waiting on the node'}); it is retried, never paid twice`);
         load(j.jobId);
       } catch (err) {
         toast(problem(err), 'bad');
         claim.disabled = false;
       }
     }, '', { id: 'claim-refund' });
-    // The stub provider pays invoices of the form lnbcrt<sats>u1stub<anything>: a stand-in for your wallet's invoice.
-    // (getRandomValues, not randomUUID: the console must work over plain HTTP on a LAN address too.)
-    const nonce = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
-    const stub = button('Make a stub invoice', () => (field.value = `lnbcrt${owed}u1stub${nonce()}`), 'ghost small');
+    // On a development server the stub plays your wallet too: it makes a real signed invoice for the amount owed.
+    const stub = button('Make an invoice (stub wallet)', async () => {
+      try {
+        field.value = (await api('POST', '/dev/stub/wallet/invoice', { body: { amount_sats: owed, memo: `refund of job ${short(j.jobId)}` } })).paymentRequest;
+      } catch (err) {
+        toast(err.status === 404 ? 'This server has no stub wallet: paste an invoice from your Lightning wallet.' : problem(err), 'bad');
+        stub.hidden = err.status === 404;
+      }
+    }, 'ghost small', { id: 'make-refund-invoice' });
     return [h('p', {}, `The work did not use ${sats(owed)}. Give an invoice for exactly that and it is paid back, once.`), field, h('div', { class: 'row' }, stub, h('span', { class: 'grow' }), claim)];
   }
 

@@ -1,15 +1,33 @@
 import { Router } from 'express';
+import { z } from 'zod';
+import type { LightningNetwork } from '../providers/payments/bolt11.js';
+import { encodeInvoice, newNodeKey, newPreimage } from '../providers/payments/bolt11.js';
 import type { StubPaymentProvider } from '../providers/payments/stub.js';
 import { conflict, notFound } from '../http/errors.js';
+import { parse } from '../http/validate.js';
+
+const walletInvoiceBody = z.object({
+  amount_sats: z.number({ error: 'amount_sats must be a whole number of sats' }).int('amount_sats must be a whole number of sats').min(1, 'amount_sats must be at least 1').max(100_000_000, 'amount_sats must be at most 100000000'),
+  memo: z.string({ error: 'memo must be a string' }).max(200, 'memo must be at most 200 characters').optional(),
+  expiry_s: z.number({ error: 'expiry_s must be a number of seconds' }).int('expiry_s must be whole seconds').min(1, 'expiry_s must be at least 1').max(7 * 86_400, 'expiry_s must be at most a week').optional(),
+});
 
 /**
- * `POST /api/dev/stub/pay/:paymentHash`: play the payer of a stub invoice. Mounted only with the stub payment
- * provider and outside production. The settlement (credit, job transition) is done when this answers.
- * Like paying a real invoice, it reveals the preimage (the payer's proof of payment) to the call that paid,
- * and an expired invoice cannot be paid (`409 invoice_expired`).
+ * The stub Lightning world, for development (mounted only with the stub payment provider and outside production):
+ *
+ * - `POST /api/dev/stub/pay/:paymentHash` plays the payer of one of our invoices. The settlement (credit, job
+ *   transition) is done when this answers. Like paying a real invoice, it reveals the preimage (the payer's proof
+ *   of payment) to the call that paid, and an expired invoice cannot be paid (`409 invoice_expired`).
+ * - `POST /api/dev/stub/wallet/invoice {amount_sats, memo?, expiry_s?}` plays the client's own wallet: a real,
+ *   signed BOLT 11 invoice on our network, from a node key that is not the server's, so it can be given to
+ *   `POST /api/jobs/:id/refund` (or an undeliverable payment's refund) and the stub node pays it. Directives in
+ *   the memo drive the payout paths (`[stub:pay=fail]`, `[stub:pay=fail-once]`, `[stub:pay=timeout]`).
  */
-export function stubPayRoutes(stub: StubPaymentProvider): Router {
+export function stubPayRoutes(stub: StubPaymentProvider, network: LightningNetwork): Router {
   const r = Router();
+  // One "client wallet" per process: its invoices are as real as any other node's.
+  const walletKey = newNodeKey();
+
   r.post('/dev/stub/pay/:paymentHash', async (req, res) => {
     const hash = req.params.paymentHash;
     if (!/^[0-9a-f]{64}$/.test(hash)) throw notFound('invoice');
@@ -17,6 +35,20 @@ export function stubPayRoutes(stub: StubPaymentProvider): Router {
     if (!out.found) throw notFound('invoice');
     if (out.expired) throw conflict('invoice_expired', 'the invoice has expired; it can no longer be paid');
     res.json(out.alreadyPaid ? { ok: true, alreadyPaid: true } : { ok: true, preimage: out.preimage });
+  });
+
+  r.post('/dev/stub/wallet/invoice', (req, res) => {
+    const body = parse(walletInvoiceBody, req.body);
+    const { paymentHash, preimage } = newPreimage();
+    const paymentRequest = encodeInvoice({
+      network,
+      amountSats: body.amount_sats,
+      paymentHash,
+      description: body.memo ?? 'sluice dev wallet',
+      expirySeconds: body.expiry_s ?? 3600,
+      nodeKey: walletKey,
+    });
+    res.status(201).json({ paymentRequest, paymentHash, preimage, amountSats: body.amount_sats, network });
   });
   return r;
 }

@@ -12,6 +12,7 @@ import type { Page } from 'playwright-core';
 import { freePort } from '../helpers/global-setup.js';
 import { crossOrigin } from './cross-origin.js';
 import { assertWhole, lastStream, sessionOf, shot, startHarness, until, type Harness } from './harness.js';
+import { decodeInvoice } from '../../src/providers/payments/bolt11.js';
 
 const started = Date.now();
 const otherOrigin = `http://127.0.0.1:${await freePort()}`;
@@ -43,7 +44,10 @@ async function sessionFlow(): Promise<Page> {
   await until(page, () => document.querySelector('.invoice[data-status="pending"] img.qr') !== null, 'the deposit invoice');
   await until(page, () => (document.querySelector('.invoice img.qr') as HTMLImageElement).naturalWidth > 0, 'the QR code to load');
   const bolt11 = await page.getAttribute('.invoice [data-copy]', 'data-copy');
-  assert.match(bolt11!, /^lnbcrt200u1stub/);
+  // A real BOLT 11 invoice for the deposit, on the stub's network.
+  const decoded = decodeInvoice(bolt11!);
+  assert.equal(decoded.network, 'regtest');
+  assert.equal(decoded.amountMsat, 200_000n);
   await page.click('.invoice [data-copy]');
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), bolt11, 'the copy button copies the bolt11');
   await shot(page, 'session-invoice');
@@ -167,7 +171,9 @@ async function jobFlow() {
   await until(page, () => document.querySelector('[data-step="3"] .invoice[data-status="pending"]') !== null, 'the second work invoice', 20_000);
   await page.click('[data-step="3"] [data-pay]');
   await until(page, () => document.getElementById('refund-invoice') !== null, 'the refund form', 30_000);
-  await page.click('[data-step="6"] .btn.ghost');
+  // The stub plays the client's wallet too: it makes a real signed invoice for exactly what is owed.
+  await page.click('#make-refund-invoice');
+  await until(page, () => (document.getElementById('refund-invoice') as HTMLInputElement).value.startsWith('lnbcrt'), 'a refund invoice from the stub wallet');
   await page.click('#claim-refund');
   await until(page, () => document.querySelector('[data-step="6"] .badge')?.textContent === 'paid', 'the refund paid');
   const failedId = await page.evaluate(() => JSON.parse(localStorage.getItem('sluice.job')!));
