@@ -5,7 +5,8 @@ import { BUS_CHANNEL, createBusBridge, type BusBridge } from './bus-bridge.js';
 import type { Config } from './config.js';
 import type { Database, Db } from './db/pool.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
-import { createStubAiProvider } from './providers/ai/stub.js';
+import type { Catalogue } from './models/catalogue.js';
+import { createModels, type Models } from './models/providers.js';
 import type { AiProvider } from './providers/ai/types.js';
 import { createStubPaymentProvider, type StubPaymentProvider } from './providers/payments/stub.js';
 import type { PaymentProvider } from './providers/payments/types.js';
@@ -15,6 +16,9 @@ import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
 import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
+import { createAccept, type Accept } from './runs/accept.js';
+import { createConversationStore, type ConversationStore } from './runs/conversations.js';
+import { sweepKeys } from './runs/idempotency.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
 
@@ -31,8 +35,12 @@ export interface AppContext {
   /** Wakes the readers of a run when it has news in Postgres (from any process). */
   news: RunNews;
   store: RunStore;
+  conversations: ConversationStore;
   executor: Executor;
-  ai: AiProvider;
+  /** The one way work is accepted (debit + run + idempotency + conversation gating, one transaction). */
+  accept: Accept;
+  /** The model catalogue, each model with its provider. */
+  models: Models;
   payments: PaymentProvider;
   /** Set when the stub payment provider is in use (it exposes `markPaid` for the dev route and tests). */
   stubPayments: StubPaymentProvider | null;
@@ -50,8 +58,10 @@ export interface ContextOptions {
   config: Config;
   database: Database;
   log: Logger;
-  /** Override the providers (default: the stubs, configured from `config`). */
+  /** Run every model with this AI provider (tests); default: each catalogue entry's own provider. */
   ai?: AiProvider;
+  /** The model catalogue (default: loaded from `config`). */
+  catalogue?: Catalogue;
   payments?: PaymentProvider;
 }
 
@@ -60,7 +70,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const db = database.db;
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
-  const ai = opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
+  const models = createModels(config, { catalogue: opts.catalogue, override: opts.ai });
   const stubPayments = opts.payments ? null : createStubPaymentProvider(db);
   const payments = opts.payments ?? stubPayments!;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
@@ -71,7 +81,7 @@ export function createContext(opts: ContextOptions): AppContext {
     db,
     store,
     registry,
-    ai,
+    models,
     bus,
     log,
     instanceId,
@@ -80,14 +90,35 @@ export function createContext(opts: ContextOptions): AppContext {
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
-    // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
+    // Session runs stay answerable from memory for a while; nothing of a job stays once it is over. An
+    // ephemeral run is gone the moment it ends (its ledger rows stay; the sweep catches one whose process died).
     onFinish: (run, events) => {
-      if (run.kind === 'session') recent.put(run, events());
+      if (run.ephemeral) {
+        store.delete(run.id).catch((err) => log.warn({ err, runId: run.id }, 'deleting an ephemeral run failed; the sweep will'));
+      } else if (run.kind === 'session') recent.put(run, events());
     },
   });
-  const sessions = createSessionsService({ config, db, payments, settlement, executor, store, instanceId });
-  const jobs = createJobsService({ config, db, bus, log, ai, payments, settlement, executor, store, instanceId });
-  const maintenance = createMaintenance({ config, db, store, executor, log, instanceId, extraSweeps: [() => jobs.sweep(), () => recent.sweep()] });
+  const conversations = createConversationStore(db);
+  const accept = createAccept({ config, db, store, conversations, executor, instanceId }).accept;
+  const sessions = createSessionsService({ config, db, payments, settlement, accept, models });
+  const jobs = createJobsService({ config, db, bus, log, models, payments, settlement, executor, store, instanceId });
+  const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);
+  const maintenance = createMaintenance({
+    config,
+    db,
+    store,
+    executor,
+    log,
+    instanceId,
+    extraSweeps: [
+      () => jobs.sweep(),
+      () => recent.sweep(),
+      () => executor.recheckBlocked(),
+      async () => void (await sweepKeys(db)),
+      async () => void (await store.deleteEndedEphemeral()),
+      async () => void (await conversations.deleteIdleBefore(retentionCutoff())),
+    ],
+  });
   const bridge = createBusBridge({
     connectionString: database.url,
     bus,
@@ -96,5 +127,5 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

@@ -48,7 +48,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.PORT;
   const base = `http://${config.HOST === '0.0.0.0' ? 'localhost' : config.HOST}:${port}`;
-  log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', ai: ctx.ai.name, payments: ctx.payments.name }, 'sluice is listening');
+  log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', models: ctx.models.list().map((m) => m.name), payments: ctx.payments.name }, 'sluice is listening');
 
   let stopping: Promise<void> | null = null;
   async function shutdown(reason = 'shutdown'): Promise<void> {
