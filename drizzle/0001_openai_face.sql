@@ -37,4 +37,5 @@ CREATE INDEX "conversations_session_idx" ON "conversations" USING btree ("sessio
 CREATE INDEX "conversations_updated_idx" ON "conversations" USING btree ("updated_at");--> statement-breakpoint
 CREATE INDEX "idempotency_expires_idx" ON "idempotency_keys" USING btree ("expires_at");--> statement-breakpoint
 ALTER TABLE "runs" ADD CONSTRAINT "runs_conversation_id_conversations_id_fk" FOREIGN KEY ("conversation_id") REFERENCES "public"."conversations"("id") ON DELETE set null ON UPDATE no action;--> statement-breakpoint
+CREATE INDEX "runs_ephemeral_idx" ON "runs" USING btree ("id") WHERE "runs"."ephemeral";--> statement-breakpoint
 CREATE UNIQUE INDEX "runs_conversation_turn_uq" ON "runs" USING btree ("conversation_id","conversation_turn") WHERE "runs"."conversation_id" is not null;

@@ -11,8 +11,9 @@ import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
 import { runRoutes } from './runs/runs.routes.js';
+import { openAiRoutes } from './openai/openai.routes.js';
 
-/** The Express app: JSON API under /api, one error envelope, a request id on every log line. */
+/** The Express app: the native JSON API under /api, the OpenAI face under /v1, a request id on every response. */
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -35,6 +36,8 @@ export function createApp(ctx: AppContext): express.Express {
       },
     }),
   );
+  // The OpenAI face parses its own bodies (a larger limit) and speaks its own error envelope.
+  app.use('/v1', openAiRoutes(ctx));
   app.use(express.json({ limit: '64kb' }));
 
   const api = express.Router();

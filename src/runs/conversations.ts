@@ -43,6 +43,15 @@ export function createConversationStore(db: Db) {
       return row?.turns;
     },
 
+    async setMetadata(sessionId: string, id: string, metadata: Record<string, string>): Promise<ConversationRow | undefined> {
+      const [row] = await db
+        .update(conversations)
+        .set({ metadata, updatedAt: sql`now()` })
+        .where(and(eq(conversations.id, id), eq(conversations.sessionId, sessionId)))
+        .returning();
+      return row;
+    },
+
     /** Delete it unless a run of it is live (its runs keep their history; they only lose the link). */
     async delete(sessionId: string, id: string): Promise<'deleted' | 'busy' | 'missing'> {
       return db.transaction(async (tx) => {
