@@ -6,6 +6,8 @@ import { createContext, type AppContext } from './context.js';
 import { DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
+import { loadCatalogue, type Catalogue } from './models/catalogue.js';
+import { providerFactories } from './models/providers.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -18,7 +20,7 @@ export interface Running {
   shutdown(reason?: string): Promise<void>;
 }
 
-export async function start(config: Config, log: Logger): Promise<Running> {
+export async function start(config: Config, log: Logger, catalogue?: Catalogue): Promise<Running> {
   let embedded: EmbeddedPostgres | null = null;
   let url = config.DATABASE_URL;
   if (!url) {
@@ -32,7 +34,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   }
   const database = createDatabase(url, { max: config.DB_POOL_MAX });
   await runMigrations(database.db);
-  const ctx = createContext({ config, database, log });
+  const ctx = createContext({ config, database, log, catalogue });
   // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
   const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
   if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
@@ -72,8 +74,11 @@ export async function start(config: Config, log: Logger): Promise<Running> {
 
 async function main() {
   let config: Config;
+  let catalogue: Catalogue;
   try {
     config = loadConfig();
+    // Before anything starts: a bad catalogue is a configuration mistake, named like any other.
+    catalogue = loadCatalogue(config, Object.keys(providerFactories));
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`sluice: ${err.message}`);
@@ -84,7 +89,7 @@ async function main() {
   const log = pino({ level: config.LOG_LEVEL, base: { service: 'sluice' } });
   let running: Running;
   try {
-    running = await start(config, log);
+    running = await start(config, log, catalogue);
   } catch (err) {
     if (err instanceof DataDirUnreachableError) {
       console.error(`sluice: ${err.message}`);

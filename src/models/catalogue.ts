@@ -58,27 +58,37 @@ const modelSchema = z
   })
   .strict();
 
-function catalogueSchema(providers: readonly string[]) {
-  return z
-    .object({
-      default: z.string({ error: 'default must name one of the models' }),
-      models: z.array(modelSchema, { error: 'models must be a list' }).min(1, 'models must list at least one model'),
-    })
-    .strict()
-    .superRefine((c, ctx) => {
-      const seen = new Set<string>();
-      c.models.forEach((m, i) => {
-        if (seen.has(m.name)) ctx.addIssue({ code: 'custom', path: ['models', i, 'name'], message: `"${m.name}" is listed twice` });
-        seen.add(m.name);
-        if (!providers.includes(m.provider)) {
-          ctx.addIssue({ code: 'custom', path: ['models', i, 'provider'], message: `"${m.provider}" is not a provider this server has (it has: ${providers.join(', ')})` });
-        }
-        if (m.maxOutputTokens >= m.contextTokens) {
-          ctx.addIssue({ code: 'custom', path: ['models', i, 'maxOutputTokens'], message: 'must be less than contextTokens' });
-        }
-      });
-      if (!seen.has(c.default)) ctx.addIssue({ code: 'custom', path: ['default'], message: `"${c.default}" is not one of the models` });
-    });
+const catalogueSchema = z
+  .object({
+    default: z.string({ error: 'default must name one of the models' }),
+    models: z.array(modelSchema, { error: 'models must be a list' }).min(1, 'models must list at least one model'),
+  })
+  .strict();
+
+/**
+ * The rules across fields, checked on the raw JSON as far as its shape allows — alongside the schema, not after
+ * it — so one start-up names every mistake, not only those of the first kind.
+ */
+function crossCheck(json: unknown, providers: readonly string[]): Array<{ path: PropertyKey[]; message: string }> {
+  const issues: Array<{ path: PropertyKey[]; message: string }> = [];
+  const c = json as { default?: unknown; models?: unknown } | null;
+  if (!c || typeof c !== 'object' || !Array.isArray(c.models)) return issues;
+  const seen = new Set<string>();
+  c.models.forEach((m: unknown, i: number) => {
+    const e = (m ?? {}) as Record<string, unknown>;
+    if (typeof e.name === 'string') {
+      if (seen.has(e.name)) issues.push({ path: ['models', i, 'name'], message: `"${e.name}" is listed twice` });
+      seen.add(e.name);
+    }
+    if (typeof e.provider === 'string' && !providers.includes(e.provider)) {
+      issues.push({ path: ['models', i, 'provider'], message: `"${e.provider}" is not a provider this server has (it has: ${providers.join(', ')})` });
+    }
+    if (typeof e.maxOutputTokens === 'number' && typeof e.contextTokens === 'number' && e.maxOutputTokens >= e.contextTokens) {
+      issues.push({ path: ['models', i, 'maxOutputTokens'], message: 'must be less than contextTokens' });
+    }
+  });
+  if (typeof c.default === 'string' && !seen.has(c.default)) issues.push({ path: ['default'], message: `"${c.default}" is not one of the models` });
+  return issues;
 }
 
 function build(def: string, models: ModelEntry[]): Catalogue {
@@ -94,9 +104,10 @@ export function parseCatalogue(text: string, source: string, providers: readonly
   } catch (err) {
     throw new ConfigError([`${source}: not valid JSON (${(err as Error).message})`]);
   }
-  const parsed = catalogueSchema(providers).safeParse(json);
-  if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((i) => `${source}${i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}: ${i.message}`));
+  const parsed = catalogueSchema.safeParse(json);
+  const issues = [...(parsed.success ? [] : parsed.error.issues), ...crossCheck(json, providers)];
+  if (!parsed.success || issues.length > 0) {
+    throw new ConfigError(issues.map((i) => `${source}${i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}: ${i.message}`));
   }
   return build(
     parsed.data.default,

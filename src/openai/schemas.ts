@@ -96,9 +96,28 @@ export type ChatCreateBody = z.infer<typeof chatCreateBody>;
 export function parseV1<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
+  const issue = deepest(result.error.issues[0]!);
   const param = issue.path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
   throw invalidRequest(param ? `Invalid value for '${param}': ${issue.message}` : issue.message, param || null);
+}
+
+/**
+ * A union that failed reports its own path (`input`); the branch that got furthest names the real culprit
+ * (`input[0].content`), so that is the issue a client is told about.
+ */
+function deepest(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: string } {
+  if (issue.code !== 'invalid_union') return issue;
+  let best: { path: PropertyKey[]; message: string } = issue;
+  let depth = 0;
+  for (const branch of issue.errors) {
+    if (!branch[0]) continue;
+    const inner = deepest(branch[0]);
+    if (inner.path.length > depth) {
+      depth = inner.path.length;
+      best = { path: [...issue.path, ...inner.path], message: inner.message };
+    }
+  }
+  return best;
 }
 
 /** An input message's text (parts joined) and the role a provider understands (developer is system). */

@@ -2,6 +2,7 @@ import OpenAI from 'openai';
 import { expect } from 'vitest';
 import { freshDatabaseUrl } from './context.js';
 import { startServerProcess, type ServerProcess } from './process.js';
+import { waitFor } from './wait.js';
 
 /** The real server in a child process (as `npm start` runs it) on a fresh database of the test cluster. */
 export interface V1Server extends ServerProcess {
@@ -11,8 +12,11 @@ export interface V1Server extends ServerProcess {
   ledger(s: { id: string; token: string }): Promise<{ balanceSats: number; entries: Array<{ kind: string; amountSats: number; runId: string | null }> }>;
   /** Native API calls. */
   api(method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; body: any; headers: Headers }>;
-  /** How many requests the server logged for `method path` (pino-http's completion lines). */
-  requestsTo(method: string, path: string): number;
+  /**
+   * How many requests the server has logged for `method path` (pino-http's completion lines), once every
+   * request sent before this call is in the log: a sentinel request is logged after them, so we wait for it.
+   */
+  requestsTo(method: string, path: string): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -52,7 +56,10 @@ export async function startV1Server(env: Record<string, string> = {}): Promise<V
       expect(sum).toBe(res.body.balanceSats);
       return res.body;
     },
-    requestsTo(method, path) {
+    async requestsTo(method, path) {
+      const sentinel = `/v1/models?sentinel=${Math.random().toString(36).slice(2)}`;
+      await fetch(`${proc.url}${sentinel}`);
+      await waitFor(() => proc.output().includes(sentinel), { what: 'the sentinel request in the log' });
       let n = 0;
       for (const line of proc.output().split('\n')) {
         if (!/"msg":"request (completed|errored|aborted)"/.test(line)) continue;
