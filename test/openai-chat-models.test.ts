@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startV1Server, type V1Server } from './helpers/openai.js';
+import { describe, expect, it } from 'vitest';
+import { sluiceOf, useV1Server } from './helpers/openai.js';
 import { startServerProcess } from './helpers/process.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -16,18 +16,14 @@ const CATALOGUE = {
   ],
 };
 
-let srv: V1Server;
-beforeAll(async () => {
-  srv = await startV1Server({ MODELS: JSON.stringify(CATALOGUE) });
-}, 120_000);
-afterAll(() => srv?.stop());
+const srv = useV1Server({ MODELS: JSON.stringify(CATALOGUE) });
 
 /** A chat completion's run id (the id is `chatcmpl-` and the run's uuid without dashes). */
 const runIdOf = (id: string) => id.replace(/^chatcmpl-(.{8})(.{4})(.{4})(.{4})(.{12})$/, '$1-$2-$3-$4-$5');
 
 describe('chat completions', () => {
   it('non-stream: the messages are the context, with usage, finish_reason and the sats', async () => {
-    const { client, token } = await srv.session();
+    const { client, token } = await srv().session();
     const c = await client.chat.completions.create({
       model: 'cheap',
       messages: [
@@ -40,7 +36,7 @@ describe('chat completions', () => {
     expect(c).toMatchObject({ object: 'chat.completion', model: 'cheap', choices: [{ index: 0, finish_reason: 'stop', message: { role: 'assistant' } }] });
     expect(c.choices[0]!.message.content).toBe('system: be kind\nuser: hi\nassistant: hello\nuser: again [stub:echo]');
     expect(c.usage!.total_tokens).toBe(c.usage!.prompt_tokens + c.usage!.completion_tokens);
-    const run = (await srv.api('GET', `/api/runs/${runIdOf(c.id)}`, token)).body;
+    const run = (await srv().api('GET', `/api/runs/${runIdOf(c.id)}`, token)).body;
     expect(run).toMatchObject({ face: 'chat', state: 'complete', result: c.choices[0]!.message.content, model: 'cheap' });
     const capped = await client.chat.completions.create({ model: 'cheap', messages: [{ role: 'user', content: 'long [stub:tokens=40]' }], max_completion_tokens: 4 });
     expect(capped.choices[0]!.finish_reason).toBe('length');
@@ -48,7 +44,7 @@ describe('chat completions', () => {
   });
 
   it('stream: chunks with finish_reason on the last content chunk, a usage chunk when asked, then [DONE]', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const stream = await client.chat.completions.create({ model: 'cheap', messages: [{ role: 'user', content: 'go [stub:tokens=5]' }], stream: true, stream_options: { include_usage: true } });
     const chunks: OpenAI.Chat.ChatCompletionChunk[] = [];
     for await (const c of stream) chunks.push(c);
@@ -63,7 +59,7 @@ describe('chat completions', () => {
     expect(chunks.slice(0, -1).every((c) => c.usage === null)).toBe(true);
     expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
     // Byte for byte: plain `data:` frames ending with [DONE].
-    const raw = await fetch(`${srv.url}/v1/chat/completions`, {
+    const raw = await fetch(`${srv().url}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${client.apiKey}`, 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'cheap', messages: [{ role: 'user', content: 'raw [stub:tokens=2]' }], stream: true }),
@@ -74,14 +70,14 @@ describe('chat completions', () => {
   });
 
   it('the SDK’s stream helper assembles the same completion', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const final = await client.chat.completions.stream({ model: 'cheap', messages: [{ role: 'user', content: 'helper [stub:tokens=6]' }] }).finalChatCompletion();
     expect(final.choices[0]!.message.content!.split(' ')).toHaveLength(6);
     expect(final.choices[0]!.finish_reason).toBe('stop');
   });
 
   it('a disconnect stops the run and charges only what was produced', async () => {
-    const { client, token } = await srv.session();
+    const { client, token } = await srv().session();
     const stream = await client.chat.completions.create({ model: 'cheap', messages: [{ role: 'user', content: 'long [stub:tokens=300] [stub:delay=20]' }], stream: true });
     let id = '';
     let n = 0;
@@ -90,7 +86,7 @@ describe('chat completions', () => {
       if (++n === 4) break;
     }
     const run = await waitFor(async () => {
-      const r = (await srv.api('GET', `/api/runs/${runIdOf(id)}`, token)).body;
+      const r = (await srv().api('GET', `/api/runs/${runIdOf(id)}`, token)).body;
       return r.state === 'cancelled' ? r : null;
     }, { what: 'the abandoned completion to be cancelled' });
     expect(run.chargedSats).toBeGreaterThan(0);
@@ -99,7 +95,7 @@ describe('chat completions', () => {
   });
 
   it('a provider failure is the SDK’s InternalServerError (refunded), in a stream too', async () => {
-    const { client, id, token } = await srv.session(5000, { maxRetries: 0 });
+    const { client, id, token } = await srv().session(5000, { maxRetries: 0 });
     const err = await client.chat.completions.create({ model: 'cheap', messages: [{ role: 'user', content: 'doomed [stub:fail] [stub:tokens=6]' }] }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.InternalServerError);
     expect(err).toMatchObject({ status: 502, code: 'provider_error' });
@@ -111,12 +107,12 @@ describe('chat completions', () => {
     expect(thrown).toBeInstanceOf(OpenAI.APIError);
     expect(thrown.message).toContain('[stub:fail]');
     expect(got.join('').length).toBeGreaterThan(0);
-    const ledger = await srv.ledger({ id, token });
+    const ledger = await srv().ledger({ id, token });
     expect(ledger.balanceSats).toBe(5000);
   });
 
   it('refuses what it cannot do, naming the param', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const cases: Array<[Record<string, unknown>, string]> = [
       [{ model: 'cheap', messages: [] }, 'messages'],
       [{ model: 'cheap', messages: [{ role: 'tool', content: 'x', tool_call_id: 'a' }] }, 'messages[0].role'],
@@ -134,7 +130,7 @@ describe('chat completions', () => {
 
 describe('the model catalogue', () => {
   it('GET /v1/models lists it with prices; a model name may hold a slash', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const models = [];
     for await (const m of client.models.list()) models.push(m);
     expect(models.map((m) => m.id)).toEqual(['cheap', 'org/pricey-1']);
@@ -144,24 +140,24 @@ describe('the model catalogue', () => {
   });
 
   it('prices are per model and snapshotted on the run; limits are per model', async () => {
-    const { client, id, token } = await srv.session(5000);
+    const { client, id, token } = await srv().session(5000);
     const cheap = await client.responses.create({ model: 'cheap', input: 'x [stub:tokens=4]', max_output_tokens: 8 });
     const pricey = await client.responses.create({ model: 'org/pricey-1', input: 'x [stub:tokens=4]', max_output_tokens: 8 });
-    const sats = (r: OpenAI.Responses.Response) => (r as unknown as { sluice: { debited_sats: number; charged_sats: number } }).sluice;
+    const sats = sluiceOf;
     expect(sats(pricey).debited_sats).toBeGreaterThan(sats(cheap).debited_sats * 10);
     expect(sats(pricey).charged_sats).toBe(Math.ceil((pricey.usage!.input_tokens * 1000 + 4 * 2000) / 1000));
     await expect(client.responses.create({ model: 'org/pricey-1', input: 'x', max_output_tokens: 65 })).rejects.toMatchObject({ status: 400, param: 'max_output_tokens' });
     const tooLong = await client.responses.create({ model: 'org/pricey-1', input: 'y'.repeat(4000), max_output_tokens: 8 }).catch((e) => e);
     expect(tooLong).toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'input' });
     // The native face takes `model` too: unknown is a 400 there.
-    const native = await srv.api('POST', `/api/sessions/${id}/request`, token, { request: 'x [stub:tokens=1]', model: 'org/pricey-1', max_tokens: 2 });
+    const native = await srv().api('POST', `/api/sessions/${id}/request`, token, { request: 'x [stub:tokens=1]', model: 'org/pricey-1', max_tokens: 2 });
     expect(native.status).toBe(202);
     const run = await waitFor(async () => {
-      const r = (await srv.api('GET', `/api/runs/${native.body.requestId}`, token)).body;
+      const r = (await srv().api('GET', `/api/runs/${native.body.requestId}`, token)).body;
       return r.state === 'complete' ? r : null;
     });
     expect(run.model).toBe('org/pricey-1');
-    const unknown = await srv.api('POST', `/api/sessions/${id}/request`, token, { request: 'x', model: 'gpt-4o' });
+    const unknown = await srv().api('POST', `/api/sessions/${id}/request`, token, { request: 'x', model: 'gpt-4o' });
     expect(unknown.status).toBe(400);
     expect(unknown.body.error.code).toBe('model_not_found');
   });

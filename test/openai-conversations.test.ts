@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startV1Server, type V1Server } from './helpers/openai.js';
+import { describe, expect, it } from 'vitest';
+import { runIdOf, sluiceOf, useV1Server } from './helpers/openai.js';
 import { waitFor } from './helpers/wait.js';
 
 /**
@@ -8,20 +8,14 @@ import { waitFor } from './helpers/wait.js';
  * conversation under each `multitask_strategy`, with the SDK against the real server process. `[stub:echo]`
  * makes the stub reply with a transcript of the context it was given, so a test sees exactly what arrived.
  */
-let srv: V1Server;
-beforeAll(async () => {
-  srv = await startV1Server();
-}, 120_000);
-afterAll(() => srv?.stop());
+const srv = useV1Server();
 
-const runIdOf = (r: OpenAI.Responses.Response) => (r as unknown as { sluice: { run_id: string } }).sluice.run_id;
-const sluice = (r: OpenAI.Responses.Response) => (r as unknown as { sluice: { debited_sats: number; charged_sats: number; refunded_sats: number } }).sluice;
 /** Extra body fields the SDK's types do not know (Sluice's extension). */
 const withStrategy = <T>(params: T, multitask_strategy: 'reject' | 'enqueue' | 'interrupt') => ({ ...params, multitask_strategy }) as T;
 
 describe('previous_response_id', () => {
   it('carries the earlier turn (input and output, not its instructions) and bills for it', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     // A long first turn, so the context it adds costs whole sats.
     const said = `my name is Ada ${'.'.repeat(2000)} [stub:tokens=4]`;
     const first = await client.responses.create({ model: 'sluice-stub', input: said, instructions: 'SECRET RULES' });
@@ -31,11 +25,11 @@ describe('previous_response_id', () => {
     expect(echo.previous_response_id).toBe(first.id);
     const alone = await client.responses.create({ model: 'sluice-stub', input: 'what is my name? [stub:echo]', instructions: 'new rules' });
     expect(echo.usage!.input_tokens).toBeGreaterThan(alone.usage!.input_tokens);
-    expect(sluice(echo).debited_sats).toBeGreaterThan(sluice(alone).debited_sats);
+    expect(sluiceOf(echo).debited_sats).toBeGreaterThan(sluiceOf(alone).debited_sats);
   });
 
   it('only a completed response can be continued', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const capped = await client.responses.create({ model: 'sluice-stub', input: 'long [stub:tokens=30]', max_output_tokens: 3 });
     expect(capped.status).toBe('incomplete');
     const err = await client.responses.create({ model: 'sluice-stub', input: 'go on', previous_response_id: capped.id }).catch((e) => e);
@@ -48,7 +42,7 @@ describe('previous_response_id', () => {
 
 describe('conversations', () => {
   it('create, retrieve, items, and each turn sees the items and the completed turns before it', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const conv = await client.conversations.create({ items: [{ type: 'message', role: 'user', content: 'remember 42' }], metadata: { topic: 'numbers' } });
     expect(conv).toMatchObject({ object: 'conversation', metadata: { topic: 'numbers' } });
     expect(conv.id).toMatch(/^conv_[0-9a-f]{32}$/);
@@ -68,7 +62,7 @@ describe('conversations', () => {
   });
 
   it('reject (the default): a second request while one is active is 409 conversation_busy', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const conv = await client.conversations.create();
     const active = await client.responses.create({ model: 'sluice-stub', input: 'busy [stub:tokens=300] [stub:delay=20]', conversation: conv.id, background: true });
     const err = await client.responses.create({ model: 'sluice-stub', input: 'me too', conversation: conv.id }).catch((e) => e);
@@ -84,7 +78,7 @@ describe('conversations', () => {
   });
 
   it('enqueue: accepted at once, starts when the active one completes, and sees its output', async () => {
-    const { client, token } = await srv.session();
+    const { client, token } = await srv().session();
     const conv = await client.conversations.create();
     const first = await client.responses.create({ model: 'sluice-stub', input: 'first [stub:tokens=15] [stub:delay=15]', conversation: conv.id, background: true });
     const second = await client.responses.create(withStrategy({ model: 'sluice-stub', input: 'second [stub:echo]', conversation: conv.id, background: true }, 'enqueue'));
@@ -96,33 +90,33 @@ describe('conversations', () => {
     expect(two.output_text).toBe(['user: first [stub:tokens=15] [stub:delay=15]', `assistant: ${one.output_text}`, 'user: second [stub:echo]'].join('\n'));
     expect(third.output_text.startsWith(`${two.output_text.split('\n').slice(0, 3).join('\n')}\nassistant: user: first`)).toBe(true);
     // Started only after the one before it had ended.
-    const runA = (await srv.api('GET', `/api/runs/${runIdOf(one)}`, token)).body;
-    const runB = (await srv.api('GET', `/api/runs/${runIdOf(two)}`, token)).body;
+    const runA = (await srv().api('GET', `/api/runs/${runIdOf(one)}`, token)).body;
+    const runB = (await srv().api('GET', `/api/runs/${runIdOf(two)}`, token)).body;
     expect(new Date(runB.startedAt).getTime()).toBeGreaterThanOrEqual(new Date(runA.completedAt).getTime());
     // Its debit covered the context it could not yet know.
-    expect(sluice(two).charged_sats).toBeLessThanOrEqual(sluice(two).debited_sats);
+    expect(sluiceOf(two).charged_sats).toBeLessThanOrEqual(sluiceOf(two).debited_sats);
   });
 
   it('an enqueued response can be cancelled while it waits: refunded in full, and the queue moves on', async () => {
-    const { client, id, token } = await srv.session();
+    const { client, id, token } = await srv().session();
     const conv = await client.conversations.create();
     const active = await client.responses.create({ model: 'sluice-stub', input: 'active [stub:tokens=20] [stub:delay=15]', conversation: conv.id, background: true });
     const waiting = await client.responses.create(withStrategy({ model: 'sluice-stub', input: 'waiting', conversation: conv.id, background: true }, 'enqueue'));
     const after = await client.responses.create(withStrategy({ model: 'sluice-stub', input: 'after [stub:echo]', conversation: conv.id, background: true }, 'enqueue'));
     const cancelled = await client.responses.cancel(waiting.id);
     expect(cancelled.status).toBe('cancelled');
-    expect(sluice(cancelled).refunded_sats).toBe(sluice(cancelled).debited_sats);
+    expect(sluiceOf(cancelled).refunded_sats).toBe(sluiceOf(cancelled).debited_sats);
     const last = await waitFor(async () => {
       const r = await client.responses.retrieve(after.id);
       return r.status === 'completed' ? r : null;
     }, { what: 'the last turn' });
     const one = await client.responses.retrieve(active.id);
     expect(last.output_text).toBe(`user: active [stub:tokens=20] [stub:delay=15]\nassistant: ${one.output_text}\nuser: after [stub:echo]`);
-    await srv.ledger({ id, token });
+    await srv().ledger({ id, token });
   });
 
   it('interrupt: stops the active one (charged for what it produced), then runs', async () => {
-    const { client, id, token } = await srv.session();
+    const { client, id, token } = await srv().session();
     const conv = await client.conversations.create();
     const slow = await client.responses.create({ model: 'sluice-stub', input: 'slow [stub:tokens=500] [stub:delay=20]', conversation: conv.id, background: true });
     await waitFor(async () => (await client.responses.retrieve(slow.id)).output_text.length > 0, { what: 'some output' });
@@ -130,16 +124,16 @@ describe('conversations', () => {
     expect(next.status).toBe('completed');
     const stopped = await client.responses.retrieve(slow.id);
     expect(stopped.status).toBe('cancelled');
-    expect(sluice(stopped).charged_sats).toBeGreaterThan(0);
-    expect(sluice(stopped).refunded_sats).toBeGreaterThan(0);
+    expect(sluiceOf(stopped).charged_sats).toBeGreaterThan(0);
+    expect(sluiceOf(stopped).refunded_sats).toBeGreaterThan(0);
     // The interrupted turn never completed, so it is not part of the context.
     expect(next.output_text).toBe('user: instead [stub:echo]');
-    await srv.ledger({ id, token });
+    await srv().ledger({ id, token });
   });
 
   it('a conversation of another session, or a malformed id, is not found', async () => {
-    const a = await srv.session();
-    const b = await srv.session();
+    const a = await srv().session();
+    const b = await srv().session();
     const conv = await a.client.conversations.create();
     await expect(b.client.conversations.retrieve(conv.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     const err = await b.client.responses.create({ model: 'sluice-stub', input: 'x', conversation: conv.id }).catch((e) => e);

@@ -1,36 +1,31 @@
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startV1Server, type V1Server } from './helpers/openai.js';
+import { describe, expect, it } from 'vitest';
+import { runIdOf, sluiceOf, useV1Server } from './helpers/openai.js';
 
 /**
  * Idempotent retries (sequential and concurrent, on both faces) that debit once, and every error the /v1 face
  * sends raised as the SDK's own class — with `x-should-retry: false` where a retry cannot help, which the SDK
  * obeys (the server sees one request, not three).
  */
-let srv: V1Server;
-beforeAll(async () => {
-  srv = await startV1Server();
-}, 120_000);
-afterAll(() => srv?.stop());
+const srv = useV1Server();
 
-const runIdOf = (r: OpenAI.Responses.Response) => (r as unknown as { sluice: { run_id: string } }).sluice.run_id;
 const key = () => `key-${Math.random().toString(36).slice(2)}`;
 const debits = (entries: Array<{ kind: string }>) => entries.filter((e) => e.kind === 'debit').length;
 
 describe('Idempotency-Key on /v1/responses', () => {
   it('a sequential retry gets the same response and no second debit', async () => {
-    const s = await srv.session();
+    const s = await srv().session();
     const k = key();
     const body = { model: 'sluice-stub', input: 'once [stub:tokens=3]', metadata: { a: '1' } };
     const first = await s.client.responses.create(body, { headers: { 'Idempotency-Key': k } });
     const again = await s.client.responses.create({ metadata: { a: '1' }, input: 'once [stub:tokens=3]', model: 'sluice-stub' }, { headers: { 'Idempotency-Key': k } });
     expect(again.id).toBe(first.id);
     expect(again.output_text).toBe(first.output_text);
-    expect(debits((await srv.ledger(s)).entries)).toBe(1);
+    expect(debits((await srv().ledger(s)).entries)).toBe(1);
   });
 
   it('concurrent identical requests debit once and all get the same response, sync and stream alike', async () => {
-    const s = await srv.session();
+    const s = await srv().session();
     const k = key();
     const body = { model: 'sluice-stub', input: 'race [stub:tokens=10] [stub:delay=10]' };
     const results = await Promise.all(Array.from({ length: 6 }, () => s.client.responses.create(body, { headers: { 'Idempotency-Key': k } })));
@@ -49,21 +44,21 @@ describe('Idempotency-Key on /v1/responses', () => {
     // Every stream reattached to the one run: the whole replay, then live, identical.
     for (const events of streams) expect(events).toEqual(streams[0]);
     expect(streams[0]!.at(-1)!.type).toBe('response.completed');
-    expect(debits((await srv.ledger(s)).entries)).toBe(2);
+    expect(debits((await srv().ledger(s)).entries)).toBe(2);
   });
 
   it('the same key with another body is 409 idempotency_key_conflict, not retried', async () => {
-    const s = await srv.session();
+    const s = await srv().session();
     const k = key();
     await s.client.responses.create({ model: 'sluice-stub', input: 'first [stub:tokens=1]' }, { headers: { 'Idempotency-Key': k } });
-    const before = await srv.requestsTo('POST', '/v1/responses');
+    const before = await srv().requestsTo('POST', '/v1/responses');
     const err = await s.client.responses.create({ model: 'sluice-stub', input: 'other [stub:tokens=1]' }, { headers: { 'Idempotency-Key': k } }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.ConflictError);
     expect(err).toMatchObject({ code: 'idempotency_key_conflict', param: 'Idempotency-Key' });
     expect(err.headers.get('x-should-retry')).toBe('false');
-    expect((await srv.requestsTo('POST', '/v1/responses')) - before).toBe(1);
+    expect((await srv().requestsTo('POST', '/v1/responses')) - before).toBe(1);
     // Keys belong to a session: another session's same key is its own.
-    const other = await srv.session();
+    const other = await srv().session();
     const mine = await other.client.responses.create({ model: 'sluice-stub', input: 'other [stub:tokens=1]' }, { headers: { 'Idempotency-Key': k } });
     expect(mine.status).toBe('completed');
   });
@@ -71,10 +66,10 @@ describe('Idempotency-Key on /v1/responses', () => {
 
 describe('Idempotency-Key on POST /api/sessions/:id/request', () => {
   it('same rules: the first 202 again, one debit; another body is a 409 in the /api envelope', async () => {
-    const s = await srv.session();
+    const s = await srv().session();
     const k = key();
     const call = (request: string) =>
-      fetch(`${srv.url}/api/sessions/${s.id}/request`, {
+      fetch(`${srv().url}/api/sessions/${s.id}/request`, {
         method: 'POST',
         headers: { authorization: `Bearer ${s.token}`, 'content-type': 'application/json', 'Idempotency-Key': k },
         body: JSON.stringify({ request }),
@@ -87,24 +82,24 @@ describe('Idempotency-Key on POST /api/sessions/:id/request', () => {
     const conflict = await call('something else');
     expect(conflict.status).toBe(409);
     expect((await conflict.json()).error.code).toBe('idempotency_key_conflict');
-    expect(debits((await srv.ledger(s)).entries)).toBe(1);
+    expect(debits((await srv().ledger(s)).entries)).toBe(1);
   });
 });
 
 describe('errors raise the SDK’s own classes', () => {
   it('401 AuthenticationError for a bad key; 401 without one', async () => {
-    const bad = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'sk_not_a_session' });
+    const bad = new OpenAI({ baseURL: `${srv().url}/v1`, apiKey: 'sk_not_a_session' });
     const err = await bad.responses.create({ model: 'sluice-stub', input: 'x' }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.AuthenticationError);
     expect(err.code).toBe('invalid_api_key');
-    const none = await fetch(`${srv.url}/v1/models`);
+    const none = await fetch(`${srv().url}/v1/models`);
     expect(none.status).toBe(401);
     expect((await none.json()).error).toMatchObject({ type: 'invalid_request_error', message: expect.stringContaining('API key') });
   });
 
   it('404 NotFoundError for another session’s response, an unknown one, and an unknown model', async () => {
-    const a = await srv.session();
-    const b = await srv.session();
+    const a = await srv().session();
+    const b = await srv().session();
     const r = await a.client.responses.create({ model: 'sluice-stub', input: 'mine [stub:tokens=1]' });
     for (const call of [() => b.client.responses.retrieve(r.id), () => b.client.responses.cancel(r.id), () => b.client.responses.delete(r.id), () => b.client.responses.retrieve('resp_123')]) {
       await expect(call()).rejects.toBeInstanceOf(OpenAI.NotFoundError);
@@ -117,18 +112,18 @@ describe('errors raise the SDK’s own classes', () => {
   });
 
   it('429 RateLimitError insufficient_quota when the balance cannot pay, not retried', async () => {
-    const s = await srv.session(100);
-    const before = await srv.requestsTo('POST', '/v1/responses');
+    const s = await srv().session(100);
+    const before = await srv().requestsTo('POST', '/v1/responses');
     const err = await s.client.responses.create({ model: 'sluice-stub', input: 'too big', max_output_tokens: 4096 }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.RateLimitError);
     expect(err).toMatchObject({ status: 429, type: 'insufficient_quota', code: 'insufficient_quota' });
     expect(err.headers.get('x-should-retry')).toBe('false');
-    expect((await srv.requestsTo('POST', '/v1/responses')) - before).toBe(1);
-    expect((await srv.ledger(s)).balanceSats).toBe(100);
+    expect((await srv().requestsTo('POST', '/v1/responses')) - before).toBe(1);
+    expect((await srv().ledger(s)).balanceSats).toBe(100);
   });
 
   it('400 BadRequestError naming the param', async () => {
-    const { client } = await srv.session();
+    const { client } = await srv().session();
     const cases: Array<[Record<string, unknown>, string]> = [
       [{ model: 'sluice-stub' }, 'input'],
       [{ model: 'sluice-stub', input: 42 }, 'input'],
@@ -146,22 +141,22 @@ describe('errors raise the SDK’s own classes', () => {
       expect(err.param, JSON.stringify(body)).toBe(param);
       expect(err.type).toBe('invalid_request_error');
     }
-    const json = await fetch(`${srv.url}/v1/responses`, { method: 'POST', headers: { authorization: `Bearer ${client.apiKey}`, 'content-type': 'application/json' }, body: '{"input":' });
+    const json = await fetch(`${srv().url}/v1/responses`, { method: 'POST', headers: { authorization: `Bearer ${client.apiKey}`, 'content-type': 'application/json' }, body: '{"input":' });
     expect(json.status).toBe(400);
     expect(json.headers.get('x-should-retry')).toBe('false');
     expect(json.headers.get('x-request-id')).toEqual(expect.any(String));
-    const route = await fetch(`${srv.url}/v1/nothing`, { headers: { authorization: `Bearer ${client.apiKey}` } });
+    const route = await fetch(`${srv().url}/v1/nothing`, { headers: { authorization: `Bearer ${client.apiKey}` } });
     expect(route.status).toBe(404);
     expect((await route.json()).error.type).toBe('invalid_request_error');
   });
 
   it('a failed response is a Response with status failed (refunded), not an HTTP error', async () => {
-    const s = await srv.session();
+    const s = await srv().session();
     const r = await s.client.responses.create({ model: 'sluice-stub', input: 'doomed [stub:tokens=10] [stub:fail]' });
     expect(r).toMatchObject({ status: 'failed', error: { code: 'server_error', message: expect.stringContaining('[stub:fail]') } });
-    const m = (r as unknown as { sluice: { charged_sats: number; refunded_sats: number; debited_sats: number } }).sluice;
+    const m = sluiceOf(r);
     expect(m.charged_sats).toBe(0);
     expect(m.refunded_sats).toBe(m.debited_sats);
-    expect((await srv.api('GET', `/api/runs/${runIdOf(r)}`, s.token)).body.state).toBe('failed');
+    expect((await srv().api('GET', `/api/runs/${runIdOf(r)}`, s.token)).body.state).toBe('failed');
   });
 });

@@ -13,7 +13,7 @@ const text = (what: string) =>
   z.string({ error: `${what} must be a string` }).refine((s) => !s.includes('\u0000'), `${what} must not contain NUL characters`);
 
 const metadata = z
-  .record(z.string().max(64, 'metadata keys are at most 64 characters'), text('a metadata value').pipe(z.string().max(512, 'metadata values are at most 512 characters')))
+  .record(text('a metadata key').pipe(z.string().max(64, 'metadata keys are at most 64 characters')), text('a metadata value').pipe(z.string().max(512, 'metadata values are at most 512 characters')))
   .refine((m) => Object.keys(m).length <= 16, 'metadata holds at most 16 pairs');
 
 const textPart = (types: readonly [string, ...string[]]) =>

@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { freshDatabaseUrl } from './context.js';
 import { startServerProcess, type ServerProcess } from './process.js';
 import { waitFor } from './wait.js';
@@ -75,4 +75,19 @@ export async function startV1Server(env: Record<string, string> = {}): Promise<V
       expect(await proc.exited).toBe(0);
     },
   };
+}
+
+/** The `sluice` extension of a /v1 object: its run and its money. */
+export const sluiceOf = (r: object) => (r as { sluice: { run_id: string; debited_sats: number; charged_sats: number; refunded_sats: number } }).sluice;
+/** The run of a Response. */
+export const runIdOf = (r: object) => sluiceOf(r).run_id;
+
+/** Start the server process before the file's tests and stop it after them; call the result for the server. */
+export function useV1Server(env: Record<string, string> = {}): () => V1Server {
+  let srv: V1Server | undefined;
+  beforeAll(async () => {
+    srv = await startV1Server(env);
+  }, 120_000);
+  afterAll(() => srv?.stop());
+  return () => srv!;
 }
