@@ -6,6 +6,7 @@ import type { Models } from '../models/providers.js';
 import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
 import { composeInput, conversationHistory } from './context.js';
 import { createEventWriter } from './event-writer.js';
+import { createTurnWait } from './turn-wait.js';
 import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
@@ -50,14 +51,16 @@ const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') 
  */
 export function createExecutor(opts: ExecutorOptions) {
   const waiting: string[] = [];
-  /**
-   * Runs that must wait for an earlier turn of their conversation, by the run they wait for. Why a wake-up cannot
-   * be missed: we listen for the predecessor's end first, then ask Postgres whether it has already ended; the
-   * claim re-checks the turn order in SQL, so a wake-up that comes too early only re-blocks; and the sweep asks
-   * Postgres again (`recheckBlocked`) in case a notification from another process was lost.
-   */
-  const blocked = new Map<string, Set<string>>();
-  opts.bus.on('run:finish', (e) => release(e.runId));
+  /** Runs parked behind an earlier turn of their conversation; released into `waiting` when it ends. */
+  const turns = createTurnWait({
+    store: opts.store,
+    log: opts.log,
+    release: (ids) => {
+      waiting.push(...ids);
+      pump();
+    },
+  });
+  opts.bus.on('run:finish', (e) => turns.finished(e.runId));
   const running = new Map<string, Promise<void>>();
   const maxBacklog = opts.maxBacklog ?? 2048;
   /** Runs whose end could not be recorded: their leases are no longer renewed, so recovery takes them. */
@@ -77,38 +80,6 @@ export function createExecutor(opts: ExecutorOptions) {
         });
       running.set(runId, p);
     }
-  }
-
-  /** The run `finished` has ended: the runs blocked on it may try to start. */
-  function release(finished: string) {
-    const set = blocked.get(finished);
-    if (!set) return;
-    blocked.delete(finished);
-    for (const id of set) waiting.push(id);
-    pump();
-  }
-
-  /** Park `runId` until `predecessor` ends, then check Postgres in case it already has. */
-  function block(runId: string, predecessor: string) {
-    let set = blocked.get(predecessor);
-    if (!set) blocked.set(predecessor, (set = new Set()));
-    set.add(runId);
-    opts.store.liveAmong([predecessor]).then(
-      (live) => {
-        if (!live.has(predecessor)) release(predecessor);
-      },
-      (err) => opts.log.warn({ err, runId }, 'checking a predecessor failed; the sweep will'),
-    );
-  }
-
-  function unblock(runId: string): boolean {
-    for (const [pred, set] of blocked) {
-      if (set.delete(runId)) {
-        if (set.size === 0) blocked.delete(pred);
-        return true;
-      }
-    }
-    return false;
   }
 
   /** Publish a finish to whoever watches here, then let the registry forget the run. */
@@ -178,7 +149,7 @@ export function createExecutor(opts: ExecutorOptions) {
     const claimed = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
     if (claimed && 'blockedBy' in claimed) {
       // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
-      block(runId, claimed.blockedBy);
+      turns.park(runId, claimed.blockedBy);
       return;
     }
     if (!claimed) {
@@ -273,7 +244,7 @@ export function createExecutor(opts: ExecutorOptions) {
     /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open(run);
-      if (run.waitsFor) block(run.id, run.waitsFor);
+      if (run.waitsFor) turns.park(run.id, run.waitsFor);
       else waiting.push(run.id);
       if (accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
@@ -281,12 +252,9 @@ export function createExecutor(opts: ExecutorOptions) {
       return entry;
     },
 
-    /** Release blocked runs whose predecessor Postgres says has ended (a lost wake-up from another process). */
-    async recheckBlocked(): Promise<void> {
-      const preds = [...blocked.keys()];
-      if (preds.length === 0) return;
-      const live = await opts.store.liveAmong(preds);
-      for (const p of preds) if (!live.has(p)) release(p);
+    /** Release parked runs whose predecessor Postgres says has ended (a lost wake-up from another process). */
+    recheckBlocked(): Promise<void> {
+      return turns.recheck();
     },
 
     get accepting() {
@@ -321,7 +289,7 @@ export function createExecutor(opts: ExecutorOptions) {
       if (!entry || entry.ended) return false;
       if (!entry.controller.signal.aborted) entry.controller.abort(reason);
       const i = waiting.indexOf(runId);
-      if (i >= 0 || unblock(runId)) {
+      if (i >= 0 || turns.unpark(runId)) {
         if (i >= 0) waiting.splice(i, 1);
         const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
         running.set(
@@ -353,7 +321,7 @@ export function createExecutor(opts: ExecutorOptions) {
       const admitDeadline = Date.now() + 5_000;
       while (admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
       for (const id of [...waiting]) this.stop(id, 'interrupted');
-      for (const set of [...blocked.values()]) for (const id of [...set]) this.stop(id, 'interrupted');
+      for (const id of turns.runs()) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;
       while (running.size > 0 && Date.now() < deadline) {
         await Promise.race([Promise.allSettled(running.values()), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
@@ -365,9 +333,7 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     stats() {
-      let waitingBehind = 0;
-      for (const set of blocked.values()) waitingBehind += set.size;
-      return { running: running.size, waiting: waiting.length, blocked: waitingBehind };
+      return { running: running.size, waiting: waiting.length, blocked: turns.runs().length };
     },
   };
 }
