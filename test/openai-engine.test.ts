@@ -72,6 +72,36 @@ describe('the catalogue names every mistake', () => {
   });
 });
 
+describe('retention', () => {
+  it('an Idempotency-Key is forgotten after IDEMPOTENCY_TTL_HOURS: swept, and the same key then starts new work', async () => {
+    const t = await startTestServer({ IDEMPOTENCY_TTL_HOURS: 0.0002 }); // 0.72 s
+    try {
+      const s = await paidSession(t, 5000);
+      const client = new OpenAI({ baseURL: `${t.url}/v1`, apiKey: s.token });
+      const body = { model: 'sluice-stub', input: 'kept a while [stub:tokens=1]' };
+      const opts = { headers: { 'Idempotency-Key': 'short-lived' } };
+      const first = await client.responses.create(body, opts);
+      expect((await client.responses.create(body, opts)).id).toBe(first.id);
+      const keys = () => t.ctx.database.pool.query('select count(*)::int as n from idempotency_keys').then((r) => r.rows[0].n as number);
+      expect(await keys()).toBe(1);
+      await waitFor(async () => {
+        await t.ctx.maintenance.sweep();
+        return (await keys()) === 0;
+      }, { timeoutMs: 10_000, intervalMs: 200, what: 'the expired key to be swept' });
+      const later = await client.responses.create(body, opts);
+      expect(later.id).not.toBe(first.id);
+      // Expired but not yet swept: the key is taken over in place.
+      await waitFor(() => t.ctx.database.pool.query('select 1 from idempotency_keys where expires_at <= now()').then((r) => r.rowCount === 1), { what: 'the key to expire' });
+      const third = await client.responses.create(body, opts);
+      expect(third.id).not.toBe(later.id);
+      expect(await keys()).toBe(1);
+      await expectNoLeaks(t);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe('two processes, one database', () => {
   let a: TestServer;
   let b: TestServer;
