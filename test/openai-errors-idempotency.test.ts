@@ -134,6 +134,8 @@ describe('errors raise the SDK’s own classes', () => {
       [{ model: 'sluice-stub', input: 'x', tools: [{ type: 'web_search' }] }, 'tools'],
       [{ model: 'sluice-stub', input: 'x', multitask_strategy: 'yolo' }, 'multitask_strategy'],
       [{ model: 'sluice-stub', input: 'nul\u0000' }, 'input'],
+      [{ model: 'sluice-stub', input: 'lone surrogate \ud800' }, 'input'],
+      [{ model: 'sluice-stub', input: 'x', instructions: '\udc00' }, 'instructions'],
     ];
     for (const [body, param] of cases) {
       const err = await client.responses.create(body as never).catch((e) => e);

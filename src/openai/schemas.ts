@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { storableText } from '../http/validate.js';
 import type { AiMessage } from '../providers/ai/types.js';
 import { invalidRequest } from './errors.js';
 
@@ -8,9 +9,12 @@ import { invalidRequest } from './errors.js';
  * cannot honour (tools, non-text content) are refused by name rather than silently dropped.
  */
 
-/** Text Postgres can store (no NUL) — a 400 here rather than a 500 later. */
+/** Text Postgres can store (no NUL, no lone surrogate) — a 400 here rather than a 500 later. */
 const text = (what: string) =>
-  z.string({ error: `${what} must be a string` }).refine((s) => !s.includes('\u0000'), `${what} must not contain NUL characters`);
+  z
+    .string({ error: `${what} must be a string` })
+    .refine((s) => !s.includes('\u0000'), `${what} must not contain NUL characters`)
+    .refine(storableText, `${what} must be valid Unicode text`);
 
 const metadata = z
   .record(text('a metadata key').pipe(z.string().max(64, 'metadata keys are at most 64 characters')), text('a metadata value').pipe(z.string().max(512, 'metadata values are at most 512 characters')))

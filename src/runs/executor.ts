@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
+import { toStorable } from '../http/validate.js';
 import { countMessagesTokens } from '../ledger/pricing.js';
 import type { Models } from '../models/providers.js';
 import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
@@ -41,8 +42,8 @@ export type StopReason = 'cancelled' | 'interrupted';
 /** Attempts to record a run's end before leaving it to recovery (backoff 100 ms · 2^n: about 3 s in all). */
 const FINISH_RETRIES = 5;
 
-/** Postgres text cannot hold NUL; a provider that sends one must not wedge the run. */
-const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') : s);
+/** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
+const clean = toStorable;
 
 /**
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer

@@ -4,7 +4,7 @@ import { notFound } from '../http/errors.js';
 import { bearerToken } from '../http/auth.js';
 import { idempotencyOf } from '../http/idempotency.js';
 import { isUuid, parse } from '../http/validate.js';
-import { sessionLedger } from '../ledger/ledger.js';
+import { sessionLedgerSnapshot } from '../ledger/ledger.js';
 import { streamRun } from '../runs/stream.js';
 import { findRun, type FoundRun } from '../runs/lookup.js';
 import { runFields } from '../runs/view.js';
@@ -51,10 +51,10 @@ export function sessionRoutes(ctx: AppContext): Router {
 
   r.get('/sessions/:id/ledger', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req), req.params.id);
-    const entries = await sessionLedger(ctx.db, session.id);
+    const { balanceSats, entries } = await sessionLedgerSnapshot(ctx.db, session.id);
     res.json({
       sessionId: session.id,
-      balanceSats: session.balanceSats,
+      balanceSats,
       entries: entries.map((e) => ({ ...e, createdAt: e.createdAt.toISOString() })),
     });
   });
