@@ -46,17 +46,20 @@ export function feedFor(deps: StreamDeps, runId: string, after: number, signal: 
  * Null if the run does not exist or `signal` aborts first. Waiting is on the run, never on the provider.
  */
 export async function finalOf(deps: StreamDeps & { recent: RecentRuns }, runId: string, signal: AbortSignal): Promise<RunEvent | null> {
-  const found = await findRun(deps, runId);
-  if (!found) return null;
-  if (!found.live && !isLive(found.row.state)) {
-    const mem = found.events?.at(-1);
-    if (mem && isTerminalEvent(mem)) return mem;
-    const [last] = await deps.store.eventsAfter(runId, found.row.lastSeq - 1, 1);
-    return last ?? null;
-  }
-  // A cursor past any token: the feed skips the tokens and still delivers the final event, whatever its seq.
-  for await (const item of feedFor(deps, runId, FINAL_ONLY, signal)) {
-    if (item.kind === 'event' && isTerminalEvent(item.event)) return item.event;
+  while (!signal.aborted) {
+    const found = await findRun(deps, runId);
+    if (!found) return null;
+    if (!found.live && !isLive(found.row.state)) {
+      const mem = found.events?.at(-1);
+      if (mem && isTerminalEvent(mem)) return mem;
+      const [last] = await deps.store.eventsAfter(runId, found.row.lastSeq - 1, 1);
+      return last ?? null;
+    }
+    // A cursor past any token: the feed skips the tokens and still delivers the final event, whatever its seq.
+    // (Should the feed end without it — a reader cut loose — we look again rather than give up.)
+    for await (const item of feedFor(deps, runId, FINAL_ONLY, signal)) {
+      if (item.kind === 'event' && isTerminalEvent(item.event)) return item.event;
+    }
   }
   return null;
 }
