@@ -1,6 +1,6 @@
 import type { RunEntry, RunEvent } from '../runs/registry.js';
 import type { RunRow } from '../runs/store.js';
-import { conversationId, outputItemId, responseId } from './ids.js';
+import { outputItemId, responseId } from './ids.js';
 
 /**
  * The OpenAI Response object of a run, in the shape of the `openai` SDK's `Response` (6.x). Everything but the

@@ -1,14 +1,10 @@
 import type { Request, Response } from 'express';
 import type { AppContext } from '../context.js';
+import { stopRun } from '../runs/control.js';
 import { isTerminalEvent } from '../runs/registry.js';
 import { feedFor, openStream } from '../runs/stream.js';
 import { isLive, type RunRow } from '../runs/store.js';
 import { logCursorFor, preludeEvents, responseEventsOf, type ResponseStreamEvent } from './stream-map.js';
-
-/** Stop a run wherever it executes: here at once, elsewhere through Postgres. False if it had already ended. */
-export async function stopRun(ctx: AppContext, runId: string): Promise<boolean> {
-  return ctx.executor.stop(runId, 'cancelled') || (await ctx.store.requestCancel(runId));
-}
 
 /**
  * Write a response's stream after Response event `after` (-1: the whole stream from `response.created`): the
