@@ -97,7 +97,7 @@ async function main() {
     const stub = createStubAiProvider({ tokenDelayMs: 0 });
     const t0 = performance.now();
     let n = 0;
-    for await (const c of stub.stream({ input: `x [stub:tokens=${TOKENS}]`, maxTokens: TOKENS }, new AbortController().signal)) if (c.type === 'token') n++;
+    for await (const c of stub.stream({ model: 'bench', messages: [{ role: 'user', content: `x [stub:tokens=${TOKENS}]` }], maxTokens: TOKENS }, new AbortController().signal)) if (c.type === 'token') n++;
     const bare = performance.now() - t0;
     if (n !== TOKENS) throw new Error('stub produced the wrong number of tokens');
 

@@ -14,9 +14,10 @@ import { demoRoutes } from './demo/demo.routes.js';
 import { runRoutes } from './runs/runs.routes.js';
 import { invoiceRoutes } from './payments/invoices.routes.js';
 import { lnbitsWebhookRoutes } from './payments/lnbits-webhook.routes.js';
+import { openAiRoutes } from './openai/openai.routes.js';
 
 /**
- * The Express app: JSON API under /api, one error envelope, a request id on every log line; security headers
+ * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
  * everywhere, CORS on the API, limits counted in Postgres, `/metrics` for Prometheus, the console at `/`.
  */
 export function createApp(ctx: AppContext): express.Express {
@@ -50,6 +51,8 @@ export function createApp(ctx: AppContext): express.Express {
   app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
   // LNbits's webhook sends a JSON string, which the strict parser below refuses: its route parses its own body.
   if (ctx.payments.name === 'lnbits') app.use('/api', lnbitsWebhookRoutes(ctx));
+  // The OpenAI face parses its own bodies (a larger limit), applies the same limits, and speaks its own error envelope.
+  app.use('/v1', openAiRoutes(ctx));
   app.use(express.json({ limit: '64kb' }));
 
   const api = express.Router();

@@ -69,8 +69,13 @@ export const configSchema = z
     PRICE_OUTPUT_SATS_PER_1K: z.coerce.number().min(0).default(40),
     MIN_REQUEST_SATS: int(1, 0),
 
-    /** Which providers to use. The AI has only its stub so far; payments: the stub node, or LNbits. */
-    AI_PROVIDER: z.enum(['stub']).default('stub'),
+    /**
+     * The model catalogue (see src/models/catalogue.ts): a path to its JSON, or the JSON inline. Neither: the
+     * stub alone, as `sluice-stub`, priced from PRICE_* and capped at MAX_TOKENS_LIMIT.
+     */
+    MODELS_FILE: z.string().min(1).optional(),
+    MODELS: z.string().min(1).optional(),
+    /** Which payment provider to use: the stub node, or LNbits. */
     PAYMENT_PROVIDER: z.enum(['stub', 'lnbits']).default('stub'),
     /**
      * The Lightning network our invoices are on and refund invoices must be for. Default: `regtest` with the
@@ -147,6 +152,11 @@ export const configSchema = z
     RUN_MEMORY_TTL_S: int(3_600, 0),
     RUN_MEMORY_MAX: int(1_000, 0),
     RUN_RETENTION_DAYS: z.coerce.number().positive().default(30),
+    /** OpenAI face (/v1): largest JSON body in KiB (whole chat histories arrive in one body). */
+    V1_BODY_LIMIT_KB: int(1_024, 1, 100_000),
+    /** An `Idempotency-Key` is remembered this many hours (then swept; the same key then starts new work). */
+    IDEMPOTENCY_TTL_HOURS: z.coerce.number().positive().default(24),
+
     /** How often the sweeper evicts, expires and recovers. */
     SWEEP_INTERVAL_S: z.coerce.number().positive().default(5),
   })

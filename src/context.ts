@@ -5,7 +5,8 @@ import { BUS_CHANNEL, createBusBridge, type BusBridge } from './bus-bridge.js';
 import type { Config } from './config.js';
 import type { Database, Db } from './db/pool.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
-import { createStubAiProvider } from './providers/ai/stub.js';
+import type { Catalogue } from './models/catalogue.js';
+import { createModels, type Models } from './models/providers.js';
 import type { AiProvider } from './providers/ai/types.js';
 import { createPaymentProvider } from './providers/payments/provider.js';
 import type { StubPaymentProvider } from './providers/payments/stub.js';
@@ -17,6 +18,9 @@ import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
 import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
+import { createAccept, type Accept } from './runs/accept.js';
+import { createConversationStore, type ConversationStore } from './runs/conversations.js';
+import { sweepKeys } from './runs/idempotency.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
 import { createLimits, type Limits } from './http/limits.js';
@@ -37,8 +41,12 @@ export interface AppContext {
   /** Wakes the readers of a run when it has news in Postgres (from any process). */
   news: RunNews;
   store: RunStore;
+  conversations: ConversationStore;
   executor: Executor;
-  ai: AiProvider;
+  /** The one way work is accepted (debit + run + idempotency + conversation gating, one transaction). */
+  accept: Accept;
+  /** The model catalogue, each model with its provider. */
+  models: Models;
   payments: PaymentProvider;
   /** Set when the stub payment provider is in use (it exposes `markPaid` for the dev route and tests). */
   stubPayments: StubPaymentProvider | null;
@@ -62,8 +70,10 @@ export interface ContextOptions {
   config: Config;
   database: Database;
   log: Logger;
-  /** Override the providers (default: what `config` names). */
+  /** Run every model with this AI provider (tests); default: each catalogue entry's own provider. */
   ai?: AiProvider;
+  /** The model catalogue (default: loaded from `config`). */
+  catalogue?: Catalogue;
   payments?: PaymentProvider;
   /** Node's default metrics in this context's registry (default true). */
   defaultMetrics?: boolean;
@@ -75,7 +85,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
-  const ai = instrumentAi(opts.ai ?? createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS }), metrics);
+  const models = createModels(config, { catalogue: opts.catalogue, override: opts.ai, wrap: (p) => instrumentAi(p, metrics) });
   const chosen = opts.payments ? { payments: opts.payments, stub: null } : createPaymentProvider(config, db, log);
   const { payments, stub: stubPayments } = chosen;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
@@ -87,7 +97,7 @@ export function createContext(opts: ContextOptions): AppContext {
     db,
     store,
     registry,
-    ai,
+    models,
     bus,
     log,
     instanceId,
@@ -96,9 +106,12 @@ export function createContext(opts: ContextOptions): AppContext {
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
-    // Session runs stay answerable from memory for a while; nothing of a job stays once it is over.
+    // Session runs stay answerable from memory for a while; nothing of a job stays once it is over. An
+    // ephemeral run is gone the moment it ends (its ledger rows stay; the sweep catches one whose process died).
     onFinish: (run, events) => {
-      if (run.kind === 'session') recent.put(run, events());
+      if (run.ephemeral) {
+        store.delete(run.id).catch((err) => log.warn({ err, runId: run.id }, 'deleting an ephemeral run failed; the sweep will'));
+      } else if (run.kind === 'session') recent.put(run, events());
       metrics.runFinished(run);
       log.info({ runId: run.id, ...runLogFields(run) }, 'run finished');
     },
@@ -106,8 +119,11 @@ export function createContext(opts: ContextOptions): AppContext {
   });
   metrics.bind({ executor, registry, pool: database.pool });
   const limits = createLimits({ config, db, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
-  const sessions = createSessionsService({ config, db, settlement, executor, store, instanceId });
-  const jobs = createJobsService({ config, db, bus, log, ai, settlement, payouts, executor, store, instanceId });
+  const conversations = createConversationStore(db);
+  const accept = createAccept({ config, db, store, conversations, executor, instanceId }).accept;
+  const sessions = createSessionsService({ config, db, settlement, accept, models });
+  const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId });
+  const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);
   const maintenance = createMaintenance({
     config,
     db,
@@ -116,7 +132,17 @@ export function createContext(opts: ContextOptions): AppContext {
     log,
     instanceId,
     // Invoices close before jobs are swept, so a job whose invoice just expired is seen expired.
-    extraSweeps: [() => settlement.sweep(), () => jobs.sweep(), () => payouts.sweep(), () => recent.sweep(), () => limits.sweep()],
+    extraSweeps: [
+      () => settlement.sweep(),
+      () => jobs.sweep(),
+      () => payouts.sweep(),
+      () => recent.sweep(),
+      () => limits.sweep(),
+      () => executor.recheckBlocked(),
+      async () => void (await sweepKeys(db)),
+      async () => void (await store.deleteEndedEphemeral()),
+      async () => void (await conversations.deleteIdleBefore(retentionCutoff())),
+    ],
   });
   const bridge = createBusBridge({
     connectionString: database.url,
@@ -126,5 +152,5 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
+  return { news, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

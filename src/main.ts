@@ -7,6 +7,8 @@ import { DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres }
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
 import { createLogger } from './logger.js';
+import { loadCatalogue, type Catalogue } from './models/catalogue.js';
+import { providerFactories } from './models/providers.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -19,7 +21,7 @@ export interface Running {
   shutdown(reason?: string): Promise<void>;
 }
 
-export async function start(config: Config, log: Logger): Promise<Running> {
+export async function start(config: Config, log: Logger, catalogue?: Catalogue): Promise<Running> {
   let embedded: EmbeddedPostgres | null = null;
   let url = config.DATABASE_URL;
   if (!url) {
@@ -33,7 +35,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   }
   const database = createDatabase(url, { max: config.DB_POOL_MAX });
   await runMigrations(database.db);
-  const ctx = createContext({ config, database, log });
+  const ctx = createContext({ config, database, log, catalogue });
   // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
   const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
   if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
@@ -49,7 +51,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.PORT;
   const base = `http://${config.HOST === '0.0.0.0' ? 'localhost' : config.HOST}:${port}`;
-  log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', ai: ctx.ai.name, payments: ctx.payments.name }, 'sluice is listening');
+  log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', models: ctx.models.list().map((m) => m.name), payments: ctx.payments.name }, 'sluice is listening');
 
   let stopping: Promise<void> | null = null;
   async function shutdown(reason = 'shutdown'): Promise<void> {
@@ -73,8 +75,11 @@ export async function start(config: Config, log: Logger): Promise<Running> {
 
 async function main() {
   let config: Config;
+  let catalogue: Catalogue;
   try {
     config = loadConfig();
+    // Before anything starts: a bad catalogue is a configuration mistake, named like any other.
+    catalogue = loadCatalogue(config, Object.keys(providerFactories));
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`sluice: ${err.message}`);
@@ -86,7 +91,7 @@ async function main() {
   const log = createLogger(config);
   let running: Running;
   try {
-    running = await start(config, log);
+    running = await start(config, log, catalogue);
   } catch (err) {
     if (err instanceof DataDirUnreachableError) {
       console.error(`sluice: ${err.message}`);

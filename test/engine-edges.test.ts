@@ -184,6 +184,9 @@ describe('input Postgres cannot store', () => {
     const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('content-type', 'application/json').send('{"request":"hi\\u0000there"}');
     expect(res.status).toBe(400);
     expect(res.body.error.code).toBe('invalid_request');
+    // A lone surrogate is valid JSON but not storable text either.
+    const lone = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('content-type', 'application/json').send('{"request":"hi\\ud800there"}');
+    expect(lone.status).toBe(400);
     await t.http.post('/api/jobs').set('content-type', 'application/json').send('{"request":"x\\u0000"}').expect(400);
     const r = await postRequest(t, s, 'x');
     expect(await waitFinal(t, s, r.requestId)).toMatchObject({ state: 'complete', result: 'ab' });

@@ -97,8 +97,10 @@ describe('SSE streams', () => {
     const { events } = await read(r.requestId);
     const last = events.at(-1)!;
     expect(last.event).toBe('error');
-    expect(last.data).toEqual({ state: 'failed', code: 'provider_error', message: expect.any(String), refundedSats: r.debitedSats });
+    expect(last.data).toMatchObject({ state: 'failed', code: 'provider_error', message: expect.any(String), refundedSats: r.debitedSats, chargedSats: 0 });
     expect(tokensOf(events)).toHaveLength(5);
+    // The final event describes the whole run, so a reader needs nothing else.
+    expect(last.data.result).toBe(tokensOf(events).join(''));
     const final = await waitFinal(t, s, r.requestId);
     expect(final).toMatchObject({ state: 'failed', chargedSats: 0, refundedSats: r.debitedSats, error: { code: 'provider_error' } });
     expect(final.result).toBe(tokensOf(events).join(''));

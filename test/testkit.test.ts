@@ -35,7 +35,7 @@ afterAll(async () => {
 });
 
 describe('testkit', () => {
-  it('walks the session, job and runs flows over HTTP', async () => {
+  it('walks the session, job, runs and OpenAI-face flows over HTTP', async () => {
     await runAll(api);
   });
 });

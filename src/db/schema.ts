@@ -15,6 +15,7 @@ import {
   uuid,
   varchar,
 } from 'drizzle-orm/pg-core';
+import type { AiMessage, AiStopReason } from '../providers/ai/types.js';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 const sats = (name: string) => bigint(name, { mode: 'number' });
@@ -112,6 +113,49 @@ export type LedgerKind =
   | 'undeliverable_payment'
   | 'undeliverable_refund_payout';
 
+/**
+ * A thread of runs whose context carries over: each run sees the initial `items` and the turns of the completed
+ * runs before it. `turns` numbers the runs; bumping it is also the lock that keeps one active run per thread.
+ */
+export const conversations = pgTable(
+  'conversations',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    sessionId: uuid('session_id')
+      .notNull()
+      .references(() => sessions.id),
+    /** Messages the conversation was created with (before any run). */
+    items: jsonb('items').$type<AiMessage[]>().notNull().default([]),
+    metadata: jsonb('metadata').$type<Record<string, string>>().notNull().default({}),
+    turns: integer('turns').notNull().default(0),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+  },
+  (t) => [index('conversations_session_idx').on(t.sessionId), index('conversations_updated_idx').on(t.updatedAt)],
+);
+
+/**
+ * `Idempotency-Key`s a session used, for `IDEMPOTENCY_TTL_HOURS`. The primary key decides between two
+ * identical requests racing: the second insert waits for the first transaction and then conflicts.
+ */
+export const idempotencyKeys = pgTable(
+  'idempotency_keys',
+  {
+    sessionId: uuid('session_id')
+      .notNull()
+      .references(() => sessions.id),
+    key: text('key').notNull(),
+    /** sha256 of the route and the canonical JSON body: the same key with another body is a conflict. */
+    fingerprint: text('fingerprint').notNull(),
+    runId: uuid('run_id').notNull(),
+    /** The front door's original answer, when it is not derived from the run (the /api 202 body). */
+    response: jsonb('response'),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    expiresAt: ts('expires_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.sessionId, t.key] }), index('idempotency_expires_idx').on(t.expiresAt)],
+);
+
 /** Every unit of AI work. */
 export const runs = pgTable(
   'runs',
@@ -121,8 +165,34 @@ export const runs = pgTable(
     sessionId: uuid('session_id').references(() => sessions.id),
     jobId: uuid('job_id'),
     state: text('state').$type<RunState>().notNull().default('queued'),
+    /** A line that stands for the request (display and the /api face); the provider gets `input`. */
     request: text('request').notNull(),
+    /** The catalogue model it runs on (null only on rows from before the catalogue: the default model). */
+    model: text('model'),
+    /** Instructions given with this run only (a system message first in `input`; never carried over). */
+    instructions: text('instructions'),
+    /** This run's own new messages: what a later turn of its conversation or chain carries over. */
+    turn: jsonb('turn').$type<AiMessage[]>(),
+    /**
+     * The whole provider input (instructions, earlier turns, this turn), resolved at acceptance — or, for a run
+     * that waits behind another in its conversation, when it starts. Null before then (and on old rows).
+     */
+    input: jsonb('input').$type<AiMessage[]>(),
     maxTokens: integer('max_tokens').notNull(),
+    /** Why the model stopped (`stop`, `max_tokens`, `content_filter`), once it did. */
+    stopReason: text('stop_reason').$type<AiStopReason>(),
+    conversationId: uuid('conversation_id').references(() => conversations.id, { onDelete: 'set null' }),
+    /** Its place in the conversation: it starts only once every earlier turn has ended. */
+    conversationTurn: integer('conversation_turn'),
+    /** The run it was enqueued behind (a hint for waking it; the turn order is the rule). */
+    waitsFor: uuid('waits_for'),
+    /** The run whose context and output it continues (`previous_response_id`). */
+    previousRunId: uuid('previous_run_id'),
+    /** Which face took it (`api`, `responses`, `chat`) and what that face echoes back; the engine never reads it. */
+    face: text('face').$type<RunFace>().notNull().default('api'),
+    faceData: jsonb('face_data').$type<Record<string, unknown>>(),
+    /** Deleted as soon as it ends (its ledger rows stay): nobody may read it back. */
+    ephemeral: boolean('ephemeral').notNull().default(false),
     /** Prices at acceptance, so a config change never reprices work already paid for. */
     pricing: jsonb('pricing').$type<PriceSnapshot>().notNull(),
     debitedSats: sats('debited_sats').notNull().default(0),
@@ -147,9 +217,12 @@ export const runs = pgTable(
     index('runs_session_created_idx').on(t.sessionId, t.createdAt.desc(), t.id.desc()),
     index('runs_live_idx').on(t.state, t.leaseExpiresAt).where(sql`${t.state} in ('queued','executing')`),
     index('runs_completed_idx').on(t.completedAt).where(sql`${t.completedAt} is not null`),
+    index('runs_ephemeral_idx').on(t.id).where(sql`${t.ephemeral}`),
+    uniqueIndex('runs_conversation_turn_uq').on(t.conversationId, t.conversationTurn).where(sql`${t.conversationId} is not null`),
   ],
 );
 export type RunKind = 'session' | 'job';
+export type RunFace = 'api' | 'responses' | 'chat';
 export type RunState = 'queued' | 'executing' | 'complete' | 'failed' | 'cancelled' | 'interrupted';
 export interface PriceSnapshot {
   inputPer1k: number;

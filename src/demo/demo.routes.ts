@@ -28,7 +28,9 @@ export function demoRoutes(ctx: AppContext): Router {
     const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(DEMO_TIMEOUT_MS)]);
     let result = '';
     try {
-      for await (const chunk of ctx.ai.stream({ input: request, maxTokens: ctx.config.DEMO_MAX_TOKENS }, signal)) {
+      const { entry, provider } = ctx.models.default;
+      const messages = [{ role: 'user' as const, content: request }];
+      for await (const chunk of provider.stream({ model: entry.upstreamModel, messages, maxTokens: Math.min(ctx.config.DEMO_MAX_TOKENS, entry.maxOutputTokens) }, signal)) {
         if (chunk.type === 'token') result += chunk.content;
       }
     } catch (err) {

@@ -8,8 +8,11 @@ import type { Request, Response } from 'express';
 export interface SseStream {
   /** Aborted when the connection closes (either side). */
   readonly signal: AbortSignal;
-  /** Write one event; resolves once the socket has room again (backpressure). False if the client is gone. */
-  send(event: { id?: number; event: string; data: unknown }): Promise<boolean>;
+  /**
+   * Write one event; resolves once the socket has room again (backpressure). False if the client is gone.
+   * Without `event` the frame has no `event:` line (a plain message); `raw` data is written as it is, not as JSON.
+   */
+  send(event: { id?: number; event?: string; data: unknown; raw?: boolean }): Promise<boolean>;
   /** End the response (the server is done). */
   end(): void;
 }
@@ -63,9 +66,9 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
 
   return {
     signal: controller.signal,
-    async send({ id, event, data }) {
+    async send({ id, event, data, raw }) {
       if (controller.signal.aborted || res.writableEnded) return false;
-      const frame = `${id !== undefined ? `id: ${id}\n` : ''}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+      const frame = `${id !== undefined ? `id: ${id}\n` : ''}${event ? `event: ${event}\n` : ''}data: ${raw ? String(data) : JSON.stringify(data)}\n\n`;
       if (write(frame)) return true;
       // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
       // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.

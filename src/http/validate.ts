@@ -18,6 +18,15 @@ export function isUuid(value: unknown): value is string {
   return typeof value === 'string' && UUID.test(value);
 }
 
+/** A lone UTF-16 surrogate: JSON can carry one, Postgres's jsonb cannot store one. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Text Postgres can store in text and jsonb alike: no NUL, no lone surrogate. */
+export const storableText = (s: string) => !s.includes('\u0000') && !LONE_SURROGATE.test(s);
+
+/** Replace what Postgres cannot store (NUL dropped, a lone surrogate becomes U+FFFD), for text we did not choose. */
+export const toStorable = (s: string) => (storableText(s) ? s : s.replaceAll('\u0000', '').replace(new RegExp(LONE_SURROGATE, 'g'), '\ufffd'));
+
 /**
  * The text of a request for AI work: a non-blank string of at most `max` characters, without NUL (which
  * Postgres text cannot hold, so it must be a 400 here rather than a 500 later).
@@ -27,5 +36,6 @@ export function requestText(max: number, name = 'request') {
     .string({ error: `${name} must be a string` })
     .max(max, `${name} must be at most ${max} characters`)
     .refine((s) => s.trim().length > 0, `${name} must not be empty`)
-    .refine((s) => !s.includes('\u0000'), `${name} must not contain NUL characters`);
+    .refine((s) => !s.includes('\u0000'), `${name} must not contain NUL characters`)
+    .refine((s) => storableText(s), `${name} must be valid Unicode text`);
 }

@@ -10,7 +10,8 @@ import { recordJobMovement } from '../ledger/ledger.js';
 import { costSats, priceSnapshot } from '../ledger/pricing.js';
 import type { Payouts } from '../ledger/payouts.js';
 import type { Settlement } from '../ledger/settlement.js';
-import type { AiProvider } from '../providers/ai/types.js';
+import type { Models } from '../models/providers.js';
+import type { AiEvaluation } from '../providers/ai/types.js';
 import type { Executor } from '../runs/executor.js';
 import type { Settler } from '../runs/finish.js';
 import type { RunStore } from '../runs/store.js';
@@ -22,7 +23,8 @@ export interface JobsDeps {
   db: Db;
   bus: Bus;
   log: Logger;
-  ai: AiProvider;
+  /** Jobs run on the catalogue's default model. */
+  models: Models;
   settlement: Settlement;
   payouts: Payouts;
   executor: Executor;
@@ -98,6 +100,9 @@ export function createJobsService(deps: JobsDeps) {
       jobId,
       state: 'queued',
       request: job.request,
+      model: deps.models.default.entry.name,
+      turn: [{ role: 'user', content: job.request }],
+      input: [{ role: 'user', content: job.request }],
       maxTokens: job.pricing.estimatedOutputTokens,
       pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats },
       debitedSats: inv.amountSats,
@@ -143,9 +148,9 @@ export function createJobsService(deps: JobsDeps) {
   async function evaluate(jobId: string) {
     const [job] = await db.select().from(jobs).where(eq(jobs.id, jobId));
     if (!job || job.state !== 'evaluating') return;
-    let verdict: Awaited<ReturnType<AiProvider['evaluate']>>;
+    let verdict: AiEvaluation;
     try {
-      verdict = await deps.ai.evaluate(job.request, AbortSignal.timeout(EVAL_TIMEOUT_MS));
+      verdict = await deps.models.default.provider.evaluate(job.request, AbortSignal.timeout(EVAL_TIMEOUT_MS));
     } catch (err) {
       log.warn({ err, jobId }, 'evaluation failed');
       verdict = { accept: false, reason: 'the evaluation could not be completed; the request was not accepted' };
@@ -159,12 +164,14 @@ export function createJobsService(deps: JobsDeps) {
       if (moved.length) emit(jobId, 'rejected');
       return;
     }
-    const prices = priceSnapshot(config);
+    const model = deps.models.default.entry;
+    const prices = priceSnapshot(config, model);
+    const outputTokens = Math.min(verdict.estimatedOutputTokens, model.maxOutputTokens);
     // At least 1 sat: an invoice for nothing cannot exist (zero prices and no minimum would otherwise wedge the job).
-    const work = Math.max(1, costSats(prices, verdict.estimatedInputTokens, verdict.estimatedOutputTokens) + config.JOB_WORK_FEE_SATS);
+    const work = Math.max(1, costSats(prices, verdict.estimatedInputTokens, outputTokens) + config.JOB_WORK_FEE_SATS);
     const pricing: JobPricing = {
       estimatedInputTokens: verdict.estimatedInputTokens,
-      estimatedOutputTokens: verdict.estimatedOutputTokens,
+      estimatedOutputTokens: outputTokens,
       inputRateSatsPer1k: prices.inputPer1k,
       outputRateSatsPer1k: prices.outputPer1k,
       minSats: prices.minSats,

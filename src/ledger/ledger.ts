@@ -1,5 +1,5 @@
 import { and, asc, eq, gte, sql } from 'drizzle-orm';
-import type { DbOrTx, Tx } from '../db/pool.js';
+import type { Db, DbOrTx, Tx } from '../db/pool.js';
 import { ledgerEntries, sessions, type LedgerKind } from '../db/schema.js';
 
 /**
@@ -75,4 +75,18 @@ export async function sessionLedger(db: DbOrTx, sessionId: string) {
     .from(ledgerEntries)
     .where(eq(ledgerEntries.sessionId, sessionId))
     .orderBy(asc(ledgerEntries.id));
+}
+
+/**
+ * A session's balance and ledger rows from one snapshot (a read-only repeatable-read transaction), so they
+ * always agree even while its runs are settling.
+ */
+export async function sessionLedgerSnapshot(db: Db, sessionId: string) {
+  return db.transaction(
+    async (tx) => {
+      const [s] = await tx.select({ balanceSats: sessions.balanceSats }).from(sessions).where(eq(sessions.id, sessionId));
+      return { balanceSats: s?.balanceSats ?? 0, entries: await sessionLedger(tx, sessionId) };
+    },
+    { isolationLevel: 'repeatable read', accessMode: 'read only' },
+  );
 }

@@ -6,10 +6,21 @@ export function countInputTokens(text: string): number {
   return Math.max(1, Math.ceil(text.length / 4));
 }
 
-export function priceSnapshot(config: Config): PriceSnapshot {
+/**
+ * Tokens in a whole context: the sum over its messages. The stub reports exactly this, so its estimate is
+ * exact; a real provider's own count is what is charged, and a tokenizer can replace this per provider.
+ */
+export function countMessagesTokens(messages: ReadonlyArray<{ content: string }>): number {
+  let n = 0;
+  for (const m of messages) n += countInputTokens(m.content);
+  return Math.max(1, n);
+}
+
+/** The prices of a model at acceptance (per-model rates, the server-wide minimum). */
+export function priceSnapshot(config: Config, model?: { inputSatsPer1k: number; outputSatsPer1k: number }): PriceSnapshot {
   return {
-    inputPer1k: config.PRICE_INPUT_SATS_PER_1K,
-    outputPer1k: config.PRICE_OUTPUT_SATS_PER_1K,
+    inputPer1k: model?.inputSatsPer1k ?? config.PRICE_INPUT_SATS_PER_1K,
+    outputPer1k: model?.outputSatsPer1k ?? config.PRICE_OUTPUT_SATS_PER_1K,
     minSats: config.MIN_REQUEST_SATS,
   };
 }

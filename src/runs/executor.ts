@@ -1,10 +1,14 @@
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
-import type { AiProvider, AiRequest } from '../providers/ai/types.js';
-import { AiError } from '../providers/ai/types.js';
+import { toStorable } from '../http/validate.js';
+import { countMessagesTokens } from '../ledger/pricing.js';
+import type { Models } from '../models/providers.js';
+import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
+import { composeInput, conversationHistory } from './context.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
+import { createTurnWait } from './turn-wait.js';
 import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
@@ -13,7 +17,8 @@ export interface ExecutorOptions {
   db: Db;
   store: RunStore;
   registry: Registry;
-  ai: AiProvider;
+  /** The catalogue: each run is executed by its model's provider. */
+  models: Models;
   bus: Bus;
   log: Logger;
   settlers: Settlers;
@@ -46,8 +51,8 @@ export type StopReason = 'cancelled' | 'interrupted';
 /** Attempts to record a run's end before leaving it to recovery (backoff 100 ms · 2^n: about 3 s in all). */
 const FINISH_RETRIES = 5;
 
-/** Postgres text cannot hold NUL; a provider that sends one must not wedge the run. */
-const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') : s);
+/** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
+const clean = toStorable;
 
 /**
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
@@ -56,6 +61,16 @@ const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') 
  */
 export function createExecutor(opts: ExecutorOptions) {
   const waiting: string[] = [];
+  /** Runs parked behind an earlier turn of their conversation; released into `waiting` when it ends. */
+  const turns = createTurnWait({
+    store: opts.store,
+    log: opts.log,
+    release: (ids) => {
+      waiting.push(...ids);
+      pump();
+    },
+  });
+  opts.bus.on('run:finish', (e) => turns.finished(e.runId));
   const running = new Map<string, Promise<void>>();
   const maxBacklog = opts.maxBacklog ?? 2048;
   /** Runs whose end could not be recorded: their leases are no longer renewed, so recovery takes them. */
@@ -141,12 +156,18 @@ export function createExecutor(opts: ExecutorOptions) {
       await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' });
       return;
     }
-    const run = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
-    if (!run) {
+    const claimed = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
+    if (claimed && 'blockedBy' in claimed) {
+      // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
+      turns.park(runId, claimed.blockedBy);
+      return;
+    }
+    if (!claimed) {
       // Someone else finished it (a stop from another process, recovery): deliver their final event.
       await finishAndAnnounce(entry, runId, { state: 'interrupted' });
       return;
     }
+    let run: RunRow = claimed;
     entry.state = 'executing';
     entry.row = run;
     if (run.cancelRequested) entry.controller.abort('cancelled');
@@ -167,20 +188,52 @@ export function createExecutor(opts: ExecutorOptions) {
         if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
       },
     });
-    const outcome = await stream(run, entry, writer, log);
+    let outcome: Outcome;
+    try {
+      run = await resolveInput(run);
+      entry.row = run;
+      outcome = await stream(run, entry, writer, log);
+    } catch (err) {
+      // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
+      log.warn({ err }, 'could not resolve the context of a run');
+      outcome = { state: 'failed', error: { code: 'internal', message: 'the context of this request could not be read; it was refunded in full' } };
+    }
     const pending = await writer.close();
     // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
     await finishAndAnnounce(entry, runId, outcome, pending);
   }
 
+  /** A run enqueued behind another resolves its context now that the runs before it have ended. */
+  async function resolveInput(run: RunRow): Promise<RunRow> {
+    if (run.input) return run;
+    const history = run.conversationId !== null && run.conversationTurn !== null ? await conversationHistory(opts.db, run.conversationId, run.conversationTurn) : [];
+    const input = composeInput(run.instructions, history, run.turn ?? [{ role: 'user', content: run.request }]);
+    await opts.store.setInput(run.id, opts.instanceId, input);
+    return { ...run, input };
+  }
+
   async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
     const signal = entry.controller.signal;
-    const req: AiRequest = { input: run.request, maxTokens: run.maxTokens };
+    const model = opts.models.get(run.model ?? opts.models.default.entry.name);
+    if (!model) {
+      // The catalogue changed between acceptance and now (a restart with another configuration).
+      return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
+    }
+    const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
+    if (countMessagesTokens(messages) + run.maxTokens > model.entry.contextTokens) {
+      return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
+    }
+    const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
     let usage: Usage | undefined;
+    let stopReason: AiStopReason = 'stop';
     try {
-      for await (const chunk of opts.ai.stream(req, signal)) {
+      for await (const chunk of model.provider.stream(req, signal)) {
         if (chunk.type === 'usage') {
           usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
+          continue;
+        }
+        if (chunk.type === 'finish') {
+          stopReason = chunk.reason;
           continue;
         }
         writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
@@ -189,7 +242,7 @@ export function createExecutor(opts: ExecutorOptions) {
         if (writer.backlog >= maxBacklog) await writer.flush();
       }
       if (signal.aborted) throw signal.reason;
-      return { state: 'complete', usage };
+      return { state: 'complete', usage, stopReason };
     } catch (err) {
       if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' };
       log.warn({ err }, 'run failed');
@@ -203,11 +256,17 @@ export function createExecutor(opts: ExecutorOptions) {
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open(run);
       opts.metrics?.accepted(entry);
-      waiting.push(run.id);
+      if (run.waitsFor) turns.park(run.id, run.waitsFor);
+      else waiting.push(run.id);
       if (accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
       else this.stop(run.id, 'interrupted');
       return entry;
+    },
+
+    /** Release parked runs whose predecessor Postgres says has ended (a lost wake-up from another process). */
+    recheckBlocked(): Promise<void> {
+      return turns.recheck();
     },
 
     get accepting() {
@@ -242,8 +301,8 @@ export function createExecutor(opts: ExecutorOptions) {
       if (!entry || entry.ended) return false;
       if (!entry.controller.signal.aborted) entry.controller.abort(reason);
       const i = waiting.indexOf(runId);
-      if (i >= 0) {
-        waiting.splice(i, 1);
+      if (i >= 0 || turns.unpark(runId)) {
+        if (i >= 0) waiting.splice(i, 1);
         const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
         running.set(
           runId,
@@ -274,6 +333,7 @@ export function createExecutor(opts: ExecutorOptions) {
       const admitDeadline = Date.now() + 5_000;
       while (admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
       for (const id of [...waiting]) this.stop(id, 'interrupted');
+      for (const id of turns.runs()) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;
       while (running.size > 0 && Date.now() < deadline) {
         await Promise.race([Promise.allSettled(running.values()), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
@@ -285,7 +345,7 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     stats() {
-      return { running: running.size, waiting: waiting.length };
+      return { running: running.size, waiting: waiting.length, blocked: turns.runs().length };
     },
   };
 }

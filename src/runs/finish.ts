@@ -1,7 +1,9 @@
 import { eq, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/pool.js';
 import { runs, type RunKind, type RunState } from '../db/schema.js';
-import { countInputTokens, settle } from '../ledger/pricing.js';
+import { countMessagesTokens, settle } from '../ledger/pricing.js';
+import type { AiStopReason } from '../providers/ai/types.js';
+import { inputOf } from './context.js';
 import type { RunEvent } from './registry.js';
 import { isLive, type RunRow, type RunStore } from './store.js';
 
@@ -11,7 +13,8 @@ export interface Usage {
 }
 
 export type Outcome =
-  | { state: 'complete' | 'cancelled' | 'interrupted'; usage?: Usage }
+  | { state: 'complete'; usage?: Usage; stopReason?: AiStopReason }
+  | { state: 'cancelled' | 'interrupted'; usage?: Usage }
   | { state: 'failed'; error: { code: string; message: string } };
 
 /**
@@ -56,7 +59,7 @@ export async function finishRun(
     const usage: Usage =
       outcome.state !== 'failed' && outcome.usage
         ? outcome.usage
-        : { inputTokens: row.startedAt ? countInputTokens(row.request) : 0, outputTokens: tokensSeen };
+        : { inputTokens: row.startedAt ? countMessagesTokens(inputOf(row)) : 0, outputTokens: tokensSeen };
     // Complete work is charged; a stop is charged for what it produced; failures and interruptions refund all.
     const chargeable = outcome.state === 'complete' || (outcome.state === 'cancelled' && tokensSeen > 0);
     const money = settle(row.pricing, row.debitedSats, usage, chargeable);
@@ -72,6 +75,7 @@ export async function finishRun(
         chargedSats: money.chargedSats,
         refundedSats: money.refundedSats,
         error: outcome.state === 'failed' ? outcome.error : null,
+        stopReason: outcome.state === 'complete' ? (outcome.stopReason ?? 'stop') : null,
         lastSeq,
         completedAt: sql`now()`,
         leaseOwner: null,
@@ -86,25 +90,25 @@ export async function finishRun(
   });
 }
 
-/** The last event of every stream: `done` with the money, or `error` for a failure. */
+/**
+ * The last event of every stream: `done` with the money, or `error` for a failure. Both carry what a reader
+ * needs to describe the finished run without reading its row (a face's stream is a function of the log).
+ */
 export function finalEvent(run: RunRow, seq: number): RunEvent {
+  const common = {
+    result: run.result,
+    debitedSats: run.debitedSats,
+    chargedSats: run.chargedSats,
+    refundedSats: run.refundedSats,
+    usage: { inputTokens: run.inputTokens, outputTokens: run.outputTokens },
+    completedAt: run.completedAt?.toISOString() ?? null,
+  };
   if (run.state === 'failed') {
     return {
       seq,
       type: 'error',
-      data: { state: 'failed', code: run.error?.code ?? 'failed', message: run.error?.message ?? 'the run failed', refundedSats: run.refundedSats },
+      data: { state: 'failed', code: run.error?.code ?? 'failed', message: run.error?.message ?? 'the run failed', ...common },
     };
   }
-  return {
-    seq,
-    type: 'done',
-    data: {
-      state: run.state as RunState,
-      result: run.result,
-      debitedSats: run.debitedSats,
-      chargedSats: run.chargedSats,
-      refundedSats: run.refundedSats,
-      usage: { inputTokens: run.inputTokens, outputTokens: run.outputTokens },
-    },
-  };
+  return { seq, type: 'done', data: { state: run.state as RunState, ...common, stopReason: run.stopReason } };
 }

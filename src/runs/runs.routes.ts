@@ -4,7 +4,8 @@ import type { AppContext } from '../context.js';
 import { AppError, conflict, notFound } from '../http/errors.js';
 import { bearerToken } from '../http/auth.js';
 import { isUuid, parse } from '../http/validate.js';
-import type { SessionRow } from '../sessions/sessions.service.js';
+import { sessionPrincipal, type Principal } from '../http/principal.js';
+import { deleteRun, stopRun } from './control.js';
 import { findRun, type FoundRun } from './lookup.js';
 import { isLive } from './store.js';
 import { streamRun } from './stream.js';
@@ -48,11 +49,11 @@ export function runRoutes(ctx: AppContext): Router {
     cursor: z.string().min(1).max(500).optional(),
   });
 
-  const auth = (req: Request, allowQuery = false) => ctx.sessions.authenticate(bearerToken(req, allowQuery));
+  const auth = async (req: Request, allowQuery = false) => sessionPrincipal(await ctx.sessions.authenticate(bearerToken(req, allowQuery)));
 
-  async function ownRun(session: SessionRow, runId: string | undefined): Promise<FoundRun> {
+  async function ownRun(principal: Principal, runId: string | undefined): Promise<FoundRun> {
     const found = isUuid(runId) ? await findRun(ctx, runId) : undefined;
-    if (!found || found.row.kind !== 'session' || found.row.sessionId !== session.id) throw notFound('run');
+    if (!found || found.row.kind !== 'session' || found.row.sessionId !== principal.sessionId) throw notFound('run');
     return found;
   }
 
@@ -62,26 +63,26 @@ export function runRoutes(ctx: AppContext): Router {
   };
 
   r.get('/runs', async (req, res) => {
-    const session = await auth(req);
+    const principal = await auth(req);
     const q = parse(listQuery, req.query, 'query');
-    const before = q.cursor ? decodeCursor(q.cursor, session.id) : undefined;
-    const rows = await ctx.store.listForSession(session.id, { state: q.state, limit: q.limit + 1, before });
+    const before = q.cursor ? decodeCursor(q.cursor, principal.sessionId) : undefined;
+    const rows = await ctx.store.listForSession(principal.sessionId, { state: q.state, limit: q.limit + 1, before });
     const page = rows.slice(0, q.limit);
     const last = page.at(-1);
     res.json({
       data: page.map(({ run }) => view({ row: run, live: ctx.registry.get(run.id) })),
-      nextCursor: rows.length > q.limit && last ? encodeCursor(session.id, last.cursorTs, last.run.id) : null,
+      nextCursor: rows.length > q.limit && last ? encodeCursor(principal.sessionId, last.cursorTs, last.run.id) : null,
     });
   });
 
   r.get('/runs/:runId', async (req, res) => {
-    const session = await auth(req);
-    res.json(view(await ownRun(session, req.params.runId)));
+    const principal = await auth(req);
+    res.json(view(await ownRun(principal, req.params.runId)));
   });
 
   r.get('/runs/:runId/stream', async (req, res) => {
-    const session = await auth(req, true);
-    const found = await ownRun(session, req.params.runId);
+    const principal = await auth(req, true);
+    const found = await ownRun(principal, req.params.runId);
     const state = found.live?.state ?? found.row.state;
     // The first frame says what the run is; it has no id, so it never moves a client's cursor.
     await streamRun(ctx, req, res, found, { event: 'run', data: { runId: found.row.id, state } });
@@ -92,15 +93,14 @@ export function runRoutes(ctx: AppContext): Router {
    * by a flag that process reads on its next event flush. Stopping an ended run is harmless: 200 with the run.
    */
   r.post('/runs/:runId/stop', async (req, res) => {
-    const session = await auth(req);
-    const found = await ownRun(session, req.params.runId);
+    const principal = await auth(req);
+    const found = await ownRun(principal, req.params.runId);
     const state = found.live?.state ?? found.row.state;
     if (!isLive(state)) {
       res.status(200).json(view(found));
       return;
     }
-    const local = ctx.executor.stop(found.row.id, 'cancelled');
-    if (!local && !(await ctx.store.requestCancel(found.row.id))) {
+    if (!(await stopRun(ctx, found.row.id))) {
       // It ended between our read and the stop.
       res.status(200).json(view((await findRun(ctx, found.row.id)) ?? found));
       return;
@@ -110,14 +110,9 @@ export function runRoutes(ctx: AppContext): Router {
 
   /** Forget a finished run's input, output and events. Its ledger rows stay: money history is never deleted. */
   r.delete('/runs/:runId', async (req, res) => {
-    const session = await auth(req);
-    const found = await ownRun(session, req.params.runId);
-    if (found.live || isLive(found.row.state)) throw conflict('run_active', 'the run is still active; stop it first');
-    ctx.recent.delete(found.row.id);
-    if (!(await ctx.store.delete(found.row.id))) {
-      const again = await ctx.store.get(found.row.id);
-      if (again) throw conflict('run_active', 'the run is still active; stop it first');
-    }
+    const principal = await auth(req);
+    const found = await ownRun(principal, req.params.runId);
+    if ((await deleteRun(ctx, found)) === 'active') throw conflict('run_active', 'the run is still active; stop it first');
     res.status(204).end();
   });
 

@@ -1,12 +1,18 @@
 import { and, asc, desc, eq, gt, inArray, notInArray, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/pool.js';
 import { runEvents, runs } from '../db/schema.js';
+import type { AiMessage } from '../providers/ai/types.js';
 import type { RunEvent } from './registry.js';
 
 export type RunRow = typeof runs.$inferSelect;
 export type NewRun = typeof runs.$inferInsert;
 
 export const LIVE_STATES = ['queued', 'executing'] as const;
+
+/** The earliest live run of the same conversation with an earlier turn than `runId` (what it must wait for). */
+const blockers = (runId: string) => sql`
+  select p.id from runs me join runs p on p.conversation_id = me.conversation_id and p.conversation_turn < me.conversation_turn
+  where me.id = ${runId} and p.state in ('queued','executing') order by p.conversation_turn limit 1`;
 export const isLive = (state: string) => state === 'queued' || state === 'executing';
 
 /** The runs table and its event log: every SQL statement about runs lives here. */
@@ -27,14 +33,33 @@ export function createRunStore(db: Db) {
       return row;
     },
 
-    /** queued → executing, once, by the process that holds the lease. */
-    async claim(runId: string, owner: string, leaseTtlS: number): Promise<RunRow | undefined> {
+    /**
+     * queued → executing, once, by the process that holds the lease — and only once every earlier turn of its
+     * conversation has ended: the turn order is checked in the same statement, so a claim in any process honours
+     * it. Returns the claimed row, `{ blockedBy }` (an earlier turn still live: wait for it), or undefined (the
+     * run is no longer queued).
+     */
+    async claim(runId: string, owner: string, leaseTtlS: number): Promise<RunRow | { blockedBy: string } | undefined> {
       const [row] = await db
         .update(runs)
         .set({ state: 'executing', startedAt: sql`now()`, leaseOwner: owner, leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
-        .where(and(eq(runs.id, runId), eq(runs.state, 'queued')))
+        .where(and(eq(runs.id, runId), eq(runs.state, 'queued'), sql`not exists (${blockers(runId)})`))
         .returning();
-      return row;
+      if (row) return row;
+      const [blocker] = await db.execute<{ id: string }>(sql`${blockers(runId)}`).then((r) => r.rows);
+      return blocker ? { blockedBy: blocker.id } : undefined;
+    },
+
+    /** Write the input a waiting run resolved when it started (only while it is ours). */
+    async setInput(runId: string, owner: string, input: AiMessage[]): Promise<void> {
+      await db.update(runs).set({ input }).where(and(eq(runs.id, runId), eq(runs.leaseOwner, owner), eq(runs.state, 'executing')));
+    },
+
+    /** Which of these runs are still live (queued or executing). */
+    async liveAmong(ids: string[]): Promise<Set<string>> {
+      if (ids.length === 0) return new Set();
+      const rows = await db.select({ id: runs.id }).from(runs).where(and(inArray(runs.id, ids), inArray(runs.state, [...LIVE_STATES])));
+      return new Set(rows.map((r) => r.id));
     },
 
     /**
@@ -111,7 +136,6 @@ export function createRunStore(db: Db) {
         .limit(limit);
     },
 
-    /** Keep our leases fresh: a run whose lease runs out is presumed orphaned by a dead process. */
     /** Renew our leases; returns the ids of our runs that another process has asked to stop. */
     async renewLeases(owner: string, leaseTtlS: number, except: string[] = []): Promise<string[]> {
       const rows = await db
@@ -149,6 +173,14 @@ export function createRunStore(db: Db) {
             and not exists (select 1 from jobs j where j.run_id = r.id and r.refunded_sats > 0
                             and not exists (select 1 from payouts p where p.refund_of = j.work_payment_hash and p.state = 'paid'))
           limit ${limit})`);
+      return res.rowCount ?? 0;
+    },
+
+    /** Ephemeral runs that ended but were not deleted at their end (their process died): a bounded batch. */
+    async deleteEndedEphemeral(limit = 500): Promise<number> {
+      const res = await db.execute(sql`
+        delete from runs where id in (
+          select id from runs where ephemeral and state not in ('queued','executing') limit ${limit})`);
       return res.rowCount ?? 0;
     },
 

@@ -3,8 +3,9 @@ import type { Config } from '../config.js';
 import { badRequest } from '../http/errors.js';
 import { openSse, readCursor, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
-import type { Registry } from './registry.js';
-import type { FoundRun } from './lookup.js';
+import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
+import { findRun, type FoundRun } from './lookup.js';
+import type { RecentRuns } from './recent.js';
 import type { RunNews } from './news.js';
 import { isLive, type RunStore } from './store.js';
 
@@ -26,22 +27,51 @@ export function openStream(deps: StreamDeps, req: Request, res: Response): SseSt
   return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
 }
 
+/** A run's feed (every event after `after`, then live ones, ending with the final one) as configured here. */
+export function feedFor(deps: StreamDeps, runId: string, after: number, signal: AbortSignal) {
+  return runFeed({
+    registry: deps.registry,
+    store: deps.store,
+    runId,
+    after,
+    signal,
+    maxQueue: deps.config.SSE_MAX_QUEUE,
+    pollMs: deps.config.SSE_POLL_MS,
+    onNews: (wake) => deps.news.on(runId, wake),
+  });
+}
+
+/**
+ * The final event of a run: at once if it has ended, else when it does (from this process or any other).
+ * Null if the run does not exist or `signal` aborts first. Waiting is on the run, never on the provider.
+ */
+export async function finalOf(deps: StreamDeps & { recent: RecentRuns }, runId: string, signal: AbortSignal): Promise<RunEvent | null> {
+  while (!signal.aborted) {
+    const found = await findRun(deps, runId);
+    if (!found) return null;
+    if (!found.live && !isLive(found.row.state)) {
+      const mem = found.events?.at(-1);
+      if (mem && isTerminalEvent(mem)) return mem;
+      const [last] = await deps.store.eventsAfter(runId, found.row.lastSeq - 1, 1);
+      return last ?? null;
+    }
+    // A cursor past any token: the feed skips the tokens and still delivers the final event, whatever its seq.
+    // (Should the feed end without it — a reader cut loose — we look again rather than give up.)
+    for await (const item of feedFor(deps, runId, FINAL_ONLY, signal)) {
+      if (item.kind === 'event' && isTerminalEvent(item.event)) return item.event;
+    }
+  }
+  return null;
+}
+const FINAL_ONLY = 2 ** 31 - 1;
+
 /**
  * Write a run's events after `after` to an open SSE stream: replay, live, then the final event, then close.
  * A reader too slow to keep up gets `event: resync` with the last id it was sent and is cut loose; it can
  * reconnect from there. Leaving early only detaches this reader: the run goes on.
  */
 export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, after: number): Promise<void> {
-  const feed = runFeed({
-    registry: deps.registry,
-    store: deps.store,
-    runId,
-    after,
-    signal: sse.signal,
-    maxQueue: deps.config.SSE_MAX_QUEUE,
-    pollMs: deps.config.SSE_POLL_MS,
-    onNews: (wake) => deps.news.on(runId, wake),
-  });
+  const feed = feedFor(deps, runId, after, sse.signal);
   for await (const item of feed) {
     if (item.kind === 'resync') {
       await sse.send({ event: 'resync', data: { lastEventId: item.lastEventId, message: 'the reader fell behind; reconnect with Last-Event-ID to resume' } });

@@ -2,8 +2,9 @@ import { Router } from 'express';
 import type { AppContext } from '../context.js';
 import { notFound } from '../http/errors.js';
 import { bearerToken } from '../http/auth.js';
+import { idempotencyOf } from '../http/idempotency.js';
 import { isUuid, parse } from '../http/validate.js';
-import { sessionLedger } from '../ledger/ledger.js';
+import { sessionLedgerSnapshot } from '../ledger/ledger.js';
 import { invoiceView } from '../ledger/settlement.js';
 import { streamRun } from '../runs/stream.js';
 import { findRun, type FoundRun } from '../runs/lookup.js';
@@ -47,10 +48,10 @@ export function sessionRoutes(ctx: AppContext): Router {
 
   r.get('/sessions/:id/ledger', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req), req.params.id);
-    const entries = await sessionLedger(ctx.db, session.id);
+    const { balanceSats, entries } = await sessionLedgerSnapshot(ctx.db, session.id);
     res.json({
       sessionId: session.id,
-      balanceSats: session.balanceSats,
+      balanceSats,
       entries: entries.map((e) => ({ ...e, createdAt: e.createdAt.toISOString() })),
     });
   });
@@ -58,11 +59,12 @@ export function sessionRoutes(ctx: AppContext): Router {
   r.post('/sessions/:id/request', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req), req.params.id);
     const body = parse(requestBody(ctx.config), req.body);
-    const { run, balance } = await sessions.request(session, { request: body.request, maxTokens: body.max_tokens });
-    res
-      .status(202)
-      .location(`/api/sessions/${session.id}/requests/${run.id}`)
-      .json({ requestId: run.id, sessionId: session.id, state: run.state, debitedSats: run.debitedSats, balanceRemaining: balance });
+    const idempotency = idempotencyOf(req, `POST /api/sessions/${session.id}/request`);
+    const accepted = await sessions.request(session, { request: body.request, maxTokens: body.max_tokens, model: body.model, idempotency });
+    const runId = accepted.replayed ? accepted.runId : accepted.run.id;
+    // A repeat of an accepted request gets the first answer again (and no second debit).
+    if (accepted.replayed) res.setHeader('Idempotent-Replayed', 'true');
+    res.status(202).location(`/api/sessions/${session.id}/requests/${runId}`).json(accepted.answer);
   });
 
   r.get('/sessions/:id/requests/:requestId', async (req, res) => {

@@ -21,4 +21,6 @@ export const requestBody = (c: Config) =>
       .min(1, 'max_tokens must be at least 1')
       .max(c.MAX_TOKENS_LIMIT, `max_tokens must be at most ${c.MAX_TOKENS_LIMIT}`)
       .optional(),
+    /** A model of the catalogue (default: its default model). */
+    model: z.string({ error: 'model must be a string' }).min(1, 'model must not be empty').max(200).optional(),
   });

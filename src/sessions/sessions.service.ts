@@ -6,12 +6,13 @@ import { invoices, sessions } from '../db/schema.js';
 import { AppError, conflict, notFound, unauthorized } from '../http/errors.js';
 import { hashToken, newToken, tokenMatches } from '../http/auth.js';
 import { isUuid } from '../http/validate.js';
-import { creditSession, debitSession, refundRun } from '../ledger/ledger.js';
-import { estimateSats, priceSnapshot } from '../ledger/pricing.js';
+import { creditSession, refundRun } from '../ledger/ledger.js';
 import type { InvoiceRow, Settlement } from '../ledger/settlement.js';
-import type { Executor } from '../runs/executor.js';
+import type { Models } from '../models/providers.js';
+import { sessionPrincipal } from '../http/principal.js';
+import type { Accept } from '../runs/accept.js';
+import type { IdempotencyClaim } from '../runs/idempotency.js';
 import type { Settler } from '../runs/finish.js';
-import type { RunStore } from '../runs/store.js';
 
 export type SessionRow = typeof sessions.$inferSelect;
 
@@ -19,9 +20,8 @@ export interface SessionsDeps {
   config: Config;
   db: Db;
   settlement: Settlement;
-  executor: Executor;
-  store: RunStore;
-  instanceId: string;
+  accept: Accept;
+  models: Models;
 }
 
 /** A session's money after its run finished: the unused part of the debit goes back to the balance. */
@@ -131,61 +131,41 @@ export function createSessionsService(deps: SessionsDeps) {
     },
 
     /**
-     * Take a request: 503 once shutdown has begun, else debit and accept. Returns at once: the work happens
-     * in the background.
+     * Take a request: debit and accept it through the engine's one accepting transaction. Returns at once: the
+     * work happens in the background. With an idempotency key, a repeat returns the first answer, never a second debit.
      */
-    async request(session: SessionRow, input: { request: string; maxTokens?: number }) {
+    async request(session: SessionRow, input: { request: string; maxTokens?: number; model?: string; idempotency?: IdempotencyClaim | null }) {
       if (session.state !== 'active') {
         throw conflict('session_not_active', `the session is ${session.state}`, { state: session.state });
       }
-      const release = deps.executor.admit();
-      if (!release) throw new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
-      try {
-        return await debitAndAccept(session, input);
-      } finally {
-        release();
+      const model = deps.models.get(input.model ?? deps.models.default.entry.name);
+      if (!model) {
+        throw new AppError(400, 'model_not_found', `there is no model ${JSON.stringify(input.model)}; GET /v1/models lists them`, {
+          models: deps.models.list().map((m) => m.name),
+        });
       }
+      const maxTokens = input.maxTokens ?? Math.min(config.DEFAULT_MAX_TOKENS, model.entry.maxOutputTokens);
+      if (maxTokens > model.entry.maxOutputTokens) {
+        throw new AppError(400, 'invalid_request', `max_tokens must be at most ${model.entry.maxOutputTokens} for ${model.entry.name}`);
+      }
+      const answer = (run: { id: string; state: string; debitedSats: number }, balance: number) => ({
+        requestId: run.id,
+        sessionId: session.id,
+        state: run.state,
+        debitedSats: run.debitedSats,
+        balanceRemaining: balance,
+      });
+      return deps.accept(sessionPrincipal(session), {
+        model: model.entry,
+        request: input.request,
+        turn: [{ role: 'user', content: input.request }],
+        maxTokens,
+        face: 'api',
+        idempotency: input.idempotency,
+        answer,
+      });
     },
   };
-
-  /** Debit the estimate and insert the run in one transaction, then hand the run to the executor. */
-  async function debitAndAccept(session: SessionRow, input: { request: string; maxTokens?: number }) {
-    const maxTokens = input.maxTokens ?? config.DEFAULT_MAX_TOKENS;
-    const prices = priceSnapshot(config);
-    const required = estimateSats(prices, input.request, maxTokens);
-    const runId = randomUUID();
-    const out = await db.transaction(async (tx) => {
-      const balance = await debitSession(tx, { sessionId: session.id, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
-      if (balance === null) return null;
-      const run = await deps.store.insert(tx, {
-        id: runId,
-        kind: 'session',
-        sessionId: session.id,
-        state: 'queued',
-        request: input.request,
-        maxTokens,
-        pricing: prices,
-        debitedSats: required,
-        leaseOwner: deps.instanceId,
-        leaseTtlS: config.LEASE_TTL_S,
-      });
-      return { run, balance };
-    });
-    if (!out) {
-      // Why could it not pay? Read the session again (a concurrent request may have just spent the balance).
-      const [now] = await db.select().from(sessions).where(eq(sessions.id, session.id));
-      const current = now && expired(now) ? await markExpired(now) : now;
-      if (!current || current.state !== 'active') {
-        throw conflict('session_not_active', `the session is ${current?.state ?? 'gone'}`, { state: current?.state });
-      }
-      throw new AppError(402, 'insufficient_balance', `this request needs ${required} sats; the balance is ${current.balanceSats}`, {
-        balanceSats: current.balanceSats,
-        requiredSats: required,
-      });
-    }
-    deps.executor.accept(out.run);
-    return out;
-  }
 }
 
 export type SessionsService = ReturnType<typeof createSessionsService>;

@@ -36,7 +36,8 @@ export const testDefaults: Partial<Config> = {
   JOB_CREATE_RATE_LIMIT: 0,
 };
 
-async function freshDatabaseUrl(): Promise<string> {
+/** A new database cloned from the migrated template, on the test cluster. */
+export async function freshDatabaseUrl(): Promise<string> {
   const admin = inject('pgAdminUrl');
   const name = `t_${randomBytes(6).toString('hex')}`;
   await ensureDatabase(admin, name, inject('pgTemplate'));

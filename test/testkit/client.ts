@@ -3,12 +3,13 @@ import assert from 'node:assert/strict';
 /** A tiny HTTP client for the testkit: JSON in, JSON out, the status checked. */
 export function client(baseUrl: string) {
   const base = baseUrl.replace(/\/$/, '');
-  async function call(method: string, path: string, opts: { body?: unknown; token?: string; expect?: number } = {}) {
+  async function call(method: string, path: string, opts: { body?: unknown; token?: string; expect?: number; headers?: Record<string, string> } = {}) {
     const res = await fetch(`${base}${path}`, {
       method,
       headers: {
         ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
         ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+        ...opts.headers,
       },
       body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
     });
@@ -22,17 +23,26 @@ export function client(baseUrl: string) {
     get: (path: string, opts?: Parameters<typeof call>[2]) => call('GET', path, opts),
     post: (path: string, opts?: Parameters<typeof call>[2]) => call('POST', path, opts),
     delete: (path: string, opts?: Parameters<typeof call>[2]) => call('DELETE', path, opts),
-    /** Read an SSE stream to its end; returns the events as {id, event, data}. */
-    async stream(path: string, headers: Record<string, string> = {}) {
-      const res = await fetch(`${base}${path}`, { headers: { accept: 'text/event-stream', ...headers } });
-      assert.equal(res.status, 200, `GET ${path}: ${res.status}`);
+    /** Read an SSE stream to its end (GET, or POST with `body`); returns the events as {id, event, data}. */
+    async stream(path: string, headers: Record<string, string> = {}, body?: unknown) {
+      const res = await fetch(`${base}${path}`, {
+        method: body === undefined ? 'GET' : 'POST',
+        headers: { accept: 'text/event-stream', ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      assert.equal(res.status, 200, `${body === undefined ? 'GET' : 'POST'} ${path}: ${res.status}`);
       const text = await res.text();
       return text
         .split('\n\n')
         .map((frame) => {
           const get = (f: string) => frame.split('\n').find((l) => l.startsWith(`${f}: `))?.slice(f.length + 2);
           const data = get('data');
-          return data === undefined ? null : { id: get('id'), event: get('event') ?? 'message', data: JSON.parse(data) };
+          if (data === undefined) return null;
+          let parsed: unknown = data;
+          try {
+            parsed = JSON.parse(data);
+          } catch {} // `[DONE]` ends a chat stream as plain text
+          return { id: get('id'), event: get('event') ?? 'message', data: parsed as any };
         })
         .filter((e): e is { id: string | undefined; event: string; data: any } => e !== null);
     },

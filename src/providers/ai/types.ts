@@ -10,14 +10,28 @@ export interface AiProvider {
   evaluate(request: string, signal: AbortSignal): Promise<AiEvaluation>;
 }
 
+/** One message of the context a provider is given, in the order it was said. */
+export interface AiMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
 export interface AiRequest {
-  input: string;
+  /** The model to ask, as its provider names it (the catalogue entry's `upstreamModel`). */
+  model: string;
+  /** The whole context: instructions, earlier turns, then this turn's input. */
+  messages: AiMessage[];
   maxTokens: number;
 }
 
+/** Why a model stopped: it was done, it hit the token limit, or a content filter cut it off. */
+export type AiStopReason = 'stop' | 'max_tokens' | 'content_filter';
+
 export type AiChunk =
   | { type: 'token'; content: string }
-  | { type: 'usage'; inputTokens: number; outputTokens: number };
+  | { type: 'usage'; inputTokens: number; outputTokens: number }
+  /** Sent once, after the last token; a provider that never sends it has stopped for `stop`. */
+  | { type: 'finish'; reason: AiStopReason };
 
 export type AiEvaluation =
   | { accept: true; estimatedInputTokens: number; estimatedOutputTokens: number }
@@ -32,4 +46,10 @@ export class AiError extends Error {
     super(message);
     this.name = 'AiError';
   }
+}
+
+/** The text of the last user message: what a request "is" when one line must stand for it. */
+export function lastUserText(messages: AiMessage[]): string {
+  for (let i = messages.length - 1; i >= 0; i--) if (messages[i]!.role === 'user') return messages[i]!.content;
+  return '';
 }

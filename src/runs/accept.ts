@@ -1,0 +1,200 @@
+import { randomUUID } from 'node:crypto';
+import { and, eq, inArray } from 'drizzle-orm';
+import type { Config } from '../config.js';
+import type { Db } from '../db/pool.js';
+import { runs, sessions, type RunFace } from '../db/schema.js';
+import { AppError, conflict } from '../http/errors.js';
+import type { Principal } from '../http/principal.js';
+import { debitSession } from '../ledger/ledger.js';
+import { costSats, countMessagesTokens, priceSnapshot } from '../ledger/pricing.js';
+import type { ModelEntry } from '../models/catalogue.js';
+import type { AiMessage } from '../providers/ai/types.js';
+import { carryOver, composeInput, conversationHistory, isChainable } from './context.js';
+import type { ConversationStore } from './conversations.js';
+import type { Executor } from './executor.js';
+import { claimKey, recordAnswer, type IdempotencyClaim } from './idempotency.js';
+import { LIVE_STATES, type RunRow, type RunStore } from './store.js';
+
+/** What a second request does while a run of its conversation is still active. */
+export type MultitaskStrategy = 'reject' | 'enqueue' | 'interrupt';
+
+export interface AcceptSpec {
+  model: ModelEntry;
+  /** One line that stands for the request (the /api face shows it). */
+  request: string;
+  /** This turn's new messages. */
+  turn: AiMessage[];
+  instructions?: string | null;
+  maxTokens: number;
+  /** Continue this finished run (its context and its reply come first). */
+  previousRunId?: string | null;
+  conversation?: { id: string; strategy: MultitaskStrategy } | null;
+  face: RunFace;
+  faceData?: Record<string, unknown> | null;
+  /** Delete the run as soon as it ends (its ledger rows stay). */
+  ephemeral?: boolean;
+  idempotency?: IdempotencyClaim | null;
+  /** The door's answer, remembered with the idempotency key when it is not derived from the run itself. */
+  answer?: (run: RunRow, balance: number) => unknown;
+}
+
+export type Acceptance =
+  | { replayed: false; run: RunRow; balance: number; answer?: unknown }
+  /** The same key and body came before: here is what it started (the run may since have been deleted). */
+  | { replayed: true; runId: string; answer: unknown };
+
+/**
+ * A live predecessor's reply, carried into the context of a run enqueued behind it, is estimated at this many
+ * counted tokens per token it may produce: the estimate counts characters (4 to a token) and the stub's longest
+ * word counts 3. The charge is the provider's real count and never exceeds the debit, so a low guess can only
+ * cost the operator, never the client.
+ */
+const CARRIED_TOKENS_PER_OUTPUT_TOKEN = 3;
+
+export interface AcceptDeps {
+  config: Config;
+  db: Db;
+  store: RunStore;
+  conversations: ConversationStore;
+  executor: Executor;
+  instanceId: string;
+}
+
+/**
+ * The one place work is accepted, for every front door: in ONE transaction, the idempotency key, the
+ * conversation's turn (its row lock serialises a conversation's acceptances), the context, the debit with its
+ * ledger row, and the run row — so a request either took its sats and exists as a run, or did neither. Only
+ * after commit is the run handed to the executor. Refusals are AppErrors that doors translate.
+ */
+export function createAccept(deps: AcceptDeps) {
+  const { config, db, store } = deps;
+
+  /** Why a session could not pay (read after the transaction rolled back). */
+  async function refusal(sessionId: string, required: number): Promise<AppError> {
+    const [s] = await db.select().from(sessions).where(eq(sessions.id, sessionId));
+    const state = s && s.state === 'active' && s.expiresAt.getTime() <= Date.now() ? 'expired' : s?.state;
+    if (!s || state !== 'active') return conflict('session_not_active', `the session is ${state ?? 'gone'}`, { state });
+    return new AppError(402, 'insufficient_balance', `this request needs ${required} sats; the balance is ${s.balanceSats}`, {
+      balanceSats: s.balanceSats,
+      requiredSats: required,
+    });
+  }
+
+  async function accept(principal: Principal, spec: AcceptSpec): Promise<Acceptance> {
+    if (spec.previousRunId && spec.conversation) {
+      throw new AppError(400, 'invalid_request', 'a request continues either a previous run or a conversation, not both');
+    }
+    const release = deps.executor.admit();
+    if (!release) throw new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
+    try {
+      const sessionId = principal.sessionId;
+      const runId = randomUUID();
+      const prices = priceSnapshot(config, spec.model);
+      let interrupted: string[] = [];
+      const out = await db.transaction(async (tx) => {
+        // 1. The key first: a concurrent twin waits here, before touching any money.
+        if (spec.idempotency) {
+          const prior = await claimKey(tx, sessionId, spec.idempotency, runId, config.IDEMPOTENCY_TTL_HOURS);
+          if (prior) return { kind: 'prior' as const, prior };
+        }
+        // 2. The history this turn carries over, and whatever must end before it may start.
+        let history: AiMessage[] = [];
+        let conversationTurn: number | null = null;
+        let waitsFor: string | null = null;
+        let pendingTokens = 0;
+        if (spec.previousRunId) {
+          const prev = await store.get(spec.previousRunId, tx);
+          if (!prev || prev.sessionId !== sessionId || prev.ephemeral || prev.kind !== 'session') {
+            throw new AppError(400, 'previous_run_not_found', `previous run ${spec.previousRunId} not found`);
+          }
+          if (!isChainable(prev)) {
+            const status = prev.state === 'complete' ? `complete but stopped by ${prev.stopReason}` : prev.state;
+            throw new AppError(400, 'previous_run_not_completed', `only a completed run can be continued; this one is ${status}`, { state: prev.state, stopReason: prev.stopReason });
+          }
+          history = carryOver(prev);
+        }
+        if (spec.conversation) {
+          const { id, strategy } = spec.conversation;
+          conversationTurn = (await deps.conversations.nextTurn(tx, sessionId, id)) ?? null;
+          if (conversationTurn === null) throw new AppError(404, 'conversation_not_found', `conversation ${id} not found`);
+          const live = await deps.conversations.liveRuns(tx, id);
+          if (live.length > 0) {
+            if (strategy === 'reject') {
+              throw conflict('conversation_busy', 'a response of this conversation is still active; wait for it, or send multitask_strategy "enqueue" or "interrupt"', {
+                activeRunId: live[0]!.id,
+              });
+            }
+            // Started once every earlier turn has ended (the claim checks the turn order in Postgres).
+            waitsFor = live.at(-1)!.id;
+            if (strategy === 'interrupt') interrupted = live.map((r) => r.id);
+            else for (const r of live) pendingTokens += countMessagesTokens(r.turn ?? [{ content: r.request }]) + r.maxTokens * CARRIED_TOKENS_PER_OUTPUT_TOKEN;
+          }
+          history = await conversationHistory(tx, id, conversationTurn);
+        }
+        // 3. The context and its price: an estimate that covers the input and every token the reply may have.
+        const input = composeInput(spec.instructions, history, spec.turn);
+        const inputTokens = countMessagesTokens(input) + pendingTokens;
+        if (inputTokens + spec.maxTokens > spec.model.contextTokens) {
+          throw new AppError(400, 'context_length_exceeded', `the input (about ${inputTokens} tokens) and max tokens (${spec.maxTokens}) exceed the ${spec.model.contextTokens}-token context of ${spec.model.name}`, {
+            inputTokens,
+            maxTokens: spec.maxTokens,
+            contextTokens: spec.model.contextTokens,
+          });
+        }
+        const required = costSats(prices, inputTokens, spec.maxTokens);
+        // 4. The money and the run.
+        const balance = await debitSession(tx, { sessionId, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
+        if (balance === null) return { kind: 'unpaid' as const, required };
+        const run = await store.insert(tx, {
+          id: runId,
+          kind: 'session',
+          sessionId,
+          state: 'queued',
+          request: spec.request,
+          model: spec.model.name,
+          instructions: spec.instructions ?? null,
+          turn: spec.turn,
+          // Resolved now, unless it waits: then when it starts, so it sees what the runs before it said.
+          input: waitsFor ? null : input,
+          maxTokens: spec.maxTokens,
+          pricing: prices,
+          debitedSats: required,
+          conversationId: spec.conversation?.id ?? null,
+          conversationTurn,
+          waitsFor,
+          previousRunId: spec.previousRunId ?? null,
+          face: spec.face,
+          faceData: spec.faceData ?? null,
+          ephemeral: spec.ephemeral ?? false,
+          leaseOwner: deps.instanceId,
+          leaseTtlS: config.LEASE_TTL_S,
+        });
+        // 5. `interrupt`: the active runs are asked to stop in this same transaction (whichever process holds
+        // them reads the flag); this run starts once they have ended.
+        if (interrupted.length > 0) {
+          await tx.update(runs).set({ cancelRequested: true }).where(and(inArray(runs.id, interrupted), inArray(runs.state, [...LIVE_STATES])));
+        }
+        const answer = spec.answer?.(run, balance);
+        if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);
+        return { kind: 'accepted' as const, run, balance, answer };
+      });
+      if (out.kind === 'prior') {
+        if (out.prior.fingerprint !== spec.idempotency!.fingerprint) {
+          throw conflict('idempotency_key_conflict', 'this Idempotency-Key was already used with another request; use a new key for a new request');
+        }
+        return { replayed: true, runId: out.prior.runId, answer: out.prior.response };
+      }
+      if (out.kind === 'unpaid') throw await refusal(sessionId, out.required);
+      deps.executor.accept(out.run);
+      // Runs held here stop now; the others at their owner's next flush or heartbeat.
+      for (const id of interrupted) deps.executor.stop(id, 'cancelled');
+      return { replayed: false, run: out.run, balance: out.balance, answer: out.answer };
+    } finally {
+      release();
+    }
+  }
+
+  return { accept };
+}
+
+export type Accept = ReturnType<typeof createAccept>['accept'];
