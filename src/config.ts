@@ -32,6 +32,8 @@ export const configSchema = z
     EMBEDDED_PG_PORT: int(54329, 1, 65535),
     /** Connections in the pool. */
     DB_POOL_MAX: int(10, 1, 200),
+    /** How long a query waits for a database connection before it fails (503 to HTTP) instead of hanging. */
+    DB_CONNECT_TIMEOUT_MS: int(5_000, 100, 600_000),
 
     /** Session deposit / top-up limits, in sats. */
     SESSION_MIN_SATS: int(100, 1),

@@ -30,7 +30,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
     });
     url = embedded.connectionString;
   }
-  const database = createDatabase(url, { max: config.DB_POOL_MAX });
+  const database = createDatabase(url, { max: config.DB_POOL_MAX, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   await runMigrations(database.db);
   const ctx = createContext({ config, database, log });
   // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.

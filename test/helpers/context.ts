@@ -1,14 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import supertest from 'supertest';
-import { inject } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createContext, type AppContext, type ContextOptions } from '../../src/context.js';
-import { ensureDatabase } from '../../src/db/embedded.js';
 import { createDatabase } from '../../src/db/pool.js';
+import { freshDatabaseUrl } from './db.js';
 
 export interface TestServer {
   ctx: AppContext;
@@ -33,19 +31,12 @@ export const testDefaults: Partial<Config> = {
   SWEEP_INTERVAL_S: 3600,
 };
 
-async function freshDatabaseUrl(): Promise<string> {
-  const admin = inject('pgAdminUrl');
-  const name = `t_${randomBytes(6).toString('hex')}`;
-  await ensureDatabase(admin, name, inject('pgTemplate'));
-  return admin.replace(/\/[^/?]+(\?|$)/, `/${name}$1`);
-}
-
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
 export async function startTestServer(overrides: Partial<Config> = {}, opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string } = {}): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
-  const database = createDatabase(databaseUrl, { max: 10 });
+  const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
   await ctx.bridge.start();
   const app = createApp(ctx);
