@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
-import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
+import { databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
@@ -42,9 +42,10 @@ export function createApp(ctx: AppContext): express.Express {
     try {
       await ctx.db.execute(sql`select 1`);
     } catch (err) {
-      throw new AppError(503, 'database_unavailable', 'the database is not reachable', undefined, { cause: err });
+      throw databaseUnavailable(err);
     }
-    res.json({ status: 'ok' });
+    // Pool counts (read after our own query gave its client back): `total − idle` clients are in use right now.
+    res.json({ status: 'ok', pool: ctx.database.stats() });
   });
   api.use(sessionRoutes(ctx));
   api.use(jobRoutes(ctx));
