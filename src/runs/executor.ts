@@ -22,7 +22,10 @@ export interface ExecutorOptions {
   maxConcurrent: number;
   leaseTtlS: number;
   flushMs: number;
-  /** The executor waits for the event writer when this many events are unwritten (default 4 × buffer). */
+  /**
+   * At most this many events of a run are published ahead of Postgres (default 2048): the window of its seq
+   * ceiling. The executor waits for the event writer beyond it.
+   */
   maxBacklog?: number;
   /**
    * Told of every run this process finished. `events()` copies its whole log when memory still holds all of it
@@ -34,8 +37,11 @@ export interface ExecutorOptions {
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
 
-/** Attempts to record a run's end before leaving it to recovery (backoff 100 ms · 2^n: about 3 s in all). */
-const FINISH_RETRIES = 5;
+/**
+ * Retries of a claim or a finish before the run is left to recovery (backoff 100 ms · 2^n: about 3 s in all, so a
+ * Postgres restart or a storm of killed connections is ridden out, and a longer outage is not waited on).
+ */
+const RETRIES = 5;
 
 /** Postgres text cannot hold NUL; a provider that sends one must not wedge the run. */
 const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') : s);
@@ -44,12 +50,30 @@ const clean = (s: string) => (s.includes('\u0000') ? s.replaceAll('\u0000', '') 
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
  * (Postgres) → finish transaction (state + money) → bus. HTTP handlers only call `accept` and `stop`, which
  * return at once; nothing here is awaited by a request.
+ *
+ * Why no accepted run is ever stranded (the recovery model, which later work on workers and fenced leases builds
+ * on). A run in Postgres that is `queued` or `executing` is, at every moment, in exactly one of three places:
+ *
+ * 1. **held** by the process named in its lease (`waiting` or `running` here): that process, and only it, renews
+ *    the lease (`held()` is the list the heartbeat renews — never "every run with our name");
+ * 2. **abandoned** by it, because its claim or its finish could not be recorded after `RETRIES` tries: it leaves
+ *    `held` at once, its registry entry ends *without* inventing a final event (readers then follow Postgres, see
+ *    feed.ts), and the sweeper of this process retries `interruptOrphan` on it until Postgres takes it;
+ * 3. **orphaned**: its lease ran out (its process died, or forgot it through a bug). Any process's sweeper finishes
+ *    it `interrupted` with a full refund — including this one's, for a run of ours we do not hold.
+ *
+ * Every path out of `execute` ends in a finish or in (2); an exception anywhere leads to (2). The finish is a
+ * compare-and-set on the state (finish.ts), so two of these racing — a stop and recovery, two sweepers, an owner
+ * whose lease ran out during an outage and the process that recovered it — finish a run once; the loser reads
+ * and delivers the winner's final event. The seq ceiling (event-writer.ts) keeps a recovered run's final event
+ * above every id its owner sent.
  */
 export function createExecutor(opts: ExecutorOptions) {
   const waiting: string[] = [];
   const running = new Map<string, Promise<void>>();
-  const maxBacklog = opts.maxBacklog ?? 2048;
-  /** Runs whose end could not be recorded: their leases are no longer renewed, so recovery takes them. */
+  /** How many events may be published ahead of Postgres (the seq ceiling's window). */
+  const window = Math.max(1, opts.maxBacklog ?? 2048);
+  /** Runs whose claim or end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
   let accepting = true;
   /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
@@ -58,12 +82,10 @@ export function createExecutor(opts: ExecutorOptions) {
   function pump() {
     while (running.size < opts.maxConcurrent && waiting.length > 0) {
       const runId = waiting.shift()!;
-      const p = execute(runId)
-        .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
-        .finally(() => {
-          running.delete(runId);
-          pump();
-        });
+      const p = execute(runId).finally(() => {
+        running.delete(runId);
+        pump();
+      });
       running.set(runId, p);
     }
   }
@@ -90,33 +112,42 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /**
-   * Finish (retrying while Postgres is unwell), then announce. If it cannot be recorded at all, readers are told
-   * so and the run is let go: this process stops renewing its lease, so recovery refunds it in full later.
-   */
-  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending = [] as Parameters<typeof finishRun>[3]) {
-    let fin: Finished | undefined;
+  /** `fn`, retried while it throws (Postgres unwell); the last error is thrown after `RETRIES` retries. */
+  async function retrying<T>(what: string, runId: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        fin = await finishRun(opts, runId, outcome, pending);
-        break;
+        return await fn();
       } catch (err) {
-        if (attempt >= FINISH_RETRIES) {
-          opts.log.error({ err, runId }, 'could not record the end of a run; leaving it to recovery');
-          abandoned.add(runId);
-          if (entry) {
-            opts.registry.publish(runId, {
-              seq: entry.lastSeq + 1,
-              type: 'error',
-              data: { state: 'failed', code: 'internal', message: 'the outcome of this run could not be recorded; it will be refunded in full', refundedSats: 0 },
-            });
-            opts.registry.end(runId);
-          }
-          return undefined;
-        }
-        opts.log.warn({ err, runId, attempt }, 'finishing a run failed; retrying');
+        if (attempt >= RETRIES) throw err;
+        opts.log.warn({ err, runId, attempt }, `${what} failed; retrying`);
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
       }
+    }
+  }
+
+  /**
+   * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
+   * event (we do not know the outcome Postgres will record), and let the sweeper finish it once Postgres is back.
+   */
+  function abandon(runId: string, err: unknown) {
+    opts.log.error({ err, runId }, 'could not record the state of a run; leaving it to recovery');
+    abandoned.add(runId);
+    const entry = opts.registry.get(runId);
+    if (entry && !entry.ended) {
+      if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
+      opts.registry.end(runId);
+    }
+    opts.bus.emit('run:abandoned', { runId });
+  }
+
+  /** Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run. */
+  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
+    let fin: Finished | undefined;
+    try {
+      fin = await retrying('finishing a run', runId, () => finishRun(opts, runId, outcome, pending, published));
+    } catch (err) {
+      abandon(runId, err);
+      return undefined;
     }
     announce(entry, fin);
     return fin;
@@ -125,22 +156,34 @@ export function createExecutor(opts: ExecutorOptions) {
   async function execute(runId: string): Promise<void> {
     const entry = opts.registry.get(runId);
     if (!entry) return;
+    try {
+      await attempt(entry);
+    } catch (err) {
+      // Whatever failed (a claim Postgres would not take, a bug), the run must not stay live and forgotten.
+      abandon(runId, err);
+    }
+  }
+
+  async function attempt(entry: RunEntry): Promise<void> {
+    const runId = entry.runId;
     const log = opts.log.child({ runId });
     const signal = entry.controller.signal;
     if (signal.aborted) {
       // Stopped while queued: nothing ran, so everything is refunded.
-      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' });
+      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
       return;
     }
-    const run = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
+    // A claim that keeps failing throws out of here: `execute` abandons the run.
+    const run = await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
     if (!run) {
-      // Someone else finished it (a stop from another process, recovery): deliver their final event.
+      // Someone else finished it (a stop from another process, recovery): deliver their final event. We published
+      // nothing, and do not know who did: no `published`, so a still-live row would be numbered past its ceiling.
       await finishAndAnnounce(entry, runId, { state: 'interrupted' });
       return;
     }
     entry.state = 'executing';
     entry.row = run;
-    if (run.cancelRequested) entry.controller.abort('cancelled');
+    if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
     log.info({ kind: run.kind, maxTokens: run.maxTokens }, 'run started');
 
     const writer = createEventWriter({
@@ -149,10 +192,12 @@ export function createExecutor(opts: ExecutorOptions) {
       runId,
       owner: opts.instanceId,
       flushMs: opts.flushMs,
+      window,
+      ceiling: run.seqCeiling,
       log,
       onLeaseLost: () => {
         log.warn('lease lost: another process finished this run');
-        entry.controller.abort('interrupted');
+        if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
       },
       onCancelRequested: () => {
         if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
@@ -160,8 +205,8 @@ export function createExecutor(opts: ExecutorOptions) {
     });
     const outcome = await stream(run, entry, writer, log);
     const pending = await writer.close();
-    const fin = await finishAndAnnounce(entry, runId, outcome, pending);
-    log.info({ state: fin?.run.state, chargedSats: fin?.run.chargedSats, refundedSats: fin?.run.refundedSats }, 'run finished');
+    const fin = await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
+    if (fin) log.info({ state: fin.run.state, chargedSats: fin.run.chargedSats, refundedSats: fin.run.refundedSats }, 'run finished');
   }
 
   async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
@@ -174,9 +219,13 @@ export function createExecutor(opts: ExecutorOptions) {
           usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
           continue;
         }
+        // Never publish an id Postgres has not reserved (the seq ceiling): should this process die now, whoever
+        // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
+        // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
+        const seq = entry.lastSeq + 1;
+        if (seq > writer.ceiling) await writer.reserve(seq, signal);
+        if (signal.aborted) break;
         writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
-        // Postgres is slower than the model: let the writer catch up rather than grow without bound.
-        if (writer.backlog >= maxBacklog) await writer.flush();
       }
       if (signal.aborted) throw signal.reason;
       return { state: 'complete', usage };
@@ -217,9 +266,14 @@ export function createExecutor(opts: ExecutorOptions) {
       };
     },
 
-    /** Runs this process holds but has given up on (lease renewal skips them). */
+    /** Runs this process has given up on, for the sweeper to hand to recovery. */
     abandoned(): string[] {
       return [...abandoned];
+    },
+
+    /** Runs this process drives (waiting or executing): exactly the leases its heartbeat renews. */
+    held(): string[] {
+      return [...new Set([...waiting, ...running.keys()])];
     },
 
     /**
@@ -227,13 +281,18 @@ export function createExecutor(opts: ExecutorOptions) {
      * aborted and finishes through its own loop within a tick of the provider noticing.
      */
     stop(runId: string, reason: StopReason): boolean {
+      if (abandoned.has(runId)) {
+        // Given up to recovery: try it now (Postgres may be back); the sweeper keeps trying if not.
+        void this.interruptOrphan(runId).catch((err) => opts.log.warn({ err, runId }, 'recovering a stopped run failed; the sweeper will retry'));
+        return true;
+      }
       const entry = opts.registry.get(runId);
       if (!entry || entry.ended) return false;
       if (!entry.controller.signal.aborted) entry.controller.abort(reason);
       const i = waiting.indexOf(runId);
       if (i >= 0) {
         waiting.splice(i, 1);
-        const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
+        const p = finishAndAnnounce(entry, runId, { state: reason }, [], entry.lastSeq).then(() => undefined);
         running.set(
           runId,
           p.finally(() => {
@@ -245,10 +304,13 @@ export function createExecutor(opts: ExecutorOptions) {
       return true;
     },
 
-    /** Finish a run no live process holds (recovery): interrupted, refunded in full. */
+    /**
+     * Finish a run no live process drives (recovery): interrupted, refunded in full, its final event numbered past
+     * its seq ceiling. Readers here (of an abandoned run) get that event; the rest read it from Postgres.
+     */
     async interruptOrphan(runId: string): Promise<boolean> {
       const fin = await finishRun(opts, runId, { state: 'interrupted' });
-      if (fin) abandoned.delete(runId);
+      abandoned.delete(runId);
       announce(opts.registry.get(runId), fin);
       return Boolean(fin?.won);
     },
