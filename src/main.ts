@@ -3,7 +3,7 @@ import { pino, type Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
-import { DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
+import { DataDirInUseError, DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
 
@@ -27,6 +27,7 @@ export async function start(config: Config, log: Logger): Promise<Running> {
       dataDir: config.DATA_DIR,
       port: config.EMBEDDED_PG_PORT,
       onLog: (line) => log.debug({ postgres: line }, 'postgres'),
+      onOrphan: ({ pid, sluicePid }) => log.warn({ pid, deadSluicePid: sluicePid }, 'stopping the embedded Postgres a dead Sluice left running'),
     });
     url = embedded.connectionString;
   }
@@ -86,7 +87,7 @@ async function main() {
   try {
     running = await start(config, log);
   } catch (err) {
-    if (err instanceof DataDirUnreachableError) {
+    if (err instanceof DataDirUnreachableError || err instanceof DataDirInUseError) {
       console.error(`sluice: ${err.message}`);
     } else {
       log.fatal({ err }, 'start-up failed');
