@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DataDirInUseError, startEmbeddedPostgres, type EmbeddedPostgres } from '../src/db/embedded.js';
-import { inspectDataDir, isAlive } from '../src/db/orphan.js';
+import { inspectDataDir, isAlive, stopOrphan } from '../src/db/orphan.js';
 import { freePort } from './helpers/global-setup.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -25,7 +25,12 @@ beforeAll(async () => {
   port = await freePort();
   await (await startEmbeddedPostgres({ dataDir, port, database: 'postgres' })).stop(); // initdb once
 }, 60_000);
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(async () => {
+  // Whatever a failed case left running on the folder is ours to stop (never this process, named by a fake lock).
+  const left = inspectDataDir(dataDir);
+  if (left.kind !== 'none' && left.pid !== process.pid) await stopOrphan(left.pid);
+  rmSync(dir, { recursive: true, force: true });
+});
 
 const query = async (p: EmbeddedPostgres) => {
   const c = new pg.Client({ connectionString: p.urlFor('postgres') });
@@ -52,8 +57,13 @@ async function sluiceChild(): Promise<{ child: ChildProcess; postgresPid: number
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
-  const pid = await waitFor(() => /ready (\d+)/.exec(out)?.[1], { timeoutMs: 30_000, what: `the child's Postgres (${out})` });
-  return { child, postgresPid: Number(pid) };
+  try {
+    const pid = await waitFor(() => /ready (\d+)/.exec(out)?.[1], { timeoutMs: 30_000, what: "the child's Postgres" });
+    return { child, postgresPid: Number(pid) };
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw new Error(`${(err as Error).message}: ${out}`);
+  }
 }
 
 describe('the embedded Postgres at start-up', () => {
