@@ -53,6 +53,7 @@ export function createDatabase(connectionString: string, opts: DatabaseOptions =
     connectionTimeoutMillis: opts.connectTimeoutMs ?? 5_000,
     // A peer that vanished without a FIN (a dead host, a cut network) is found by TCP keepalive.
     keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
   });
   const log = opts.log;
   const onClientError = (err: Error) => log?.warn({ err }, 'a database connection failed; it will be replaced');
