@@ -7,6 +7,7 @@ import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
+import { serializeError } from './logger.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
@@ -30,8 +31,10 @@ export function createApp(ctx: AppContext): express.Express {
       customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
       autoLogging: { ignore: (req) => req.url === '/api/healthz' },
       // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
+      // (The logger redacts credentials in headers and query and scrubs every line: see logger.ts.)
       serializers: {
         req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),
+        err: serializeError,
       },
     }),
   );

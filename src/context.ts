@@ -4,6 +4,7 @@ import { createBus, type Bus } from './bus.js';
 import { BUS_CHANNEL, createBusBridge, type BusBridge } from './bus-bridge.js';
 import type { Config } from './config.js';
 import type { Database, Db } from './db/pool.js';
+import { createStreamLimiter, type StreamLimiter } from './http/stream-limit.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
 import { createStubAiProvider } from './providers/ai/stub.js';
 import type { AiProvider } from './providers/ai/types.js';
@@ -17,6 +18,7 @@ import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
 import { createSessionsService, settleSessionRun, type SessionsService } from './sessions/sessions.service.js';
 import { createJobsService, settleJobRun, type JobsService } from './jobs/jobs.service.js';
+import { createJobWaits, type JobWaits } from './jobs/job-wait.js';
 
 /** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
 export interface AppContext {
@@ -43,7 +45,10 @@ export interface AppContext {
   /** The bus across processes (LISTEN/NOTIFY); started and stopped with the server. */
   bridge: BusBridge;
   /** This process's id as a lease owner. */
-  instanceId: string;
+  instanceId: string;  /** Open SSE streams per client IP. */
+  streams: StreamLimiter;
+  /** Job streams waiting for the work to start, one shared watch per job. */
+  jobWaits: JobWaits;
 }
 
 export interface ContextOptions {
@@ -96,5 +101,7 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
+  const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
+  const jobWaits = createJobWaits({ bus, jobs, config, db, log });
+  return { jobWaits, streams, news, bridge, config, db, database, log, bus, registry, recent, store, executor, ai, payments, stubPayments, settlement, sessions, jobs, maintenance, instanceId };
 }

@@ -1,11 +1,13 @@
 import type { Server } from 'node:http';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from './logger.js';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
 import { DataDirInUseError, DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
+import { listen } from './http/server.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -107,7 +109,10 @@ async function main() {
     }
     throw err;
   }
-  const log = pino({ level: config.LOG_LEVEL, base: { service: 'sluice' } });
+  const log = createLogger({ level: config.LOG_LEVEL });
+  if (config.TRUST_PROXY === true) {
+    log.warn('TRUST_PROXY=true believes every X-Forwarded-For hop, so any client can choose its own IP; set a hop count or the proxy addresses instead');
+  }
   let running: Running;
   try {
     running = await start(config, log);

@@ -1,11 +1,12 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pino } from 'pino';
+import { createLogger } from '../../src/logger.js';
 import supertest from 'supertest';
 import { createApp } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createContext, type AppContext, type ContextOptions } from '../../src/context.js';
 import { createDatabase } from '../../src/db/pool.js';
+import { listen } from '../../src/http/server.js';
 import { freshDatabaseUrl } from './db.js';
 
 export interface TestServer {
@@ -14,6 +15,8 @@ export interface TestServer {
   http: ReturnType<typeof supertest>;
   /** Base URL of a real listening socket (for SSE clients). */
   url: string;
+  /** The listening HTTP server. */
+  server: Server;
   /** Another context on the same database: a second process, or the same server after a restart. */
   sibling(overrides?: Partial<Config>): Promise<TestServer>;
   close(): Promise<void>;
@@ -35,14 +38,12 @@ export const testDefaults: Partial<Config> = {
 export async function startTestServer(overrides: Partial<Config> = {}, opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string } = {}): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
-  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
+  const log = createLogger({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
   await ctx.bridge.start();
   const app = createApp(ctx);
-  const server: Server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
-  });
+  const server: Server = await listen(app, config, 0, '127.0.0.1');
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   let closed = false;
   return {
@@ -50,6 +51,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
     app,
     http: supertest(app),
     url,
+    server,
     sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, databaseUrl }),
     async close() {
       if (closed) return;
