@@ -82,10 +82,12 @@ export function createExecutor(opts: ExecutorOptions) {
   function pump() {
     while (running.size < opts.maxConcurrent && waiting.length > 0) {
       const runId = waiting.shift()!;
-      const p = execute(runId).finally(() => {
-        running.delete(runId);
-        pump();
-      });
+      const p = execute(runId)
+        .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
+        .finally(() => {
+          running.delete(runId);
+          pump();
+        });
       running.set(runId, p);
     }
   }
@@ -292,7 +294,10 @@ export function createExecutor(opts: ExecutorOptions) {
       const i = waiting.indexOf(runId);
       if (i >= 0) {
         waiting.splice(i, 1);
-        const p = finishAndAnnounce(entry, runId, { state: reason }, [], entry.lastSeq).then(() => undefined);
+        const p = finishAndAnnounce(entry, runId, { state: reason }, [], entry.lastSeq).then(
+          () => undefined,
+          (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'),
+        );
         running.set(
           runId,
           p.finally(() => {
