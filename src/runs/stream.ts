@@ -33,6 +33,8 @@ export function openStream(deps: StreamDeps, req: Request, res: Response): SseSt
     throw new AppError(429, 'too_many_streams', `at most ${limit} streams may be open at once from one client; close one first`, { limit });
   }
   res.once('close', release);
+  // The client may have gone while the route was still authorising: 'close' has then fired already.
+  if (res.destroyed || req.socket.destroyed) release();
   return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
 }
 
