@@ -93,6 +93,30 @@ describe('a run whose claim Postgres refuses', () => {
   });
 });
 
+describe('a run whose tokens and end Postgres refuses', () => {
+  it('is recovered with the text Postgres kept, and is replayed as Postgres has it, not as memory saw it', async () => {
+    const t = await server();
+    const allow = await refuse(t, 'events'); // the token log, and so the finish that writes the rest of it
+    const s = await paidSession(t, 1000);
+    const r = await postRequest(t, s, 'lost text [refuse] [stub:tokens=5] [stub:delay=1]');
+    // A reader stays attached throughout: it holds the run's entry (and its memory) until the outcome.
+    const reading = readSse(`${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream`, { headers: s.auth });
+    await waitFor(() => t.ctx.executor.abandoned().includes(r.requestId), { timeoutMs: 15_000, what: 'the run given up' });
+    await allow();
+    await t.ctx.maintenance.sweep();
+    const live = await reading;
+    expect(tokensOf(live.events)).toHaveLength(5); // published, never persisted
+    expect(live.events.at(-1)).toMatchObject({ event: 'done', data: { state: 'interrupted', result: '' } });
+    const row = await getRequest(t, s, r.requestId);
+    expect(row).toMatchObject({ state: 'interrupted', result: '', refundedSats: r.debitedSats });
+    const replay = await readSse(`${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream`, { headers: s.auth });
+    expect(replay.events).toHaveLength(1);
+    expect(replay.events[0]).toMatchObject({ event: 'done', data: { state: 'interrupted', result: '' } });
+    expect(Number(replay.events[0]!.id)).toBeGreaterThan(5); // past every id the live reader was sent
+    await expectNoLeaks(t);
+  });
+});
+
 describe('a run this process forgot', () => {
   it('is recovered by its own sweeper once its lease runs out', async () => {
     const t = await server();

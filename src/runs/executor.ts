@@ -92,8 +92,12 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /** Publish a finish to whoever watches here, then let the registry forget the run. */
-  function announce(entry: RunEntry | undefined, fin: Finished | undefined) {
+  /**
+   * Publish a finish to whoever watches here, then let the registry forget the run. `ownLog`: the finisher was the
+   * owner, so what this process published is exactly the log Postgres now has (a recovered run's memory may hold
+   * tokens Postgres never got: it is not offered as the run's log).
+   */
+  function announce(entry: RunEntry | undefined, fin: Finished | undefined, ownLog: boolean) {
     if (fin && entry) {
       entry.state = fin.run.state;
       opts.registry.publish(entry.runId, fin.final);
@@ -101,7 +105,7 @@ export function createExecutor(opts: ExecutorOptions) {
     // Before `end`, which may drop the entry: the log is copied only if the listener asks for it.
     if (fin?.won && opts.onFinish) {
       opts.onFinish(fin.run, () => {
-        const snap = entry ? opts.registry.snapshot(entry.runId, 0) : null;
+        const snap = entry && ownLog ? opts.registry.snapshot(entry.runId, 0) : null;
         return snap?.complete ? snap.events : null;
       });
     }
@@ -151,7 +155,7 @@ export function createExecutor(opts: ExecutorOptions) {
       abandon(runId, err);
       return undefined;
     }
-    announce(entry, fin);
+    announce(entry, fin, published !== undefined);
     return fin;
   }
 
@@ -316,7 +320,7 @@ export function createExecutor(opts: ExecutorOptions) {
     async interruptOrphan(runId: string): Promise<boolean> {
       const fin = await finishRun(opts, runId, { state: 'interrupted' });
       abandoned.delete(runId);
-      announce(opts.registry.get(runId), fin);
+      announce(opts.registry.get(runId), fin, false);
       return Boolean(fin?.won);
     },
 
