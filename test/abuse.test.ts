@@ -1,22 +1,14 @@
 import net from 'node:net';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { startTestServer, type TestServer } from './helpers/context.js';
+import { useTestServers } from './helpers/context.js';
 import { createJob, pay, waitJob } from './helpers/jobs.js';
 import { expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 
 /** Bounded under abuse (issue #9, findings 7 and 8): slow clients, many connections, many streams, spoofed IPs. */
-const servers: TestServer[] = [];
-afterAll(async () => {
-  for (const s of servers) await s.close();
-});
-async function server(...args: Parameters<typeof startTestServer>) {
-  const t = await startTestServer(...args);
-  servers.push(t);
-  return t;
-}
+const { server } = useTestServers();
 
 describe('TRUST_PROXY', () => {
   it('takes what Express takes: true/false, a hop count, or addresses and subnets; refuses anything else', () => {

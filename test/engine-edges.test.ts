@@ -1,11 +1,11 @@
 import net from 'node:net';
 import { sql } from 'drizzle-orm';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AiProvider } from '../src/providers/ai/types.js';
 import { runFeed } from '../src/runs/feed.js';
 import { createRegistry, type RunEvent } from '../src/runs/registry.js';
 import type { RunRow, RunStore } from '../src/runs/store.js';
-import { startTestServer, type TestServer } from './helpers/context.js';
+import { useTestServers } from './helpers/context.js';
 import { expectLedgerBalanced, expectNoLeaks, getRequest, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { idsOf, readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
@@ -14,15 +14,7 @@ import { waitFor } from './helpers/wait.js';
  * The edges of the engine: slow and vanishing readers, a run finished by another process, Postgres refusing a
  * run's end, very long logs, stops racing the queue. Each test here once failed against an earlier engine.
  */
-const servers: TestServer[] = [];
-afterAll(async () => {
-  for (const s of servers) await s.close();
-});
-async function server(...args: Parameters<typeof startTestServer>) {
-  const t = await startTestServer(...args);
-  servers.push(t);
-  return t;
-}
+const { server, track } = useTestServers();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('readers', () => {
@@ -123,7 +115,7 @@ describe('another process finishes a run this one streams', () => {
     const reading = readSse(`${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream`, { headers: s.auth, onEvent: (e) => seen.push(`${e.id}:${e.event}`) });
     await waitFor(() => seen.length >= 20, { what: '20 events' });
     const other = await t.sibling();
-    servers.push(other);
+    track(other);
     expect(await other.ctx.executor.interruptOrphan(r.requestId)).toBe(true);
     const { events } = await reading;
     expect(events.at(-1)).toMatchObject({ event: 'done', data: { state: 'interrupted' } });

@@ -1,7 +1,7 @@
 import { eq, sql } from 'drizzle-orm';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runs } from '../src/db/schema.js';
-import { startTestServer, type TestServer } from './helpers/context.js';
+import { useTestServers, type TestServer } from './helpers/context.js';
 import { expectLedgerBalanced, expectNoLeaks, getRequest, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { idsOf, readSse, tokensOf } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
@@ -10,15 +10,7 @@ import { waitFor } from './helpers/wait.js';
  * Every accepted run reaches a terminal state, whatever Postgres refuses and whenever (issue #9, finding 3).
  * Postgres refuses for real here: a trigger raises on the statement under test, as a failing database would.
  */
-const servers: TestServer[] = [];
-afterAll(async () => {
-  for (const s of servers) await s.close();
-});
-async function server(...args: Parameters<typeof startTestServer>) {
-  const t = await startTestServer(...args);
-  servers.push(t);
-  return t;
-}
+const { server } = useTestServers();
 
 /** Make Postgres refuse `queued → executing` (the claim), or every write of the token log, for marked runs. */
 async function refuse(t: TestServer, what: 'claim' | 'events') {

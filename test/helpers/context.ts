@@ -2,6 +2,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createLogger } from '../../src/logger.js';
 import supertest from 'supertest';
+import { afterAll } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createContext, type AppContext, type ContextOptions } from '../../src/context.js';
@@ -65,4 +66,20 @@ export async function startTestServer(overrides: Partial<Config> = {}, opts: Par
       await database.close();
     },
   };
+}
+
+/**
+ * For a test file that starts servers as it goes: `server(...)` starts one (as `startTestServer`), `track` adopts
+ * one started otherwise (a sibling); all are closed after the file.
+ */
+export function useTestServers() {
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
+  const track = (t: TestServer) => {
+    servers.push(t);
+    return t;
+  };
+  return { track, server: async (...args: Parameters<typeof startTestServer>) => track(await startTestServer(...args)) };
 }
