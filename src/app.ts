@@ -7,7 +7,7 @@ import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
-import { serializeError } from './logger.js';
+import { serializeError } from './log-safety.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';

@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { createLogger } from './logger.js';
+import { createSafeLogger } from './log-safety.js';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
@@ -109,7 +109,7 @@ async function main() {
     }
     throw err;
   }
-  const log = createLogger({ level: config.LOG_LEVEL });
+  const log = createSafeLogger({ level: config.LOG_LEVEL });
   if (config.TRUST_PROXY === true) {
     log.warn('TRUST_PROXY=true believes every X-Forwarded-For hop, so any client can choose its own IP; set a hop count or the proxy addresses instead');
   }

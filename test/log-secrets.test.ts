@@ -4,7 +4,7 @@ import supertest from 'supertest';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { createDatabase } from '../src/db/pool.js';
-import { createLogger } from '../src/logger.js';
+import { createSafeLogger } from '../src/log-safety.js';
 import { freshDatabaseUrl } from './helpers/db.js';
 import { startServerProcess } from './helpers/process.js';
 import { readSse } from './helpers/sse.js';
@@ -17,7 +17,7 @@ import { readSse } from './helpers/sse.js';
 const secret = (what: string) => `${what}-${randomBytes(12).toString('hex')}`;
 const collect = () => {
   const lines: string[] = [];
-  return { lines, log: createLogger({ level: 'trace', destination: { write: (s: string) => void lines.push(s) } }) };
+  return { lines, log: createSafeLogger({ level: 'trace', destination: { write: (s: string) => void lines.push(s) } }) };
 };
 
 describe('the logger', () => {

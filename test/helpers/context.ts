@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createLogger } from '../../src/logger.js';
+import { createSafeLogger } from '../../src/log-safety.js';
 import supertest from 'supertest';
 import { afterAll } from 'vitest';
 import { createApp } from '../../src/app.js';
@@ -39,7 +39,7 @@ export const testDefaults: Partial<Config> = {
 export async function startTestServer(overrides: Partial<Config> = {}, opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string } = {}): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
-  const log = createLogger({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
+  const log = createSafeLogger({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
   await ctx.bridge.start();

@@ -1,7 +1,7 @@
-import { pino, stdSerializers, type DestinationStream, type Logger } from 'pino';
+import { pino, stdSerializers, type DestinationStream, type Logger, type LoggerOptions as PinoOptions } from 'pino';
 
 /**
- * The logger, made safe to ship: no secret reaches a log line. Three layers, because one is never enough:
+ * Logging made safe to ship: no secret reaches a log line. Three layers, because one is never enough:
  *
  * 1. **Redaction by path** (pino's `redact`, inherited by every child logger): credentials in request headers and
  *    query, and fields that hold secrets by name — provider API keys, admin/invoice keys, macaroons, preimages,
@@ -11,14 +11,9 @@ import { pino, stdSerializers, type DestinationStream, type Logger } from 'pino'
  *    Postgres error's `detail`, which quotes row values.
  * 3. **A last pass over every line written** for secrets that hide inside strings: `Bearer …`, `access_token=…`,
  *    session tokens (`sk_…`), and the password of a connection URL.
+ *
+ * `safeLogOptions()` is the three, to spread into any pino logger's options (children inherit them).
  */
-export interface LoggerOptions {
-  level: string;
-  /** Fields on every line (default `{ service: 'sluice' }`). */
-  base?: Record<string, unknown>;
-  /** Where lines go (default stdout). */
-  destination?: DestinationStream;
-}
 
 const CENSOR = '[redacted]';
 
@@ -87,15 +82,16 @@ export function serializeError(err: unknown): unknown {
   return out;
 }
 
-export function createLogger(opts: LoggerOptions): Logger {
-  return pino(
-    {
-      level: opts.level,
-      base: opts.base ?? { service: 'sluice' },
-      redact: { paths: REDACT_PATHS, censor: CENSOR },
-      serializers: { err: serializeError },
-      hooks: { streamWrite: scrubSecrets },
-    },
-    opts.destination,
-  );
+/** The options that make a pino logger safe: spread them into its options. */
+export function safeLogOptions(): Pick<PinoOptions, 'redact' | 'serializers' | 'hooks'> {
+  return {
+    redact: { paths: REDACT_PATHS, censor: CENSOR },
+    serializers: { err: serializeError },
+    hooks: { streamWrite: scrubSecrets },
+  };
+}
+
+/** A JSON logger with `safeLogOptions()`, for the process and for tests. */
+export function createSafeLogger(opts: { level: string; base?: Record<string, unknown>; destination?: DestinationStream }): Logger {
+  return pino({ level: opts.level, base: opts.base ?? { service: 'sluice' }, ...safeLogOptions() }, opts.destination);
 }
