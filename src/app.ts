@@ -5,9 +5,10 @@ import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { consoleRoutes } from './console/console.routes.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
-import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
+import { AppError, databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
 import { corsFor, DOCS_CSP, securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
+import { serializeError } from './log-safety.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
@@ -38,10 +39,12 @@ export function createApp(ctx: AppContext): express.Express {
       // Probes, scrapes and the console's static files would drown the lines that matter.
       autoLogging: { ignore: (req) => req.url === '/api/healthz' || req.url === '/metrics' || req.url?.startsWith('/console/') === true },
       // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
+      // (The logger redacts credentials in headers and query and scrubs every line: see logger.ts.)
       serializers: {
         req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),
         // The status only: a dozen security headers on every line would bury what matters.
         res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+        err: serializeError,
       },
     }),
   );
@@ -60,9 +63,10 @@ export function createApp(ctx: AppContext): express.Express {
     try {
       await ctx.db.execute(sql`select 1`);
     } catch (err) {
-      throw new AppError(503, 'database_unavailable', 'the database is not reachable', undefined, { cause: err });
+      throw databaseUnavailable(err);
     }
-    res.json({ status: 'ok' });
+    // Pool counts (read after our own query gave its client back): `total − idle` clients are in use right now.
+    res.json({ status: 'ok', pool: ctx.database.stats() });
   });
   // Limits and timers in front of the routes they guard (each calls next(), so the route files stay as they are).
   const { limits, metrics } = ctx;

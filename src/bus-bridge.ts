@@ -52,7 +52,8 @@ export function createBusBridge(deps: { connectionString: string; bus: Bus; orig
   }
 
   async function connect(): Promise<void> {
-    const c = new pg.Client({ connectionString: deps.connectionString });
+    // Bounded, like the pool's: a dead server must fail the attempt (and retry), not hang it.
+    const c = new pg.Client({ connectionString: deps.connectionString, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
     c.on('notification', onNotification);
     c.on('error', (err) => {
       log.warn({ err }, 'bus listener lost its connection; reconnecting');

@@ -12,6 +12,11 @@ export interface BusEvents {
   'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
   /** New events of a run are in Postgres, up to `lastSeq` (sent by the flush statement itself, across processes). */
   'run:progress': (e: { runId: string; lastSeq: number }) => void;
+  /**
+   * This process gave up driving a run (Postgres could not record its claim or its end): its readers here stop
+   * waiting for live events and follow Postgres until recovery records the outcome. Local to the process.
+   */
+  'run:abandoned': (e: { runId: string }) => void;
   /** A payment was confirmed and committed: its effect applied (`paid`), or held for the payer (`refundable`). */
   'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null; state: 'paid' | 'refundable' }) => void;
   /** A job changed state. */

@@ -1,3 +1,4 @@
+import proxyaddr from 'proxy-addr';
 import { z } from 'zod';
 import { LIGHTNING_NETWORKS } from './providers/payments/bolt11.js';
 
@@ -35,8 +36,30 @@ export const configSchema = z
     HOST: z.string().min(1).default('0.0.0.0'),
     /** pino level. */
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-    /** Express `trust proxy`: set when behind a reverse proxy so client IPs (demo rate limit) are right. */
-    TRUST_PROXY: bool(false),
+    /**
+     * Express `trust proxy`, for the client IP behind a reverse proxy (demo rate limit, streams per client): `false`
+     * (default: the socket's address), a hop count (`1`: one proxy in front), or the proxies' addresses, subnets or
+     * presets (`loopback`, `10.0.0.0/8, fc00::/7`). `true` trusts every hop, so any client can name its own IP.
+     */
+    TRUST_PROXY: z
+      .string()
+      .default('false')
+      .transform((v, ctx): boolean | number | string => {
+        const t = v.trim();
+        if (/^(true|false)$/i.test(t)) return t.toLowerCase() === 'true';
+        if (/^\d+$/.test(t)) return Number(t);
+        try {
+          proxyaddr.compile(t.split(',').map((x) => x.trim()));
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: `must be true, false, a hop count, or addresses/subnets: ${(err as Error).message}` });
+          return z.NEVER;
+        }
+        return t;
+      }),
+    /** HTTP: time to receive a request's headers, and the whole request; connections held at once (default: from the file limit). */
+    HTTP_HEADERS_TIMEOUT_MS: int(10_000, 100, 600_000),
+    HTTP_REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
+    MAX_CONNECTIONS: int(0, 0, 1_000_000),
     /** `pretty`: coloured one-line logs (pino-pretty); `json`: one JSON object a line; `auto`: pretty on a terminal. */
     LOG_FORMAT: z.enum(['auto', 'pretty', 'json']).default('auto'),
     /** Origins (comma-separated, e.g. `https://app.example.com`) whose pages may call the API; `*` for any; none by default. */
@@ -52,6 +75,8 @@ export const configSchema = z
     EMBEDDED_PG_PORT: int(54329, 1, 65535),
     /** Connections in the pool. */
     DB_POOL_MAX: int(10, 1, 200),
+    /** How long a query waits for a database connection before it fails (503 to HTTP) instead of hanging. */
+    DB_CONNECT_TIMEOUT_MS: int(5_000, 100, 600_000),
 
     /** Session deposit / top-up limits, in sats. */
     SESSION_MIN_SATS: int(100, 1),
@@ -120,6 +145,8 @@ export const configSchema = z
     SSE_WRITE_TIMEOUT_MS: int(30_000, 100),
     /** SSE: how often a stream of a run this process does not execute re-reads Postgres. */
     SSE_POLL_MS: int(1_000, 10),
+    /** SSE: streams one client IP may hold open at once in this process; the next is `429 too_many_streams`. */
+    SSE_MAX_STREAMS_PER_IP: int(32, 1, 100_000),
 
     /** Jobs: evaluation fee, request length limit, and how long a stream waits for the work to start. */
     JOB_EVAL_FEE_SATS: int(10, 1),
@@ -161,6 +188,8 @@ export const configSchema = z
     SWEEP_INTERVAL_S: z.coerce.number().positive().default(5),
   })
   .superRefine((c, ctx) => {
+    if (c.HTTP_HEADERS_TIMEOUT_MS > c.HTTP_REQUEST_TIMEOUT_MS)
+      ctx.addIssue({ code: 'custom', path: ['HTTP_HEADERS_TIMEOUT_MS'], message: 'must not exceed HTTP_REQUEST_TIMEOUT_MS' });
     if (c.SESSION_MIN_SATS > c.SESSION_MAX_SATS)
       ctx.addIssue({ code: 'custom', path: ['SESSION_MIN_SATS'], message: 'must not exceed SESSION_MAX_SATS' });
     if (c.DEFAULT_MAX_TOKENS > c.MAX_TOKENS_LIMIT)

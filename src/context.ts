@@ -4,6 +4,7 @@ import { createBus, type Bus } from './bus.js';
 import { BUS_CHANNEL, createBusBridge, type BusBridge } from './bus-bridge.js';
 import type { Config } from './config.js';
 import type { Database, Db } from './db/pool.js';
+import { createStreamLimiter, type StreamLimiter } from './http/stream-limit.js';
 import { createSettlement, type Settlement } from './ledger/settlement.js';
 import type { Catalogue } from './models/catalogue.js';
 import { createModels, type Models } from './models/providers.js';
@@ -27,6 +28,7 @@ import { createLimits, type Limits } from './http/limits.js';
 import { runLogFields } from './logger.js';
 import { instrumentAi } from './metrics/instrument-ai.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
+import { createJobWaits, type JobWaits } from './jobs/job-wait.js';
 
 /** Everything a request handler or background task may use. Built once by `createContext`; tests build their own. */
 export interface AppContext {
@@ -64,6 +66,10 @@ export interface AppContext {
   metrics: Metrics;
   /** Rate and concurrency limits, counted in Postgres (shared by every process). */
   limits: Limits;
+  /** Open SSE streams per client IP. */
+  streams: StreamLimiter;
+  /** Job streams waiting for the work to start, one shared watch per job. */
+  jobWaits: JobWaits;
 }
 
 export interface ContextOptions {
@@ -152,5 +158,7 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
-  return { news, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
+  const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
+  const jobWaits = createJobWaits({ bus, jobs, config, db, log });
+  return { jobWaits, streams, news, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

@@ -1,6 +1,7 @@
 import { pino, type Logger, type LoggerOptions } from 'pino';
 import { PinoPretty } from 'pino-pretty';
 import type { Config } from './config.js';
+import { safeLogOptions } from './log-safety.js';
 import type { RunRow } from './runs/store.js';
 
 /**
@@ -9,7 +10,8 @@ import type { RunRow } from './runs/store.js';
  * the rendering differs, so what a test or a log shipper sees is the JSON.
  */
 export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, opts: { isTTY?: boolean; destination?: NodeJS.WritableStream } = {}): Logger {
-  const options: LoggerOptions = { level: config.LOG_LEVEL, base: { service: 'sluice' } };
+  // Redaction, the error serializer and the last scrub of every line apply to both renderings (log-safety.ts).
+  const options: LoggerOptions = { level: config.LOG_LEVEL, base: { service: 'sluice' }, ...safeLogOptions() };
   const pretty = config.LOG_FORMAT === 'pretty' || (config.LOG_FORMAT === 'auto' && (opts.isTTY ?? process.stdout.isTTY === true));
   if (!pretty) return opts.destination ? pino(options, opts.destination) : pino(options);
   return pino(

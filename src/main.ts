@@ -3,12 +3,13 @@ import type { Logger } from 'pino';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
-import { DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
+import { DataDirInUseError, DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
 import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
 import { createLogger } from './logger.js';
 import { loadCatalogue, type Catalogue } from './models/catalogue.js';
 import { providerFactories } from './models/providers.js';
+import { listen } from './http/server.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -30,47 +31,73 @@ export async function start(config: Config, log: Logger, catalogue?: Catalogue):
       dataDir: config.DATA_DIR,
       port: config.EMBEDDED_PG_PORT,
       onLog: (line) => log.debug({ postgres: line }, 'postgres'),
+      onOrphan: ({ pid, sluicePid }) => log.warn({ pid, deadSluicePid: sluicePid }, 'stopping the embedded Postgres a dead Sluice left running'),
     });
     url = embedded.connectionString;
   }
-  const database = createDatabase(url, { max: config.DB_POOL_MAX });
-  await runMigrations(database.db);
-  const ctx = createContext({ config, database, log, catalogue });
-  // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
-  const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
-  if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
-  await ctx.jobs.sweep(embedded !== null);
-  await ctx.bridge.start();
-  ctx.maintenance.start();
-
-  const app = createApp(ctx);
-  const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(config.PORT, config.HOST, () => resolve(s));
-    s.once('error', reject);
-  });
+  const database = createDatabase(url, { max: config.DB_POOL_MAX, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
+  let ctx: AppContext;
+  let server: Server;
+  try {
+    await runMigrations(database.db);
+    ctx = createContext({ config, database, log, catalogue });
+    // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
+    const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
+    if (recovered > 0) log.warn({ recovered }, 'interrupted and refunded runs left by a previous process');
+    await ctx.jobs.sweep(embedded !== null);
+    await ctx.bridge.start();
+    ctx.maintenance.start();
+    server = await listen(createApp(ctx), config);
+  } catch (err) {
+    // Leave nothing running behind a failed start (the embedded Postgres would outlive us).
+    await bounded(log, 'closing the database pool', 5_000, database.close());
+    if (embedded) await bounded(log, 'stopping the embedded Postgres', 45_000, embedded.stop());
+    throw err;
+  }
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.PORT;
   const base = `http://${config.HOST === '0.0.0.0' ? 'localhost' : config.HOST}:${port}`;
   log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', models: ctx.models.list().map((m) => m.name), payments: ctx.payments.name }, 'sluice is listening');
 
   let stopping: Promise<void> | null = null;
+  /**
+   * Graceful, and bounded even with a dead database: every step gets a deadline, so a hung connection or a Postgres
+   * that died under us costs seconds, not a process that never exits. Runs still going after the grace period are
+   * interrupted; those whose end cannot be recorded are left to recovery at the next start.
+   */
   async function shutdown(reason = 'shutdown'): Promise<void> {
     stopping ??= (async () => {
       log.info({ reason, graceMs: config.SHUTDOWN_GRACE_MS }, 'shutting down: no new work; letting running work finish');
       server.close();
-      const { interrupted } = await ctx.executor.drain(config.SHUTDOWN_GRACE_MS);
-      if (interrupted > 0) log.warn({ interrupted }, 'interrupted and refunded runs still going after the grace period');
-      await ctx.jobs.drain();
-      await ctx.maintenance.stop();
-      await ctx.bridge.stop();
+      const drained = await bounded(log, 'draining runs', config.SHUTDOWN_GRACE_MS + 15_000, ctx.executor.drain(config.SHUTDOWN_GRACE_MS));
+      if (drained && drained.interrupted > 0) log.warn({ interrupted: drained.interrupted }, 'interrupted and refunded runs still going after the grace period');
+      await bounded(log, 'waiting for job evaluations', 5_000, ctx.jobs.drain());
+      await bounded(log, 'stopping maintenance', 5_000, ctx.maintenance.stop());
+      await bounded(log, 'stopping the bus bridge', 2_000, ctx.bridge.stop());
       server.closeAllConnections();
-      await database.close();
-      if (embedded) await embedded.stop();
+      await bounded(log, 'closing the database pool', 5_000, database.close());
+      if (embedded) await bounded(log, 'stopping the embedded Postgres', 45_000, embedded.stop());
       log.info('stopped');
     })();
     return stopping;
   }
   return { ctx, server, url: base, shutdown };
+}
+
+/** `p`'s value, or undefined once `ms` have passed (logged): one hung step must not hold shutdown for ever. */
+async function bounded<T>(log: Logger, what: string, ms: number, p: Promise<T>): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => {
+      log.warn({ ms }, `${what} did not finish in time; going on`);
+      resolve(undefined);
+    }, ms);
+  });
+  try {
+    return await Promise.race([p.catch((err: unknown) => void log.warn({ err }, `${what} failed`)), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function main() {
@@ -87,13 +114,16 @@ async function main() {
     }
     throw err;
   }
-  // Coloured one-line logs on a terminal, JSON lines otherwise (LOG_FORMAT).
+  // Coloured one-line logs on a terminal, JSON lines otherwise (LOG_FORMAT); secrets redacted either way.
   const log = createLogger(config);
+  if (config.TRUST_PROXY === true) {
+    log.warn('TRUST_PROXY=true believes every X-Forwarded-For hop, so any client can choose its own IP; set a hop count or the proxy addresses instead');
+  }
   let running: Running;
   try {
     running = await start(config, log, catalogue);
   } catch (err) {
-    if (err instanceof DataDirUnreachableError) {
+    if (err instanceof DataDirUnreachableError || err instanceof DataDirInUseError) {
       console.error(`sluice: ${err.message}`);
     } else {
       log.fatal({ err }, 'start-up failed');

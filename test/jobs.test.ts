@@ -217,13 +217,12 @@ describe('job streams', () => {
 
   it('lets a stream be closed while waiting, leaving nothing behind', async () => {
     const job = await createJob(t, 'walk away');
-    const baseline = t.ctx.bus.listenerCount('job:update');
     const controller = new AbortController();
     const reading = readSse(`${t.url}/api/jobs/${job.jobId}/stream`, { signal: controller.signal });
-    await waitFor(() => t.ctx.bus.listenerCount('job:update') === baseline + 1, { what: 'the stream to wait on the bus' });
+    await waitFor(() => t.ctx.jobWaits.size === 1, { what: 'the stream to wait for the job' });
     controller.abort();
     await reading.catch(() => undefined);
-    await waitFor(() => t.ctx.bus.listenerCount('job:update') === baseline, { what: 'the waiting stream to let go of the bus' });
+    await waitFor(() => t.ctx.jobWaits.size === 0 && t.ctx.streams.size === 0, { what: 'the waiting stream to let go' });
   });
 });
 

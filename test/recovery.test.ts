@@ -43,10 +43,13 @@ describe('crash and restart', () => {
       expect(row).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: debitedSats });
       const ledger = await expectLedgerBalanced(restarted, s);
       expect(ledger.balanceSats).toBe(500);
-      // Its stream still replays every persisted token, then done {interrupted}, exactly once.
+      // Its stream still replays every persisted token, then done {interrupted}, exactly once: the tokens are
+      // gapless, the final event is numbered past the run's seq ceiling (above any id the dead process sent).
       const replay = await readSse(`${restarted.url}/api/sessions/${s.id}/requests/${requestId}/stream`, { headers: s.auth });
-      const ids = idsOf(replay.events);
-      expect(ids).toEqual(Array.from({ length: ids.length }, (_, i) => i + 1));
+      const tokenIds = idsOf(replay.events.filter((e) => e.event === 'token'));
+      expect(tokenIds).toEqual(Array.from({ length: row.outputTokens }, (_, i) => i + 1));
+      expect(Number(replay.events.at(-1)!.id)).toBe(row.lastSeq);
+      expect(row.lastSeq).toBeGreaterThan(row.seqCeiling);
       const last = replay.events.at(-1)!;
       expect(last).toMatchObject({ event: 'done', data: { state: 'interrupted', refundedSats: debitedSats } });
       expect(last.data.result).toBe(tokensOf(replay.events).join(''));
@@ -54,6 +57,46 @@ describe('crash and restart', () => {
       // A second recovery does nothing: a run finishes once.
       expect(await restarted.ctx.maintenance.recoverOrphans(true)).toBe(0);
       await expectNoLeaks(restarted);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('never gives the final event an id a reader already holds: reconnecting with any id it was sent gets the outcome once', async () => {
+    // Tokens reach readers before Postgres has them; with a slow flush, the reader holds many the crash loses.
+    const p = await startServerProcess({ DATABASE_URL: databaseUrl, EVENT_FLUSH_MS: '5000' });
+    const s = await paidSession({ http: supertest(p.url) }, 500);
+    const res = await supertest(p.url).post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'lose me [stub:tokens=200] [stub:delay=10]' }).expect(202);
+    const requestId = res.body.requestId as string;
+    const seen: number[] = [];
+    const reading = readSse(`${p.url}/api/sessions/${s.id}/requests/${requestId}/stream`, {
+      headers: s.auth,
+      until: (e) => {
+        if (e.event === 'token') seen.push(Number(e.id));
+        return seen.length >= 20;
+      },
+    });
+    await reading;
+    p.proc.kill('SIGKILL');
+    await p.exited;
+    const restarted = await t.sibling();
+    try {
+      expect(await restarted.ctx.maintenance.recoverOrphans(true)).toBe(1);
+      const row = await runRow(requestId);
+      expect(row.state).toBe('interrupted');
+      expect(row.lastSeq).toBeGreaterThan(Math.max(...seen));
+      for (const id of seen) {
+        const again = await readSse(`${restarted.url}/api/sessions/${s.id}/requests/${requestId}/stream`, { headers: { ...s.auth, 'Last-Event-ID': String(id) } });
+        expect(again.status, `reconnect after id ${id}`).toBe(200);
+        const finals = again.events.filter((e) => e.event === 'done' || e.event === 'error');
+        expect(finals, `reconnect after id ${id}`).toHaveLength(1);
+        expect(finals[0]).toMatchObject({ id: String(row.lastSeq), event: 'done', data: { state: 'interrupted', result: row.result } });
+        expect(idsOf(again.events).every((x) => x > id)).toBe(true);
+      }
+      // The final event's id: nothing more.
+      const after = await readSse(`${restarted.url}/api/sessions/${s.id}/requests/${requestId}/stream`, { headers: { ...s.auth, 'Last-Event-ID': String(row.lastSeq) } });
+      expect(after.status).toBe(204);
+      await expectLedgerBalanced(restarted, s);
     } finally {
       await restarted.close();
     }
@@ -67,7 +110,7 @@ describe('crash and restart', () => {
       const r = await postRequest(a, s, 'long [stub:tokens=50] [stub:delay=40]');
       await waitFor(async () => (await runRow(r.requestId)).state === 'executing', { what: 'executing' });
       // A live process keeps its lease: B must not touch A's run.
-      await a.ctx.store.renewLeases(a.ctx.instanceId, 1);
+      await a.ctx.store.renewLeases(a.ctx.instanceId, 1, a.ctx.executor.held());
       expect(await b.ctx.maintenance.recoverOrphans(false)).toBe(0);
       // A's lease lapses (its heartbeat is not running in tests): B recovers, A notices and stops writing.
       await t.ctx.db.update(runs).set({ leaseExpiresAt: new Date(Date.now() - 1000) }).where(eq(runs.id, r.requestId));

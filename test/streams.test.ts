@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { EventSource } from 'eventsource';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runFeed, type FeedItem } from '../src/runs/feed.js';
@@ -42,6 +43,21 @@ describe('SSE streams', () => {
     expect(final.usage.outputTokens).toBe(10);
     expect(text.match(/^event: token$/gm)).toHaveLength(10);
     expect(text.trimEnd().split('\n\n').at(-1)).toMatch(/^id: 11\nevent: done\ndata: /);
+  });
+
+  it('honours Connection: close: says so, and closes the socket after the final event', async () => {
+    const r = await postRequest(t, s, 'close me [stub:tokens=3] [stub:delay=5]');
+    const u = new URL(t.url);
+    const sock = net.connect(Number(u.port), u.hostname);
+    let raw = '';
+    sock.on('data', (d) => (raw += d));
+    const closed = new Promise<void>((resolve) => sock.on('close', () => resolve()));
+    sock.write(`GET /api/sessions/${s.id}/requests/${r.requestId}/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${s.token}\r\nConnection: close\r\n\r\n`);
+    await closed; // the server closed it: a kept-alive socket would stay open
+    const head = raw.slice(0, raw.indexOf('\r\n\r\n')).toLowerCase();
+    expect(head).toContain('connection: close');
+    expect(head).not.toContain('keep-alive');
+    expect(raw).toContain('event: done');
   });
 
   it('feeds two live subscribers the same whole stream', async () => {

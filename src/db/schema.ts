@@ -205,6 +205,12 @@ export const runs = pgTable(
     error: jsonb('error').$type<{ code: string; message: string } | null>(),
     /** Highest persisted event seq. */
     lastSeq: integer('last_seq').notNull().default(0),
+    /**
+     * The highest seq the owner may publish before its next write (tokens reach readers before Postgres has them).
+     * Set by the claim, raised by every token flush, in those same statements. Whoever finishes the run without
+     * knowing what the owner published (recovery) numbers the final event above it: an id once sent is never reused.
+     */
+    seqCeiling: integer('seq_ceiling').notNull().default(0),
     /** Set by a stop that reached another process; the owner sees it on its next event flush and aborts. */
     cancelRequested: boolean('cancel_requested').notNull().default(false),
     leaseOwner: text('lease_owner'),

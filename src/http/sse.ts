@@ -29,7 +29,8 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   res.status(200);
   res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
   res.setHeader('Cache-Control', 'no-cache, no-transform');
-  res.setHeader('Connection', 'keep-alive');
+  // No `Connection` header of ours: Node answers keep-alive or close as the client asked (HTTP/1.1 keeps alive by
+  // default, `Connection: close` is honoured), and HTTP/2 forbids the header altogether.
   res.setHeader('X-Accel-Buffering', 'no');
   res.flushHeaders();
   req.socket.setNoDelay(true);

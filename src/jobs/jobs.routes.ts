@@ -7,7 +7,6 @@ import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { payoutAnswer, payoutView, type PayoutRow } from '../ledger/payouts.js';
 import { invoiceView } from '../ledger/settlement.js';
-import { waitForJob } from './job-wait.js';
 import { RUN_STATES, type JobRow } from './jobs.service.js';
 
 /**
@@ -90,7 +89,7 @@ export function jobRoutes(ctx: AppContext): Router {
 
   /**
    * The job's tokens, whenever the stream is opened. Before the work has started it waits (woken by the bus,
-   * with a poll that also reconciles payments) up to JOB_STREAM_WAIT_S; then the run's feed takes over, which
+   * with one shared poll per process that also reconciles payments) up to JOB_STREAM_WAIT_S; then the run's feed takes over, which
    * replays from the log and attaches live in one step, so a run that starts and ends in between is whole.
    */
   r.get('/jobs/:id/stream', async (req, res) => {
@@ -102,7 +101,7 @@ export function jobRoutes(ctx: AppContext): Router {
       if (found) return streamRun(ctx, req, res, found);
     }
     const sse = openStream(ctx, req, res);
-    job = await waitForJob(ctx, job, sse.signal);
+    job = await ctx.jobWaits.wait(job, sse.signal);
     if (sse.signal.aborted) return sse.end();
     if (job.state === 'rejected') {
       await sse.send({ event: 'error', data: { state: 'rejected', code: 'rejected', message: job.reason ?? 'the job was rejected', reason: job.reason } });

@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import type { Logger } from 'pino';
-import { AppError } from '../http/errors.js';
+import { isDatabaseUnavailable } from '../db/errors.js';
+import { AppError, DATABASE_RETRY_AFTER_S, databaseUnavailable } from '../http/errors.js';
 
 /** OpenAI's error envelope: what the `openai` SDK turns into its own error classes by status. */
 export interface OpenAiErrorBody {
@@ -48,9 +49,14 @@ function translate(err: AppError, path: string): OpenAiError {
       return new OpenAiError(429, `You exceeded your current quota: ${err.message}. Top up the session to continue.`, 'insufficient_quota', 'insufficient_quota');
     case 'shutting_down':
       return new OpenAiError(503, err.message, 'server_error', 'shutting_down');
-    // Our own limits (counted in Postgres): OpenAI's rate-limit error, which the SDK retries after Retry-After.
+    // Our own limits: OpenAI's rate-limit error, which the SDK retries after Retry-After.
     case 'rate_limited':
       return new OpenAiError(429, err.message, 'requests', 'rate_limit_exceeded');
+    case 'too_many_streams':
+      return new OpenAiError(429, err.message, 'requests', 'too_many_streams');
+    // Weather, not a mistake: the same request may succeed in a moment (the SDK retries a 503).
+    case 'database_unavailable':
+      return new OpenAiError(503, err.message, 'server_error', 'database_unavailable');
     case 'context_length_exceeded':
       return new OpenAiError(400, err.message, 'invalid_request_error', 'context_length_exceeded', path.includes('chat') ? 'messages' : 'input');
     case 'run_active':
@@ -69,9 +75,11 @@ function translate(err: AppError, path: string): OpenAiError {
  * SDK is told not to retry those; a 503 or a rate limit says when to come back.
  */
 export function sendOpenAiError(res: Response, e: OpenAiError): void {
-  const waitable = e.code === 'rate_limit_exceeded';
+  const waitable = e.code === 'rate_limit_exceeded' || e.code === 'too_many_streams';
   if (e.status < 500 && !waitable) res.setHeader('x-should-retry', 'false');
-  if ((e.status === 503 || waitable) && !res.getHeader('Retry-After')) res.setHeader('Retry-After', '5');
+  if ((e.status === 503 || waitable) && !res.getHeader('Retry-After')) {
+    res.setHeader('Retry-After', String(e.code === 'database_unavailable' ? DATABASE_RETRY_AFTER_S : 5));
+  }
   const body: OpenAiErrorBody = { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
   res.status(e.status).json(body);
 }
@@ -84,6 +92,7 @@ export const openAiNotFound: RequestHandler = (req, _res, next) => {
 export function openAiErrorHandler(log: Logger): ErrorRequestHandler {
   return (err, req, res, _next) => {
     let e: OpenAiError;
+    if (!(err instanceof AppError) && !(err instanceof OpenAiError) && isDatabaseUnavailable(err)) err = databaseUnavailable(err);
     if (err instanceof OpenAiError) e = err;
     else if (err instanceof AppError) e = translate(err, req.path);
     else if (isHttpError(err) && err.status >= 400 && err.status < 500) {

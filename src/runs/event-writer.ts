@@ -6,12 +6,24 @@ import type { RunStore } from './store.js';
  * Writes a run's token events to Postgres in small batches, off the token path: `add` only queues, a timer
  * flushes at most every `flushMs`, one write at a time. Subscribers never wait for it (they read the registry's
  * buffer); the buffer keeps every event until it is written, so a late reader can always find it somewhere.
+ *
+ * It also keeps the run's **seq ceiling**: the highest seq Postgres has reserved for this owner (the claim sets it,
+ * every flush raises it to `window` past the last event written, in the same statement). The executor publishes
+ * no event above it (`reserve` waits for a flush first), so if this process dies with events published but not
+ * written, whoever finishes the run numbers its final event above every id a reader may hold.
  */
 export interface EventWriter {
   add(event: RunEvent): void;
-  /** Events queued or being written; the executor waits on `flush()` when this grows too large. */
+  /** Events queued or being written. */
   readonly backlog: number;
+  /** The highest seq Postgres is known to have reserved for us. */
+  readonly ceiling: number;
   flush(): Promise<void>;
+  /**
+   * Resolve once `seq` is at or under the ceiling (flushing, and retrying with backoff while Postgres is unwell),
+   * or once `signal` aborts or the lease is lost (the executor then stops the run).
+   */
+  reserve(seq: number, signal: AbortSignal): Promise<void>;
   /** Stop writing and hand back what is not yet in Postgres (the finish transaction writes it). */
   close(): Promise<RunEvent[]>;
 }
@@ -22,6 +34,10 @@ export function createEventWriter(deps: {
   runId: string;
   owner: string;
   flushMs: number;
+  /** How far past the last written event each flush raises the ceiling. */
+  window: number;
+  /** The ceiling the claim reserved. */
+  ceiling: number;
   log: Logger;
   /** Called once if Postgres says another process has taken the run over. */
   onLeaseLost: () => void;
@@ -34,7 +50,9 @@ export function createEventWriter(deps: {
   let timer: NodeJS.Timeout | null = null;
   let closed = false;
   let leaseLost = false;
+  let failures = 0;
   let tokensWritten = 0;
+  let ceiling = deps.ceiling;
 
   const schedule = () => {
     if (!timer && !closed) timer = setTimeout(() => void flush(), deps.flushMs);
@@ -46,20 +64,23 @@ export function createEventWriter(deps: {
     pending = [];
     inFlight = batch.length;
     const text = batch.map((e) => (e.data as { content: string }).content).join('');
+    const last = batch[batch.length - 1]!.seq;
     try {
-      const outcome = await deps.store.appendTokens(deps.runId, deps.owner, batch, text, tokensWritten + batch.length);
+      const outcome = await deps.store.appendTokens(deps.runId, deps.owner, batch, text, tokensWritten + batch.length, deps.window);
       if (outcome === 'lost') {
         leaseLost = true;
         deps.onLeaseLost();
         return;
       }
+      failures = 0;
       if (outcome === 'cancel') deps.onCancelRequested();
       tokensWritten += batch.length;
-      deps.registry.markPersisted(deps.runId, batch[batch.length - 1]!.seq);
+      ceiling = Math.max(ceiling, last + deps.window);
+      deps.registry.markPersisted(deps.runId, last);
     } catch (err) {
       // Postgres hiccup: keep the events (in order) and try again on the next tick.
       pending = batch.concat(pending);
-      deps.log.warn({ err }, 'writing run events failed; will retry');
+      if (failures++ === 0) deps.log.warn({ err }, 'writing run events failed; will retry');
       schedule();
     } finally {
       inFlight = 0;
@@ -83,7 +104,27 @@ export function createEventWriter(deps: {
     get backlog() {
       return pending.length + inFlight;
     },
+    get ceiling() {
+      return ceiling;
+    },
     flush,
+    async reserve(seq, signal) {
+      // Every event under `seq` is published, so the unwritten ones are in `pending`: a successful flush raises
+      // the ceiling to `window` past them, which covers `seq` (window ≥ 1). Only a failing Postgres keeps us here.
+      for (let attempt = 0; seq > ceiling && !signal.aborted && !leaseLost; attempt++) {
+        await flush();
+        if (seq <= ceiling || signal.aborted || leaseLost) return;
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(t);
+            signal.removeEventListener('abort', done);
+            resolve();
+          };
+          const t = setTimeout(done, Math.min(1_000, deps.flushMs * 2 ** attempt));
+          signal.addEventListener('abort', done);
+        });
+      }
+    },
     async close() {
       closed = true;
       if (timer) clearTimeout(timer);

@@ -28,7 +28,10 @@ export interface ExecutorOptions {
   maxConcurrent: number;
   leaseTtlS: number;
   flushMs: number;
-  /** The executor waits for the event writer when this many events are unwritten (default 4 × buffer). */
+  /**
+   * At most this many events of a run are published ahead of Postgres (default 2048): the window of its seq
+   * ceiling. The executor waits for the event writer beyond it.
+   */
   maxBacklog?: number;
   /**
    * Told of every run this process finished. `events()` copies its whole log when memory still holds all of it
@@ -48,8 +51,11 @@ export interface RunMetrics {
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
 
-/** Attempts to record a run's end before leaving it to recovery (backoff 100 ms · 2^n: about 3 s in all). */
-const FINISH_RETRIES = 5;
+/**
+ * Retries of a claim or a finish before the run is left to recovery (backoff 100 ms · 2^n: about 3 s in all, so a
+ * Postgres restart or a storm of killed connections is ridden out, and a longer outage is not waited on).
+ */
+const RETRIES = 5;
 
 /** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
 const clean = toStorable;
@@ -58,6 +64,23 @@ const clean = toStorable;
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
  * (Postgres) → finish transaction (state + money) → bus. HTTP handlers only call `accept` and `stop`, which
  * return at once; nothing here is awaited by a request.
+ *
+ * Why no accepted run is ever stranded (the recovery model, which later work on workers and fenced leases builds
+ * on). A run in Postgres that is `queued` or `executing` is, at every moment, in exactly one of three places:
+ *
+ * 1. **held** by the process named in its lease (`waiting` or `running` here): that process, and only it, renews
+ *    the lease (`held()` is the list the heartbeat renews — never "every run with our name");
+ * 2. **abandoned** by it, because its claim or its finish could not be recorded after `RETRIES` tries: it leaves
+ *    `held` at once, its registry entry ends *without* inventing a final event (readers then follow Postgres, see
+ *    feed.ts), and the sweeper of this process retries `interruptOrphan` on it until Postgres takes it;
+ * 3. **orphaned**: its lease ran out (its process died, or forgot it through a bug). Any process's sweeper finishes
+ *    it `interrupted` with a full refund — including this one's, for a run of ours we do not hold.
+ *
+ * Every path out of `execute` ends in a finish or in (2); an exception anywhere leads to (2). The finish is a
+ * compare-and-set on the state (finish.ts), so two of these racing — a stop and recovery, two sweepers, an owner
+ * whose lease ran out during an outage and the process that recovered it — finish a run once; the loser reads
+ * and delivers the winner's final event. The seq ceiling (event-writer.ts) keeps a recovered run's final event
+ * above every id its owner sent.
  */
 export function createExecutor(opts: ExecutorOptions) {
   const waiting: string[] = [];
@@ -72,8 +95,9 @@ export function createExecutor(opts: ExecutorOptions) {
   });
   opts.bus.on('run:finish', (e) => turns.finished(e.runId));
   const running = new Map<string, Promise<void>>();
-  const maxBacklog = opts.maxBacklog ?? 2048;
-  /** Runs whose end could not be recorded: their leases are no longer renewed, so recovery takes them. */
+  /** How many events may be published ahead of Postgres (the seq ceiling's window). */
+  const window = Math.max(1, opts.maxBacklog ?? 2048);
+  /** Runs whose claim or end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
   let accepting = true;
   /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
@@ -92,8 +116,12 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /** Publish a finish to whoever watches here, then let the registry forget the run. */
-  function announce(entry: RunEntry | undefined, fin: Finished | undefined) {
+  /**
+   * Publish a finish to whoever watches here, then let the registry forget the run. `ownLog`: the finisher was the
+   * owner, so what this process published is exactly the log Postgres now has (a recovered run's memory may hold
+   * tokens Postgres never got: it is not offered as the run's log).
+   */
+  function announce(entry: RunEntry | undefined, fin: Finished | undefined, ownLog: boolean) {
     if (fin && entry) {
       entry.state = fin.run.state;
       opts.registry.publish(entry.runId, fin.final);
@@ -101,7 +129,7 @@ export function createExecutor(opts: ExecutorOptions) {
     // Before `end`, which may drop the entry: the log is copied only if the listener asks for it.
     if (fin?.won && opts.onFinish) {
       opts.onFinish(fin.run, () => {
-        const snap = entry ? opts.registry.snapshot(entry.runId, 0) : null;
+        const snap = entry && ownLog ? opts.registry.snapshot(entry.runId, 0) : null;
         return snap?.complete ? snap.events : null;
       });
     }
@@ -114,63 +142,84 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /**
-   * Finish (retrying while Postgres is unwell), then announce. If it cannot be recorded at all, readers are told
-   * so and the run is let go: this process stops renewing its lease, so recovery refunds it in full later.
-   */
-  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending = [] as Parameters<typeof finishRun>[3]) {
-    let fin: Finished | undefined;
+  /** `fn`, retried while it throws (Postgres unwell); the last error is thrown after `RETRIES` retries. */
+  async function retrying<T>(what: string, runId: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        fin = await finishRun(opts, runId, outcome, pending);
-        break;
+        return await fn();
       } catch (err) {
-        if (attempt >= FINISH_RETRIES) {
-          opts.log.error({ err, runId }, 'could not record the end of a run; leaving it to recovery');
-          abandoned.add(runId);
-          if (entry) {
-            opts.registry.publish(runId, {
-              seq: entry.lastSeq + 1,
-              type: 'error',
-              data: { state: 'failed', code: 'internal', message: 'the outcome of this run could not be recorded; it will be refunded in full', refundedSats: 0 },
-            });
-            opts.registry.end(runId);
-          }
-          return undefined;
-        }
-        opts.log.warn({ err, runId, attempt }, 'finishing a run failed; retrying');
+        if (attempt >= RETRIES) throw err;
+        opts.log.warn({ err, runId, attempt }, `${what} failed; retrying`);
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
       }
     }
-    announce(entry, fin);
+  }
+
+  /**
+   * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
+   * event (we do not know the outcome Postgres will record), and let the sweeper finish it once Postgres is back.
+   */
+  function abandon(runId: string, err: unknown) {
+    opts.log.error({ err, runId }, 'could not record the state of a run; leaving it to recovery');
+    abandoned.add(runId);
+    const entry = opts.registry.get(runId);
+    if (entry && !entry.ended) {
+      if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
+      opts.registry.end(runId);
+    }
+    opts.bus.emit('run:abandoned', { runId });
+  }
+
+  /** Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run. */
+  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
+    let fin: Finished | undefined;
+    try {
+      fin = await retrying('finishing a run', runId, () => finishRun(opts, runId, outcome, pending, published));
+    } catch (err) {
+      abandon(runId, err);
+      return undefined;
+    }
+    announce(entry, fin, published !== undefined);
     return fin;
   }
 
   async function execute(runId: string): Promise<void> {
     const entry = opts.registry.get(runId);
     if (!entry) return;
+    try {
+      await attempt(entry);
+    } catch (err) {
+      // Whatever failed (a claim Postgres would not take, a bug), the run must not stay live and forgotten.
+      abandon(runId, err);
+    }
+  }
+
+  async function attempt(entry: RunEntry): Promise<void> {
+    const runId = entry.runId;
     const log = opts.log.child({ runId });
     const signal = entry.controller.signal;
     if (signal.aborted) {
       // Stopped while queued: nothing ran, so everything is refunded.
-      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' });
+      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
       return;
     }
-    const claimed = await opts.store.claim(runId, opts.instanceId, opts.leaseTtlS);
+    // A claim that keeps failing throws out of here: `execute` abandons the run.
+    const claimed = await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
     if (claimed && 'blockedBy' in claimed) {
       // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
       turns.park(runId, claimed.blockedBy);
       return;
     }
     if (!claimed) {
-      // Someone else finished it (a stop from another process, recovery): deliver their final event.
+      // Someone else finished it (a stop from another process, recovery): deliver their final event. We published
+      // nothing, and do not know who did: no `published`, so a still-live row would be numbered past its ceiling.
       await finishAndAnnounce(entry, runId, { state: 'interrupted' });
       return;
     }
     let run: RunRow = claimed;
     entry.state = 'executing';
     entry.row = run;
-    if (run.cancelRequested) entry.controller.abort('cancelled');
+    if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
     log.info(runLogFields(run), 'run started');
 
     const writer = createEventWriter({
@@ -179,10 +228,12 @@ export function createExecutor(opts: ExecutorOptions) {
       runId,
       owner: opts.instanceId,
       flushMs: opts.flushMs,
+      window,
+      ceiling: run.seqCeiling,
       log,
       onLeaseLost: () => {
         log.warn('lease lost: another process finished this run');
-        entry.controller.abort('interrupted');
+        if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
       },
       onCancelRequested: () => {
         if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
@@ -200,7 +251,7 @@ export function createExecutor(opts: ExecutorOptions) {
     }
     const pending = await writer.close();
     // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
-    await finishAndAnnounce(entry, runId, outcome, pending);
+    await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
   }
 
   /** A run enqueued behind another resolves its context now that the runs before it have ended. */
@@ -236,10 +287,14 @@ export function createExecutor(opts: ExecutorOptions) {
           stopReason = chunk.reason;
           continue;
         }
+        // Never publish an id Postgres has not reserved (the seq ceiling): should this process die now, whoever
+        // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
+        // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
+        const seq = entry.lastSeq + 1;
+        if (seq > writer.ceiling) await writer.reserve(seq, signal);
+        if (signal.aborted) break;
         writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
         if (entry.outputTokens === 1) opts.metrics?.firstToken(entry);
-        // Postgres is slower than the model: let the writer catch up rather than grow without bound.
-        if (writer.backlog >= maxBacklog) await writer.flush();
       }
       if (signal.aborted) throw signal.reason;
       return { state: 'complete', usage, stopReason };
@@ -287,9 +342,18 @@ export function createExecutor(opts: ExecutorOptions) {
       };
     },
 
-    /** Runs this process holds but has given up on (lease renewal skips them). */
+    /** Runs this process has given up on, for the sweeper to hand to recovery. */
     abandoned(): string[] {
       return [...abandoned];
+    },
+
+    /**
+     * Runs this process drives (waiting, executing, or parked behind an earlier turn of their conversation):
+     * exactly the leases its heartbeat renews. A parked turn is held too — else its lease would lapse and
+     * recovery would interrupt a run that is only waiting its turn.
+     */
+    held(): string[] {
+      return [...new Set([...waiting, ...running.keys(), ...turns.runs()])];
     },
 
     /**
@@ -297,13 +361,21 @@ export function createExecutor(opts: ExecutorOptions) {
      * aborted and finishes through its own loop within a tick of the provider noticing.
      */
     stop(runId: string, reason: StopReason): boolean {
+      if (abandoned.has(runId)) {
+        // Given up to recovery: try it now (Postgres may be back); the sweeper keeps trying if not.
+        void this.interruptOrphan(runId).catch((err) => opts.log.warn({ err, runId }, 'recovering a stopped run failed; the sweeper will retry'));
+        return true;
+      }
       const entry = opts.registry.get(runId);
       if (!entry || entry.ended) return false;
       if (!entry.controller.signal.aborted) entry.controller.abort(reason);
       const i = waiting.indexOf(runId);
       if (i >= 0 || turns.unpark(runId)) {
         if (i >= 0) waiting.splice(i, 1);
-        const p = finishAndAnnounce(entry, runId, { state: reason }).then(() => undefined, (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'));
+        const p = finishAndAnnounce(entry, runId, { state: reason }, [], entry.lastSeq).then(
+          () => undefined,
+          (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'),
+        );
         running.set(
           runId,
           p.finally(() => {
@@ -315,11 +387,14 @@ export function createExecutor(opts: ExecutorOptions) {
       return true;
     },
 
-    /** Finish a run no live process holds (recovery): interrupted, refunded in full. */
+    /**
+     * Finish a run no live process drives (recovery): interrupted, refunded in full, its final event numbered past
+     * its seq ceiling. Readers here (of an abandoned run) get that event; the rest read it from Postgres.
+     */
     async interruptOrphan(runId: string): Promise<boolean> {
       const fin = await finishRun(opts, runId, { state: 'interrupted' });
-      if (fin) abandoned.delete(runId);
-      announce(opts.registry.get(runId), fin);
+      abandoned.delete(runId);
+      announce(opts.registry.get(runId), fin, false);
       return Boolean(fin?.won);
     },
 

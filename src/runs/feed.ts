@@ -1,3 +1,4 @@
+import { isDatabaseUnavailable } from '../db/errors.js';
 import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
 import { isLive, type RunStore } from './store.js';
 
@@ -20,6 +21,8 @@ export interface FeedOptions {
 }
 
 const PAGE = 1000;
+/** Longest wait between reads while Postgres is unreachable. */
+const MAX_BACKOFF_MS = 2_000;
 
 /**
  * Every event of a run after a cursor, exactly once and in order, then live ones, ending with the final event.
@@ -28,6 +31,15 @@ const PAGE = 1000;
  * subscriber (or, for a run not live here, a watcher that a later `open` adopts). Only then do we read Postgres
  * for anything older than the buffer. Whatever the timing — a run that starts, streams and ends while we read —
  * each event is in the log, the snapshot, or the live queue; duplicates are dropped by seq.
+ *
+ * The log is gapless, except right before a final event written by recovery: it is numbered above the run's seq
+ * ceiling, past ids its owner may have sent but never persisted (see finish.ts). So a hole is accepted before a
+ * final event and nowhere else; and a cursor anywhere in that hole still gets the final event.
+ *
+ * Postgres is the truth about the outcome. Once no live entry here drives the run (another process runs it, or
+ * this one gave it up because Postgres could not record its end), the feed follows Postgres — woken by news, or
+ * polling — until the log has the final event; while Postgres is unreachable it keeps the reader waiting and
+ * retries, rather than inventing an outcome the database may never record.
  *
  * A reader that falls `maxQueue` events behind stops receiving (so it cannot grow memory or skip an event
  * silently): it gets what it had queued, then a resync hint naming the last id it was sent.
@@ -57,14 +69,47 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
     news = true;
     wake?.();
   });
+  /** An entry here that will still publish events (an ended one stays while we are subscribed, but is silent). */
+  const drivenHere = () => {
+    const e = registry.get(runId);
+    return e !== undefined && !e.ended;
+  };
+  /** Sleep up to `ms`, woken early by a live event, news or the reader leaving. */
+  const nap = (ms: number | null) =>
+    new Promise<void>((resolve) => {
+      const timer = ms === null ? null : setTimeout(resolve, ms);
+      wake = () => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+    }).finally(() => {
+      wake = null;
+    });
 
-  /** Log pages after `last` up to `until` (inclusive); false if the log had a hole (it cannot, but never skip). */
+  /** A read of Postgres, retried while it is unreachable; null once the reader has gone. */
+  async function read<T>(fn: () => Promise<T>): Promise<T | null> {
+    for (let attempt = 0; !signal.aborted; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isDatabaseUnavailable(err)) throw err;
+        await nap(Math.min(MAX_BACKOFF_MS, opts.pollMs * 2 ** attempt));
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Log pages after `last` up to `until` (inclusive); the return value is false if the log lacks events it must
+   * have (a hole before an event that is not final: it cannot happen, but a reader is never silently skipped).
+   */
   async function* fromLog(until = Infinity): AsyncGenerator<RunEvent, boolean> {
     while (last < until && !signal.aborted) {
       const want = Math.min(PAGE, until - last);
-      const page = await store.eventsAfter(runId, last, want);
+      const page = await read(() => store.eventsAfter(runId, last, want));
+      if (!page) return true;
       for (const e of page) {
-        if (e.seq !== last + 1) return false;
+        if (e.seq !== last + 1 && !isTerminalEvent(e)) return false;
         yield e; // the caller moves `last` on before asking for the next one
       }
       if (page.length < want) return until === Infinity || last >= until;
@@ -101,14 +146,17 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
         // A final event always ends the stream, even one another process wrote with a seq we already passed.
         if (e.seq <= last && !isTerminalEvent(e)) continue;
         if (e.seq > last + 1) {
-          // The live stream got ahead of what we have read (a watcher adopted mid-run): fill from the log.
+          // The live stream got ahead of what we have read (a watcher adopted mid-run): fill from the log. Only a
+          // final event may follow a hole (one numbered by recovery past its ceiling).
           const log = fromLog(e.seq - 1);
           let n = await log.next();
           for (; !n.done; n = await log.next()) {
             last = n.value.seq;
             yield { kind: 'event', event: n.value };
+            if (isTerminalEvent(n.value)) return;
           }
-          if (!n.value) {
+          if (signal.aborted) return;
+          if (!n.value && !isTerminalEvent(e)) {
             yield { kind: 'resync', lastEventId: last };
             return;
           }
@@ -122,18 +170,11 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
         yield { kind: 'resync', lastEventId: last };
         return;
       }
-      const localEntry = registry.get(runId);
-      if (!news || localEntry) await new Promise<void>((resolve) => {
-        // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it.
-        const timer = localEntry ? null : setTimeout(resolve, opts.pollMs);
-        wake = () => {
-          if (timer) clearTimeout(timer);
-          resolve();
-        };
-      });
-      wake = null;
+      // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it.
+      const here = drivenHere();
+      if (!news || here) await nap(here ? null : opts.pollMs);
       news = false;
-      if (!registry.get(runId) && queue.length === 0 && !signal.aborted) {
+      if (!drivenHere() && queue.length === 0 && !signal.aborted) {
         let got = 0;
         for await (const e of fromLog()) {
           got++;
@@ -141,16 +182,16 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
           yield { kind: 'event', event: e };
           if (isTerminalEvent(e)) return;
         }
-        if (got === 0) {
+        if (got === 0 && !signal.aborted) {
           // Nothing new. A run that is gone has nothing more to say; one that ended at our cursor neither.
-          // One whose final event sits *before* our cursor (another process finished it after we were sent
-          // tokens it never persisted) still owes us its outcome.
-          const row = await store.get(runId);
+          // One whose final event sits *before* our cursor (a cursor we never sent, or a run finished before
+          // seq ceilings existed) still owes us its outcome.
+          const row = await read(() => store.get(runId));
           if (!row) return;
           if (!isLive(row.state) && row.lastSeq <= last) {
             if (row.lastSeq < last) {
-              const [final] = await store.eventsAfter(runId, row.lastSeq - 1, 1);
-              if (final) yield { kind: 'event', event: final };
+              const final = await read(() => store.eventsAfter(runId, row.lastSeq - 1, 1));
+              if (final?.[0]) yield { kind: 'event', event: final[0] };
             }
             return;
           }

@@ -36,12 +36,19 @@ export interface Finished {
  * state, usage and money, and the front door's settlement. The row lock plus the state check make it a
  * compare-and-set: whoever comes second (a stop racing a completion, two processes recovering one orphan)
  * reads the winner's final event instead of writing its own.
+ *
+ * The final event's seq is never one a reader already holds. The owner passes `published`, the highest seq it
+ * handed to readers (all of them are in the log or in `pending`), and the final event comes right after it: the
+ * log stays gapless. Anyone else (recovery, or an owner that no longer knows) cannot know what was published, so
+ * it numbers the final event after the run's seq ceiling, the most the owner was ever allowed to publish: the log
+ * then has a gap before its final event, which every reader accepts (see feed.ts).
  */
 export async function finishRun(
   deps: { db: Db; store: RunStore; settlers: Settlers },
   runId: string,
   outcome: Outcome,
   pending: RunEvent[] = [],
+  published?: number,
 ): Promise<Finished | undefined> {
   return deps.db.transaction(async (tx) => {
     const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
@@ -63,7 +70,7 @@ export async function finishRun(
     // Complete work is charged; a stop is charged for what it produced; failures and interruptions refund all.
     const chargeable = outcome.state === 'complete' || (outcome.state === 'cancelled' && tokensSeen > 0);
     const money = settle(row.pricing, row.debitedSats, usage, chargeable);
-    const lastSeq = (fresh.at(-1)?.seq ?? row.lastSeq) + 1;
+    const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
 
     const [updated] = await tx
       .update(runs)

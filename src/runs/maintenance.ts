@@ -31,7 +31,7 @@ export function createMaintenance(deps: MaintenanceDeps) {
   async function recoverOrphans(everyone = false): Promise<number> {
     let n = 0;
     for (;;) {
-      const ids = await store.orphans(deps.instanceId, everyone);
+      const ids = await store.orphans(everyone, deps.executor.held());
       if (ids.length === 0) return n;
       for (const id of ids) {
         if (await deps.executor.interruptOrphan(id)) {
@@ -53,7 +53,7 @@ export function createMaintenance(deps: MaintenanceDeps) {
 
   async function sweep(): Promise<void> {
     await recoverOrphans(false);
-    // Runs this process gave up recording (Postgres was down at their end): finish them now it is back.
+    // Runs this process gave up recording (Postgres was down at their claim or end): finish them now it is back.
     for (const id of deps.executor.abandoned()) await deps.executor.interruptOrphan(id);
     await expireSessions();
     await store.deleteFinishedBefore(new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000));
@@ -85,7 +85,7 @@ export function createMaintenance(deps: MaintenanceDeps) {
     start() {
       heartbeat = setInterval(() => {
         store
-          .renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.abandoned())
+          .renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.held())
           // A stop asked through another process reaches a run here even while it streams no tokens.
           .then((stops) => stops.forEach((id) => deps.executor.stop(id, 'cancelled')))
           .catch((err) => log.error({ err }, 'renewing leases failed'));

@@ -1,7 +1,8 @@
 import type { Bus } from '../bus.js';
 
 /**
- * "Run X has news in Postgres" (a flush or the finish, possibly on another process), for the readers of X.
+ * "Run X has news in Postgres" (a flush or the finish, possibly on another process; or this process stopped
+ * driving it, so Postgres is now the only source), for the readers of X.
  * One pair of bus listeners and a map by run id, so a flush costs O(readers of that run), not O(every open
  * stream) as a listener per stream would.
  */
@@ -13,6 +14,7 @@ export function createRunNews(bus: Bus) {
   };
   bus.on('run:progress', notify);
   bus.on('run:finish', notify);
+  bus.on('run:abandoned', notify);
   return {
     /** Call `wake` on news of `runId`; returns the unsubscribe. */
     on(runId: string, wake: () => void): () => void {

@@ -13,8 +13,11 @@ import { runFields } from './view.js';
 
 const STATES = ['queued', 'executing', 'complete', 'failed', 'cancelled', 'interrupted'] as const;
 
-/** The exact form `listForSession` writes (Postgres microseconds, UTC); anything else was not made by us. */
-const CURSOR_TS = /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{6}Z$/;
+/**
+ * The exact form `listForSession` writes (Postgres microseconds, UTC); anything else was not made by us. The year
+ * is 1970–9999: no run is older, and Postgres has no year 0000 (JavaScript does, so `realDate` alone let it through).
+ */
+const CURSOR_TS = /^(19[7-9]\d|[2-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{6}Z$/;
 
 /** A calendar date JavaScript does not silently roll over (2020-02-30 would become March 1st). */
 const realDate = (t: string) => {

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, notInArray, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, inArray, or, sql } from 'drizzle-orm';
 import type { Db, DbOrTx } from '../db/pool.js';
 import { runEvents, runs } from '../db/schema.js';
 import type { AiMessage } from '../providers/ai/types.js';
@@ -36,14 +36,27 @@ export function createRunStore(db: Db) {
     /**
      * queued → executing, once, by the process that holds the lease — and only once every earlier turn of its
      * conversation has ended: the turn order is checked in the same statement, so a claim in any process honours
-     * it. Returns the claimed row, `{ blockedBy }` (an earlier turn still live: wait for it), or undefined (the
-     * run is no longer queued).
+     * it. It reserves the first `window` seqs the owner may publish (the seq ceiling, see the schema). A retry of a
+     * claim whose commit we never heard of (the connection died on the way back) finds the run executing under our
+     * lease and gets it again, rather than nothing. Returns the claimed row, `{ blockedBy }` (an earlier turn still
+     * live: wait for it), or undefined (the run is no longer queued).
      */
-    async claim(runId: string, owner: string, leaseTtlS: number): Promise<RunRow | { blockedBy: string } | undefined> {
+    async claim(runId: string, owner: string, leaseTtlS: number, window: number): Promise<RunRow | { blockedBy: string } | undefined> {
       const [row] = await db
         .update(runs)
-        .set({ state: 'executing', startedAt: sql`now()`, leaseOwner: owner, leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
-        .where(and(eq(runs.id, runId), eq(runs.state, 'queued'), sql`not exists (${blockers(runId)})`))
+        .set({
+          state: 'executing',
+          startedAt: sql`coalesce(${runs.startedAt}, now())`,
+          leaseOwner: owner,
+          leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})`,
+          seqCeiling: sql`greatest(${runs.seqCeiling}, ${runs.lastSeq} + ${window})`,
+        })
+        .where(
+          and(
+            eq(runs.id, runId),
+            or(and(eq(runs.state, 'queued'), sql`not exists (${blockers(runId)})`), and(eq(runs.state, 'executing'), eq(runs.leaseOwner, owner))),
+          ),
+        )
         .returning();
       if (row) return row;
       const [blocker] = await db.execute<{ id: string }>(sql`${blockers(runId)}`).then((r) => r.rows);
@@ -64,16 +77,18 @@ export function createRunStore(db: Db) {
 
     /**
      * Append token events and the text they carry, in one statement: the insert only happens if the run is
-     * still executing under our lease, so a run another process has already finished is never written to.
-     * Returns false when the lease was lost.
+     * still executing under our lease, so a run another process has already finished is never written to. The
+     * same statement raises the seq ceiling to `window` past the last event written, so the owner may publish
+     * further without another round trip. Returns 'lost' when the lease was lost.
      */
-    async appendTokens(runId: string, owner: string, events: RunEvent[], text: string, outputTokens: number): Promise<'ok' | 'lost' | 'cancel'> {
+    async appendTokens(runId: string, owner: string, events: RunEvent[], text: string, outputTokens: number, window: number): Promise<'ok' | 'lost' | 'cancel'> {
       if (events.length === 0) return 'ok';
       const last = events[events.length - 1]!.seq;
       const payload = JSON.stringify(events.map((e) => ({ seq: e.seq, type: e.type, data: e.data })));
       const res = await db.execute(sql`
         with upd as (
-          update runs set result = result || ${text}, output_tokens = ${outputTokens}, last_seq = ${last}
+          update runs set result = result || ${text}, output_tokens = ${outputTokens}, last_seq = ${last},
+            seq_ceiling = greatest(seq_ceiling, ${last}::int + ${window}::int)
           where id = ${runId} and state = 'executing' and lease_owner = ${owner} and last_seq < ${last}
           returning id, cancel_requested
         ), ins as (
@@ -136,26 +151,35 @@ export function createRunStore(db: Db) {
         .limit(limit);
     },
 
-    /** Renew our leases; returns the ids of our runs that another process has asked to stop. */
-    async renewLeases(owner: string, leaseTtlS: number, except: string[] = []): Promise<string[]> {
+    /**
+     * Renew the leases of the runs this process drives — exactly `held`, never "every run with our name on it":
+     * a run we gave up on (its claim or finish could not be recorded) must see its lease run out, so recovery
+     * takes it. Returns the ids among them that another process has asked to stop.
+     */
+    async renewLeases(owner: string, leaseTtlS: number, held: string[]): Promise<string[]> {
+      if (held.length === 0) return [];
       const rows = await db
         .update(runs)
         .set({ leaseExpiresAt: sql`now() + make_interval(secs => ${leaseTtlS})` })
-        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES]), except.length ? notInArray(runs.id, except) : undefined))
+        .where(and(eq(runs.leaseOwner, owner), inArray(runs.state, [...LIVE_STATES]), sql`${runs.id} = any(${sql.param(held)}::uuid[])`))
         .returning({ id: runs.id, cancel: runs.cancelRequested });
       return rows.filter((r) => r.cancel).map((r) => r.id);
     },
 
-    /** Live runs nobody alive holds: all but ours (`everyone`: we are the only process), or only expired leases. */
-    async orphans(owner: string, everyone: boolean, limit = 100): Promise<string[]> {
+    /**
+     * Live runs nobody drives: every one but those this process holds when `everyone` (at start-up with the
+     * embedded Postgres we are the only process), else those whose lease has run out — ours included, since we
+     * renew the lease of every run we hold (`held`) and of nothing else. A run just accepted has a fresh lease, so
+     * the moment between its insert and the executor taking it is safe.
+     */
+    async orphans(everyone: boolean, held: string[], limit = 100): Promise<string[]> {
       const rows = await db
         .select({ id: runs.id })
         .from(runs)
         .where(
           and(
             inArray(runs.state, [...LIVE_STATES]),
-            // Never our own runs: this process is alive, and it finishes (or abandons) what it holds itself.
-            sql`${runs.leaseOwner} is distinct from ${owner}`,
+            held.length ? sql`not (${runs.id} = any(${sql.param(held)}::uuid[]))` : undefined,
             everyone ? undefined : sql`(${runs.leaseExpiresAt} is null or ${runs.leaseExpiresAt} < now())`,
           ),
         )

@@ -1,6 +1,7 @@
 import type { Request, Response } from 'express';
 import type { Config } from '../config.js';
-import { badRequest } from '../http/errors.js';
+import { AppError, badRequest } from '../http/errors.js';
+import type { StreamLimiter } from '../http/stream-limit.js';
 import { openSse, readCursor, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
 import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
@@ -14,6 +15,8 @@ export interface StreamDeps {
   registry: Registry;
   store: RunStore;
   news: RunNews;
+  /** Open streams per client IP (SSE_MAX_STREAMS_PER_IP). */
+  streams: StreamLimiter;
 }
 
 /** The resume cursor of a stream request, or 400 for a malformed one. */
@@ -23,7 +26,16 @@ export function cursorOf(req: Request): number {
   return c;
 }
 
+/** Open an SSE stream, or `429 too_many_streams` if this client already holds SSE_MAX_STREAMS_PER_IP of them. */
 export function openStream(deps: StreamDeps, req: Request, res: Response): SseStream {
+  const release = deps.streams.acquire(req.ip ?? req.socket.remoteAddress ?? 'unknown');
+  if (!release) {
+    const limit = deps.config.SSE_MAX_STREAMS_PER_IP;
+    throw new AppError(429, 'too_many_streams', `at most ${limit} streams may be open at once from one client; close one first`, { limit });
+  }
+  res.once('close', release);
+  // The client may have gone while the route was still authorising: 'close' has then fired already.
+  if (res.destroyed || req.socket.destroyed) release();
   return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
 }
 

@@ -1,14 +1,15 @@
-import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createSafeLogger } from '../../src/log-safety.js';
 import supertest from 'supertest';
-import { inject } from 'vitest';
+import { afterAll } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createContext, type AppContext, type ContextOptions } from '../../src/context.js';
-import { ensureDatabase } from '../../src/db/embedded.js';
 import { createDatabase } from '../../src/db/pool.js';
+import { listen } from '../../src/http/server.js';
+import { freshDatabaseUrl } from './db.js';
 
 export interface TestServer {
   ctx: AppContext;
@@ -16,6 +17,8 @@ export interface TestServer {
   http: ReturnType<typeof supertest>;
   /** Base URL of a real listening socket (for SSE clients). */
   url: string;
+  /** The listening HTTP server. */
+  server: Server;
   /** Another context on the same database: a second process, or the same server after a restart. */
   sibling(overrides?: Partial<Config>): Promise<TestServer>;
   close(): Promise<void>;
@@ -36,14 +39,6 @@ export const testDefaults: Partial<Config> = {
   JOB_CREATE_RATE_LIMIT: 0,
 };
 
-/** A new database cloned from the migrated template, on the test cluster. */
-export async function freshDatabaseUrl(): Promise<string> {
-  const admin = inject('pgAdminUrl');
-  const name = `t_${randomBytes(6).toString('hex')}`;
-  await ensureDatabase(admin, name, inject('pgTemplate'));
-  return admin.replace(/\/[^/?]+(\?|$)/, `/${name}$1`);
-}
-
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
 export async function startTestServer(
   overrides: Partial<Config> = {},
@@ -51,14 +46,12 @@ export async function startTestServer(
 ): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
-  const log = opts.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
-  const database = createDatabase(databaseUrl, { max: 10 });
+  const log = opts.log ?? createSafeLogger({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
+  const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
   await ctx.bridge.start();
   const app = createApp(ctx);
-  const server: Server = await new Promise((resolve) => {
-    const s = app.listen(opts.port ?? 0, '127.0.0.1', () => resolve(s));
-  });
+  const server: Server = await listen(app, config, opts.port ?? 0, '127.0.0.1');
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   let closed = false;
   return {
@@ -66,6 +59,7 @@ export async function startTestServer(
     app,
     http: supertest(app),
     url,
+    server,
     sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, port: undefined, log: undefined, databaseUrl }),
     async close() {
       if (closed) return;
@@ -79,4 +73,20 @@ export async function startTestServer(
       await database.close();
     },
   };
+}
+
+/**
+ * For a test file that starts servers as it goes: `server(...)` starts one (as `startTestServer`), `track` adopts
+ * one started otherwise (a sibling); all are closed after the file.
+ */
+export function useTestServers() {
+  const servers: TestServer[] = [];
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+  });
+  const track = (t: TestServer) => {
+    servers.push(t);
+    return t;
+  };
+  return { track, server: async (...args: Parameters<typeof startTestServer>) => track(await startTestServer(...args)) };
 }

@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect } from 'vitest';
-import { freshDatabaseUrl } from './context.js';
+import { freshDatabaseUrl } from './db.js';
 import { startServerProcess, type ServerProcess } from './process.js';
 import { waitFor } from './wait.js';
 

@@ -51,8 +51,8 @@ export async function expectNoLeaks(t: TestServer) {
   await waitFor(
     () => {
       const s = t.ctx.registry.stats();
-      return s.entries === 0 && s.subscribers === 0 && s.watchers === 0 && t.ctx.news.size === 0;
+      return s.entries === 0 && s.subscribers === 0 && s.watchers === 0 && t.ctx.news.size === 0 && t.ctx.streams.size === 0 && t.ctx.jobWaits.size === 0;
     },
-    { timeoutMs: 5000, what: `an empty registry (now ${JSON.stringify({ ...t.ctx.registry.stats(), news: t.ctx.news.size })})` },
+    { timeoutMs: 5000, what: `an empty registry (now ${JSON.stringify({ ...t.ctx.registry.stats(), news: t.ctx.news.size, streams: t.ctx.streams.size, jobWaits: t.ctx.jobWaits.size })})` },
   );
 }

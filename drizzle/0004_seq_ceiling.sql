@@ -1,0 +1,1 @@
+ALTER TABLE "runs" ADD COLUMN "seq_ceiling" integer DEFAULT 0 NOT NULL;

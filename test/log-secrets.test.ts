@@ -1,0 +1,96 @@
+import { randomBytes } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import supertest from 'supertest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { createDatabase } from '../src/db/pool.js';
+import { createSafeLogger } from '../src/log-safety.js';
+import { freshDatabaseUrl } from './helpers/db.js';
+import { startServerProcess } from './helpers/process.js';
+import { readSse } from './helpers/sse.js';
+
+/**
+ * No secret in any log line (issue #9, finding 6): bearer tokens (header or `?access_token=`), provider keys,
+ * macaroons, preimages, passwords — whether they arrive in a request, sit in an object we log, or are bound into a
+ * query that fails.
+ */
+const secret = (what: string) => `${what}-${randomBytes(12).toString('hex')}`;
+const collect = () => {
+  const lines: string[] = [];
+  return { lines, log: createSafeLogger({ level: 'trace', destination: { write: (s: string) => void lines.push(s) } }) };
+};
+
+describe('the logger', () => {
+  it('redacts secrets in fields by name, at any of the usual depths, and inside strings', () => {
+    const { lines, log } = collect();
+    const s = { key: secret('key'), admin: secret('admin'), mac: secret('mac'), pre: secret('pre'), pw: secret('pw'), tok: `sk_${randomBytes(32).toString('base64url')}` };
+    log.info({ apiKey: s.key, provider: { adminKey: s.admin, macaroon: s.mac }, payment: { result: { preimage: s.pre } } }, 'fields');
+    log.info({ req: { headers: { authorization: `Bearer ${s.tok}`, 'x-api-key': s.key }, query: { access_token: s.tok } } }, 'request');
+    log.warn({ url: `postgres://sluice:${s.pw}@db:5432/sluice`, note: `called with Bearer ${s.tok} and ?access_token=${s.tok}&x=1` }, 'strings');
+    const out = lines.join('');
+    for (const v of Object.values(s)) expect(out).not.toContain(v);
+    expect(out).toContain('[redacted]');
+  });
+
+  it('logs a failed query without the values bound to it', async () => {
+    const database = createDatabase(await freshDatabaseUrl(), { max: 1 });
+    try {
+      const token = secret('bound');
+      const err = await database.db.execute(sql`select ${token}::text where 1 / 0 = 1`).catch((e: unknown) => e);
+      expect(String((err as Error).message)).toContain(token); // drizzle puts it in the message...
+      const { lines, log } = collect();
+      log.error({ err }, 'query failed');
+      expect(lines.join('')).not.toContain(token); // ...and the log does not
+      expect(lines.join('')).toContain('division by zero');
+    } finally {
+      await database.close();
+    }
+  });
+});
+
+describe('a real server process', () => {
+  const role = `sluice_log_${randomBytes(4).toString('hex')}`;
+  const password = secret('dbpass');
+  const admin = createDatabase(inject('pgAdminUrl'), { max: 1 });
+  afterAll(async () => {
+    await admin.pool.query(`drop role if exists ${role}`).catch(() => undefined);
+    await admin.close();
+  });
+
+  it('writes none of the secrets it was given or handed out, at the most verbose level', async () => {
+    await admin.pool.query(`create role ${role} login superuser password '${password}'`);
+    const url = new URL(await freshDatabaseUrl());
+    url.username = role;
+    url.password = password;
+    const p = await startServerProcess({ DATABASE_URL: url.toString(), LOG_LEVEL: 'trace' });
+    const http = supertest(p.url);
+    const secrets: string[] = [password];
+    try {
+      const created = await http.post('/api/sessions').send({ amount_sats: 500 }).expect(201);
+      const token = created.body.sessionToken as string;
+      const id = created.body.sessionId as string;
+      secrets.push(token);
+      await http.post(`/api/dev/stub/pay/${created.body.invoice.paymentHash}`).expect(200);
+      const auth = { Authorization: `Bearer ${token}` };
+      await http.get(`/api/sessions/${id}`).set(auth).expect(200);
+      const r = await http.post(`/api/sessions/${id}/request`).set(auth).send({ request: 'log me [stub:tokens=3] [stub:delay=1]' }).expect(202);
+      await readSse(`${p.url}/api/sessions/${id}/requests/${r.body.requestId}/stream?access_token=${encodeURIComponent(token)}`);
+      await readSse(`${p.url}/api/runs/${r.body.requestId}/stream`, { headers: { ...auth, 'Last-Event-ID': '1' } });
+      await http.get(`/api/runs?access_token=${token}`).expect(401); // not accepted here, but it is in the URL
+      const wrong = `sk_${randomBytes(32).toString('base64url')}`;
+      const key = secret('provider-key');
+      const cookie = secret('cookie');
+      const proxy = secret('proxy');
+      secrets.push(wrong, key, cookie, proxy);
+      await http.get(`/api/sessions/${id}`).set({ Authorization: `Bearer ${wrong}`, 'X-Api-Key': key, Cookie: `s=${cookie}`, 'Proxy-Authorization': `Basic ${proxy}` }).expect(401);
+      await http.get('/api/nope').set({ Authorization: `Bearer ${wrong}` }).expect(404);
+    } finally {
+      p.proc.kill('SIGTERM');
+      await p.exited;
+    }
+    const out = p.output();
+    expect(out).toContain('request completed'); // the request log is there, with its headers
+    expect(out).toContain('"authorization":"[redacted]"');
+    for (const s of secrets) expect(out, `the log must not contain ${s.slice(0, 12)}…`).not.toContain(s);
+  });
+});
