@@ -8,7 +8,7 @@ import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
 import { createLogger } from './logger.js';
 import { loadCatalogue, type Catalogue } from './models/catalogue.js';
-import { providerFactories } from './models/providers.js';
+import { checkProviderKeys, providerFactories } from './models/providers.js';
 
 /**
  * Start-up: configuration, database (embedded unless DATABASE_URL), migrations, recovery of runs a dead
@@ -80,6 +80,7 @@ async function main() {
     config = loadConfig();
     // Before anything starts: a bad catalogue is a configuration mistake, named like any other.
     catalogue = loadCatalogue(config, Object.keys(providerFactories));
+    checkProviderKeys(catalogue, process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`sluice: ${err.message}`);

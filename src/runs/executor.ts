@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import { toStorable } from '../http/validate.js';
-import { countMessagesTokens } from '../ledger/pricing.js';
 import type { Models } from '../models/providers.js';
 import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
 import { composeInput, conversationHistory } from './context.js';
@@ -220,11 +219,12 @@ export function createExecutor(opts: ExecutorOptions) {
       return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
     }
     const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
-    if (countMessagesTokens(messages) + run.maxTokens > model.entry.contextTokens) {
+    if (model.tokenizer.contextBound(messages) + run.maxTokens > model.entry.contextTokens) {
       return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
     }
     const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
-    let usage: Usage | undefined;
+    // The provider's counts so far (a count it never sent is estimated by the finish, from the text).
+    let usage: Partial<Usage> | undefined;
     let stopReason: AiStopReason = 'stop';
     try {
       for await (const chunk of model.provider.stream(req, signal)) {
@@ -244,7 +244,7 @@ export function createExecutor(opts: ExecutorOptions) {
       if (signal.aborted) throw signal.reason;
       return { state: 'complete', usage, stopReason };
     } catch (err) {
-      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' };
+      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted', usage };
       log.warn({ err }, 'run failed');
       const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
       return { state: 'failed', error: { code: e.code, message: e.message } };
