@@ -47,13 +47,13 @@ export async function freshDatabaseUrl(): Promise<string> {
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
 export async function startTestServer(
   overrides: Partial<Config> = {},
-  opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number; log?: Logger } = {},
+  opts: Partial<Pick<ContextOptions, 'ai' | 'payments' | 'env'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number; log?: Logger } = {},
 ): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
   const log = opts.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10 });
-  const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
+  const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments, env: opts.env });
   await ctx.bridge.start();
   const app = createApp(ctx);
   const server: Server = await new Promise((resolve) => {

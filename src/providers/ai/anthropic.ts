@@ -25,7 +25,8 @@ export interface AnthropicOptions {
  * - a stream that ends with neither `message_delta`'s stop reason nor `message_stop` was cut: before a token
  *   `provider_unavailable` (retried), after one `provider_disconnected`.
  *
- * The key is passed explicitly (so the SDK reads no ANTHROPIC_* credential variable) and goes only in `x-api-key`.
+ * The key is passed explicitly (so the SDK reads no ANTHROPIC_* credential variable); SDK 1.x sends it as
+ * `Authorization: Bearer` with `anthropic-version: 2026-10-21`.
  */
 export function createAnthropicProvider(opts: AnthropicOptions): Pick<AiProvider, 'name' | 'stream'> {
   const client = new Anthropic({
