@@ -33,7 +33,8 @@ export const SERVED_MODEL = 'gpt-4o-mini-2024-07-18';
 /** Its `prompt_tokens` for these messages: o200k_base, 3 a message and 1 a role, 3 to prime the reply. */
 export const promptTokens = (messages: Array<{ content: unknown }>) => messages.reduce((n: number, m) => n + countTokens(String(m.content), { disallowedSpecial: new Set() }) + 4, 3);
 
-export async function startFakeOpenAi(opts: { apiKey: string; models?: string[] }): Promise<FakeOpenAi> {
+/** `keyless`: a local server that asks for no key (Ollama, llama.cpp's server, vLLM without --api-key). */
+export async function startFakeOpenAi(opts: { apiKey: string; models?: string[]; keyless?: boolean }): Promise<FakeOpenAi> {
   const models = new Set(opts.models ?? ['gpt-4o-mini']);
   const usages: FakeOpenAi['usages'] = [];
   const http = await startFakeHttp(async (x) => {
@@ -43,11 +44,12 @@ export async function startFakeOpenAi(opts: { apiKey: string; models?: string[] 
       sendJson(x.res, status, { error: { message, type, param, code } }, { ...common, ...headers });
     if (x.req.method !== 'POST' || x.req.path !== '/v1/chat/completions') return fail(404, `Invalid URL (${x.req.method} ${x.req.path})`, 'invalid_request_error', null);
     const auth = String(x.req.headers.authorization ?? '');
-    if (!auth.startsWith('Bearer ')) {
-      return fail(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", 'invalid_request_error', null);
-    }
     const key = auth.slice(7);
-    if (key !== opts.apiKey) return fail(401, `Incorrect API key provided: ${mask(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_request_error', 'invalid_api_key');
+    if (opts.keyless) {
+      // Asks for no key, checks none.
+    } else if (!auth.startsWith('Bearer ')) {
+      return fail(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", 'invalid_request_error', null);
+    } else if (key !== opts.apiKey) return fail(401, `Incorrect API key provided: ${mask(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_request_error', 'invalid_api_key');
     const body = x.req.body as { model?: unknown; messages?: unknown; stream?: unknown; stream_options?: { include_usage?: unknown } } | undefined;
     if (!body || typeof body.model !== 'string') return fail(400, 'you must provide a model parameter', 'invalid_request_error', null);
     if (!Array.isArray(body.messages) || body.messages.length === 0) return fail(400, "[] is too short - 'messages'", 'invalid_request_error', null, 'messages');

@@ -24,6 +24,8 @@ export interface ProviderHarness {
   upFrontInput(req: RecordedRequest): number | null;
   /** The key as it went over the wire. */
   keyOnWire(req: RecordedRequest): string | undefined;
+  /** More catalogue entries for a file's own tests (called once the fake is up). */
+  extraModels?(fake: FakeHttp): object[];
 }
 
 /** Prices that make every token count in sats: 1 sat per input token, 2 per output token. */
@@ -36,6 +38,8 @@ export interface ProviderSuite {
   key: string;
   logs: string[];
   session(): Promise<PaidSession>;
+  /** Post a session request and wait for its end; `calls` are the fake's requests it made. */
+  ask(s: PaidSession, request: string, extra?: Record<string, unknown>): Promise<{ accepted: Awaited<ReturnType<typeof postRequest>>; final: any; calls: RecordedRequest[] }>;
 }
 
 /**
@@ -64,7 +68,7 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     });
     const catalogue = {
       default: 'm',
-      models: [entry('m'), entry('m-fast', { firstTokenTimeoutMs: 400, idleTimeoutMs: 400 }), entry('m-small', { contextTokens: 1024, maxOutputTokens: 256 })],
+      models: [entry('m'), entry('m-fast', { firstTokenTimeoutMs: 400, idleTimeoutMs: 400 }), entry('m-small', { contextTokens: 1024, maxOutputTokens: 256 }), ...(h.extraModels?.(fake) ?? [])],
     };
     // Every line the server logs, at the most verbose level: the key must be in none of them.
     const log = pino({ level: 'trace' }, { write: (line: string) => void logs.push(line) });
@@ -277,5 +281,5 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     expect(logs.join('\n')).not.toContain(key);
   });
 
-  return { server: () => t, fake: () => fake, key, logs, session };
+  return { server: () => t, fake: () => fake, key, logs, session, ask };
 }
