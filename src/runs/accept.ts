@@ -95,6 +95,9 @@ export function createAccept(deps: AcceptDeps) {
       const sessionId = principal.sessionId;
       const runId = randomUUID();
       const prices = priceSnapshot(config, spec.model);
+      // Count this turn's messages now, outside the transaction: the tokenizer remembers long messages, so the
+      // count inside it (which holds a pool client and the conversation's lock) is a cache hit for anything long.
+      tokenizer.contextBound(composeInput(spec.instructions, [], spec.turn));
       let interrupted: string[] = [];
       const out = await db.transaction(async (tx) => {
         // 1. The key first: a concurrent twin waits here, before touching any money.

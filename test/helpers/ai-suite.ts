@@ -140,7 +140,7 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     const thrice = await ask(s, 'Always failing.');
     expect(thrice.calls).toHaveLength(3);
     expect(thrice.final).toMatchObject({ state: 'failed', chargedSats: 0, refundedSats: thrice.accepted.debitedSats, error: { code: 'provider_unavailable' } });
-    expect(thrice.final.error.message).toMatch(/refunded in full/);
+    expect(thrice.final.error.message).toMatch(/^the model provider is unavailable \(HTTP 5\d\d, request req_[0-9a-f]{24}\)$/);
     await expectLedgerBalanced(t, s);
   });
 

@@ -52,8 +52,6 @@ export class ProviderFailure extends AiError {
   }
 }
 
-const REFUNDED = 'the request was refunded in full';
-
 /** Our message for each code: what a client may read (the provider's request id is added when known). */
 const MESSAGES: Record<ProviderErrorCode, string> = {
   provider_rate_limited: 'the model provider is rate limiting this server',
@@ -69,7 +67,8 @@ const MESSAGES: Record<ProviderErrorCode, string> = {
 
 export function failure(code: ProviderErrorCode, info: FailureInfo, what = MESSAGES[code]): ProviderFailure {
   const ref = [info.status ? `HTTP ${info.status}` : null, info.requestId ? `request ${info.requestId}` : null].filter(Boolean).join(', ');
-  return new ProviderFailure(code, `${what}${ref ? ` (${ref})` : ''}; ${REFUNDED}`, info);
+  // No word about money: every failed run is refunded in full, and each face says so in its own way.
+  return new ProviderFailure(code, `${what}${ref ? ` (${ref})` : ''}`, info);
 }
 
 /** `retry-after-ms`, else `retry-after` (seconds or an HTTP date), as both SDKs read them; undefined if absent or unusable. */
