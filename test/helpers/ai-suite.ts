@@ -99,8 +99,16 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
   const closedWithin = (req: RecordedRequest, ms = 5_000) =>
     Promise.race([req.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the fake never saw the connection close')), ms))]);
 
+  /** One series of GET /metrics (0 when absent). */
+  const metric = async (series: string) => {
+    const text = (await t.http.get('/metrics').expect(200)).text;
+    const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+    return line ? Number(line.slice(series.length + 1)) : 0;
+  };
+
   it('streams a reply: tokens as they come, the provider’s usage charged, the rest refunded', async () => {
     const s = await session();
+    const tokensBefore = await metric(`sluice_tokens_streamed_total{provider="${h.provider}"}`);
     const accepted = await postRequest(t, s, 'Tell me about sluice gates.', { model: 'm', max_tokens: 64 });
     const sse = await readSse(`${t.url}/api/sessions/${s.id}/requests/${accepted.requestId}/stream`, { headers: s.auth });
     const tokens = sse.events.filter((e) => e.event === 'token').map((e) => e.data.content);
@@ -118,6 +126,8 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     const call = fake.requests.at(-1)!;
     expect(call.body).toMatchObject({ model: h.upstreamModel, stream: true });
     expect(h.keyOnWire(call)).toBe(key);
+    // The operator's token counter follows the provider's count too, not the chunks.
+    expect((await metric(`sluice_tokens_streamed_total{provider="${h.provider}"}`)) - tokensBefore).toBe(usage.outputTokens);
   });
 
   it('429 then success: waits what retry-after says, then streams', async () => {
@@ -196,6 +206,23 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     const output = tokenizer.textEstimate(final.result);
     expect(final.usage).toEqual({ inputTokens: input, outputTokens: output });
     expect(final.chargedSats).toBe(Math.min(accepted.debitedSats, costSats({ inputPer1k: 1000, outputPer1k: 2000, minSats: 1 }, input, output)));
+    await expectLedgerBalanced(t, s);
+  });
+
+  it('a shutdown interrupts the run, refunds it in full, and closes the upstream connection', async () => {
+    // A second process on the same database, so this one's shutdown leaves the suite's server running.
+    const other = await t.sibling();
+    const s = await session();
+    plan({ type: 'reply', chunks: Array.from({ length: 40 }, (_, i) => ` part ${i}`), gapMs: 50 });
+    const before = fake.requests.length;
+    const accepted = await postRequest(other, s, 'Keep going until the server stops.', { model: 'm' });
+    await waitFor(() => fake.requests.length > before, { what: 'the provider to be called' });
+    await other.close();
+    const call = fake.requests[before]!;
+    await closedWithin(call);
+    expect(call.clientClosed).toBe(true);
+    const final = await waitFinal(t, s, accepted.requestId);
+    expect(final).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: accepted.debitedSats });
     await expectLedgerBalanced(t, s);
   });
 

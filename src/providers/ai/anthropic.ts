@@ -1,5 +1,5 @@
 import Anthropic from '@anthropic-ai/sdk';
-import { connectionFailure, describe, failure, httpFailure, scrub, type ProviderFailure } from './failures.js';
+import { failure, httpFailure, transportFailure, type ProviderFailure } from './failures.js';
 import type { AiChunk, AiMessage, AiProvider, AiRequest, AiStopReason } from './types.js';
 
 export interface AnthropicOptions {
@@ -129,7 +129,5 @@ function classify(err: unknown, produced: boolean, secrets: readonly string[]): 
       secrets,
     });
   }
-  if (err instanceof SyntaxError) return failure('provider_error', { retryable: false, detail: scrub(describe(err), secrets) });
-  if (produced) return failure('provider_disconnected', { retryable: false, detail: scrub(describe(err), secrets) });
-  return connectionFailure(err, secrets);
+  return transportFailure(err, produced, secrets);
 }

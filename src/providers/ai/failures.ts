@@ -116,9 +116,16 @@ export function httpFailure(p: { status?: number; type?: string | null; code?: s
   return failure('provider_error', info(false));
 }
 
-/** A connection that failed or broke: before the first token it is worth a retry; after one, the reply is cut. */
-export function connectionFailure(err: unknown, secrets: readonly string[]): ProviderFailure {
-  return failure('provider_unavailable', { retryable: true, detail: scrub(describe(err), secrets) });
+/**
+ * A failure that is not the provider's answer: a stream that is not JSON (`provider_error`), or a connection
+ * refused, reset or cut mid-body (undici's `TypeError: terminated`) — worth a retry before the first token; after
+ * one, the reply was cut (`provider_disconnected`).
+ */
+export function transportFailure(err: unknown, produced: boolean, secrets: readonly string[]): ProviderFailure {
+  const detail = scrub(describe(err), secrets);
+  if (err instanceof SyntaxError) return failure('provider_error', { retryable: false, detail });
+  if (produced) return failure('provider_disconnected', { retryable: false, detail });
+  return failure('provider_unavailable', { retryable: true, detail });
 }
 
 /** An error's message with its causes (`TypeError: terminated` ← `SocketError: other side closed`). */

@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import { connectionFailure, describe, failure, httpFailure, scrub, type ProviderFailure } from './failures.js';
+import { failure, httpFailure, transportFailure, type ProviderFailure } from './failures.js';
 import type { AiChunk, AiProvider, AiRequest, AiStopReason } from './types.js';
 
 export interface OpenAiCompatibleOptions {
@@ -114,8 +114,5 @@ function classify(err: unknown, produced: boolean, secrets: readonly string[]): 
       secrets,
     });
   }
-  if (err instanceof SyntaxError) return failure('provider_error', { retryable: false, detail: scrub(describe(err), secrets) });
-  // A connection refused, reset, or cut mid-body (undici's `TypeError: terminated`).
-  if (produced) return failure('provider_disconnected', { retryable: false, detail: scrub(describe(err), secrets) });
-  return connectionFailure(err, secrets);
+  return transportFailure(err, produced, secrets);
 }
