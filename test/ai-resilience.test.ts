@@ -77,6 +77,19 @@ describe('the resilience wrapper', () => {
     await expect(drain(withResilience(slow.provider, opts({ idleTimeoutMs: 100, firstTokenTimeoutMs: 1_000 })))).rejects.toMatchObject({ code: 'provider_timeout' });
   });
 
+  it('times out even a provider that never notices its signal', async () => {
+    const deaf: AiProvider = {
+      name: 'deaf',
+      async *stream() {
+        await new Promise(() => undefined);
+      },
+      evaluate: async () => ({ accept: false, reason: 'n/a' }),
+    };
+    const started = Date.now();
+    await expect(drain(withResilience(deaf, opts({ firstTokenTimeoutMs: 150 })))).rejects.toMatchObject({ code: 'provider_timeout' });
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+
   it('a stop during a retry wait ends the stream at once, with no further attempt', async () => {
     const s = scripted([{ error: rateLimited(1_500) }, { chunks: [token('late')] }]);
     const stop = new AbortController();

@@ -62,11 +62,16 @@ export function withResilience(inner: AiProvider, opts: ResilienceOptions): AiPr
         }, Math.max(0, ms));
       };
       arm(deadline - Date.now(), 'first_token');
+      // Rejects when the attempt is aborted, so a timeout or a stop ends the wait even on a provider that would
+      // not notice its signal.
+      const aborted = new Promise<never>((_, reject) => ctl.signal.addEventListener('abort', () => reject(ctl.signal.reason), { once: true }));
+      aborted.catch(() => undefined);
       let tokens = 0;
+      let wait = 0;
       const it = inner.stream(req, ctl.signal)[Symbol.asyncIterator]();
       try {
         for (;;) {
-          const next = await it.next();
+          const next = await Promise.race([it.next(), aborted]);
           if (next.done) break;
           if (next.value.type === 'token') tokens++;
           // The silence clock runs only while we wait on the provider, not while our reader digests a chunk.
@@ -82,7 +87,7 @@ export function withResilience(inner: AiProvider, opts: ResilienceOptions): AiPr
         if (fired.timeout) throw timeoutFailure(fired.timeout, tokens > 0 ? opts.idleTimeoutMs : opts.firstTokenTimeoutMs);
         // A reply already under way is never retried: a client saw its first words.
         if (!(err instanceof ProviderFailure) || tokens > 0 || !err.info.retryable || attempt >= opts.maxRetries) throw err;
-        const wait = err.info.retryAfterMs ?? backoff(opts.retryBaseMs, attempt);
+        wait = err.info.retryAfterMs ?? backoff(opts.retryBaseMs, attempt);
         if (Date.now() + wait >= deadline) {
           opts.log.warn({ model: opts.model, code: err.code, status: err.info.status, requestId: err.info.requestId, waitMs: Math.round(wait) }, 'AI provider asked for a wait past the first-token deadline; giving up');
           throw err;
@@ -91,15 +96,19 @@ export function withResilience(inner: AiProvider, opts: ResilienceOptions): AiPr
           { model: opts.model, attempt: attempt + 1, code: err.code, status: err.info.status, requestId: err.info.requestId, detail: err.info.detail, waitMs: Math.round(wait) },
           'AI provider failed before the first token; retrying',
         );
-        // Rejects at once if the caller stops meanwhile.
-        await sleep(wait, undefined, { signal });
       } finally {
         clearTimeout(timer);
         signal.removeEventListener('abort', onStop);
+        // Closes the upstream request if it is still open (a no-op once it ended).
         ctl.abort();
-        // Let the provider's own cleanup run (the SDK stream aborts its request in its `finally`).
-        await Promise.resolve(it.return?.()).catch(() => undefined);
+        // The provider's own cleanup (the SDK stream's `finally` aborts its request too). Not awaited: a provider
+        // stuck in a read it never leaves must not hold us.
+        Promise.resolve()
+          .then(() => it.return?.())
+          .catch(() => undefined);
       }
+      // Between attempts, with nothing of the last one left open; rejects at once if the caller stops meanwhile.
+      await sleep(wait, undefined, { signal });
     }
   }
 
