@@ -187,7 +187,7 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
   it('a stop through the runs API closes the upstream connection; it is charged for what was visibly produced', async () => {
     const s = await session();
     const chunks = Array.from({ length: 40 }, (_, i) => ` word${i} and more`);
-    plan({ type: 'reply', chunks, gapMs: 50 });
+    plan({ type: 'reply', chunks, gapMs: 100 });
     const before = fake.requests.length;
     const accepted = await postRequest(t, s, 'A long reply, please.', { model: 'm', max_tokens: 200 });
     await waitFor(async () => (await getRequest(t, s, accepted.requestId)).result.length > 0, { what: 'the first token' });
@@ -213,7 +213,7 @@ export function providerSuite(h: ProviderHarness): ProviderSuite {
     // A second process on the same database, so this one's shutdown leaves the suite's server running.
     const other = await t.sibling();
     const s = await session();
-    plan({ type: 'reply', chunks: Array.from({ length: 40 }, (_, i) => ` part ${i}`), gapMs: 50 });
+    plan({ type: 'reply', chunks: Array.from({ length: 40 }, (_, i) => ` part ${i}`), gapMs: 100 });
     const before = fake.requests.length;
     const accepted = await postRequest(other, s, 'Keep going until the server stops.', { model: 'm' });
     await waitFor(() => fake.requests.length > before, { what: 'the provider to be called' });
