@@ -100,6 +100,18 @@ export const configSchema = z
      */
     MODELS_FILE: z.string().min(1).optional(),
     MODELS: z.string().min(1).optional(),
+    /**
+     * Real AI providers (openai-compatible, anthropic; never the stub): a run fails `provider_timeout` and is
+     * refunded when its first token takes longer than this (retries included), or when the provider then goes
+     * silent for longer than AI_IDLE_TIMEOUT_MS. A catalogue entry may set its own (`firstTokenTimeoutMs`,
+     * `idleTimeoutMs`): reasoning models can think for minutes before their first token.
+     */
+    AI_FIRST_TOKEN_TIMEOUT_MS: int(120_000, 100, 3_600_000),
+    AI_IDLE_TIMEOUT_MS: int(30_000, 100, 3_600_000),
+    /** Attempts after the first when a real provider fails before its first token (429, 5xx, connection errors). */
+    AI_MAX_RETRIES: int(2, 0, 10),
+    /** The first wait between attempts when the provider names none (doubling, at most 8 s); `retry-after` wins. */
+    AI_RETRY_BASE_MS: int(500, 0, 60_000),
     /** Which payment provider to use: the stub node, or LNbits. */
     PAYMENT_PROVIDER: z.enum(['stub', 'lnbits']).default('stub'),
     /**

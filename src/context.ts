@@ -80,6 +80,8 @@ export interface ContextOptions {
   ai?: AiProvider;
   /** The model catalogue (default: loaded from `config`). */
   catalogue?: Catalogue;
+  /** Where the catalogue's keys are read from (default `process.env`). */
+  env?: Record<string, string | undefined>;
   payments?: PaymentProvider;
   /** Node's default metrics in this context's registry (default true). */
   defaultMetrics?: boolean;
@@ -91,7 +93,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const bus = createBus();
   const instanceId = `${process.pid}-${randomUUID().slice(0, 8)}`;
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics });
-  const models = createModels(config, { catalogue: opts.catalogue, override: opts.ai, wrap: (p) => instrumentAi(p, metrics) });
+  const models = createModels(config, { catalogue: opts.catalogue, override: opts.ai, env: opts.env, log, wrap: (p) => instrumentAi(p, metrics) });
   const chosen = opts.payments ? { payments: opts.payments, stub: null } : createPaymentProvider(config, db, log);
   const { payments, stub: stubPayments } = chosen;
   const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
@@ -126,7 +128,7 @@ export function createContext(opts: ContextOptions): AppContext {
   metrics.bind({ executor, registry, pool: database.pool });
   const limits = createLimits({ config, db, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const conversations = createConversationStore(db);
-  const accept = createAccept({ config, db, store, conversations, executor, instanceId }).accept;
+  const accept = createAccept({ config, db, store, conversations, executor, instanceId, models }).accept;
   const sessions = createSessionsService({ config, db, settlement, accept, models });
   const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId });
   const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);

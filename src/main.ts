@@ -8,7 +8,7 @@ import { runMigrations } from './db/migrate.js';
 import { createDatabase } from './db/pool.js';
 import { createLogger } from './logger.js';
 import { loadCatalogue, type Catalogue } from './models/catalogue.js';
-import { providerFactories } from './models/providers.js';
+import { checkProviderKeys, providerFactories } from './models/providers.js';
 import { listen } from './http/server.js';
 
 /**
@@ -107,6 +107,7 @@ async function main() {
     config = loadConfig();
     // Before anything starts: a bad catalogue is a configuration mistake, named like any other.
     catalogue = loadCatalogue(config, Object.keys(providerFactories));
+    checkProviderKeys(catalogue, process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`sluice: ${err.message}`);

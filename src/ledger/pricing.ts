@@ -1,15 +1,12 @@
 import type { Config } from '../config.js';
 import type { PriceSnapshot } from '../db/schema.js';
 
-/** Tokens in a text, roughly: the stub and the estimate agree on it, so the debit always covers the input. */
+/** Tokens in a text as the stub counts them (4 characters to a token); real models have tokenizers (src/models/tokenizers.ts). */
 export function countInputTokens(text: string): number {
   return Math.max(1, Math.ceil(text.length / 4));
 }
 
-/**
- * Tokens in a whole context: the sum over its messages. The stub reports exactly this, so its estimate is
- * exact; a real provider's own count is what is charged, and a tokenizer can replace this per provider.
- */
+/** Tokens in a whole context as the stub counts them: the sum over its messages. The stub reports exactly this. */
 export function countMessagesTokens(messages: ReadonlyArray<{ content: string }>): number {
   let n = 0;
   for (const m of messages) n += countInputTokens(m.content);

@@ -19,9 +19,18 @@ export function instrumentAi(ai: AiProvider, metrics: AiMetrics): AiProvider {
   return {
     name: ai.name,
     async *stream(req: AiRequest, signal: AbortSignal): AsyncGenerator<AiChunk> {
+      // Counted live, one per chunk; a real provider's chunk is often several tokens, so when its own output
+      // count arrives the counter is topped up to it (a counter never goes down: a lower count adds nothing).
+      let chunks = 0;
       try {
         for await (const chunk of ai.stream(req, signal)) {
-          if (chunk.type === 'token') metrics.tokens(ai.name);
+          if (chunk.type === 'token') {
+            chunks++;
+            metrics.tokens(ai.name);
+          } else if (chunk.type === 'usage' && chunk.outputTokens !== undefined && chunk.outputTokens > chunks) {
+            metrics.tokens(ai.name, chunk.outputTokens - chunks);
+            chunks = chunk.outputTokens;
+          }
           yield chunk;
         }
       } catch (err) {

@@ -26,6 +26,9 @@ export interface ModelEntry {
   outputSatsPer1k: number;
   maxOutputTokens: number;
   contextTokens: number;
+  /** Real providers: this model's first-token and between-token timeouts (default AI_FIRST_TOKEN_TIMEOUT_MS, AI_IDLE_TIMEOUT_MS). */
+  firstTokenTimeoutMs?: number;
+  idleTimeoutMs?: number;
 }
 
 export interface Catalogue {
@@ -55,6 +58,8 @@ const modelSchema = z
     outputSatsPer1k: price('outputSatsPer1k'),
     maxOutputTokens: positiveInt('maxOutputTokens'),
     contextTokens: positiveInt('contextTokens'),
+    firstTokenTimeoutMs: positiveInt('firstTokenTimeoutMs').max(3_600_000, 'firstTokenTimeoutMs must be at most an hour').optional(),
+    idleTimeoutMs: positiveInt('idleTimeoutMs').max(3_600_000, 'idleTimeoutMs must be at most an hour').optional(),
   })
   .strict();
 

@@ -14,10 +14,11 @@ import { OpenAiError, invalidRequest, notFound } from './errors.js';
 import { outcomeOfEvent, type Outcome } from './response-object.js';
 import { chatCreateBody, parseV1, toAiMessage } from './schemas.js';
 
-/** A run that did not complete, as the error a chat client gets (the SDK raises it; its debit was refunded). */
+/** A run that did not complete, as the error a chat client gets (the SDK raises it; the message says what was charged). */
 function chatError(o: Outcome): OpenAiError {
   if (o.state === 'interrupted') return new OpenAiError(503, 'The request was interrupted (server restart or shutdown) and refunded in full; retry it.', 'server_error', 'interrupted');
-  return new OpenAiError(502, `The model failed: ${o.error?.message ?? 'unknown error'} (refunded in full).`, 'server_error', o.error?.code ?? 'provider_error');
+  const money = o.chargedSats > 0 ? `charged ${o.chargedSats} sats for the text produced, refunded ${o.refundedSats}` : 'refunded in full';
+  return new OpenAiError(502, `The model failed: ${o.error?.message ?? 'unknown error'} (${money}).`, 'server_error', o.error?.code ?? 'provider_error');
 }
 
 /**

@@ -6,8 +6,9 @@ import { runs, sessions, type RunFace } from '../db/schema.js';
 import { AppError, conflict } from '../http/errors.js';
 import type { Principal } from '../http/principal.js';
 import { debitSession } from '../ledger/ledger.js';
-import { costSats, countMessagesTokens, priceSnapshot } from '../ledger/pricing.js';
+import { costSats, priceSnapshot } from '../ledger/pricing.js';
 import type { ModelEntry } from '../models/catalogue.js';
+import type { Models } from '../models/providers.js';
 import type { AiMessage } from '../providers/ai/types.js';
 import { carryOver, composeInput, conversationHistory, isChainable } from './context.js';
 import type { ConversationStore } from './conversations.js';
@@ -45,9 +46,10 @@ export type Acceptance =
 
 /**
  * A live predecessor's reply, carried into the context of a run enqueued behind it, is estimated at this many
- * counted tokens per token it may produce: the estimate counts characters (4 to a token) and the stub's longest
- * word counts 3. The charge is the provider's real count and never exceeds the debit, so a low guess can only
- * cost the operator, never the client.
+ * counted tokens per token it may produce: the stub counts 4 characters to an input token and its longest word
+ * counts 3; a real model's reply re-read as input counts about what it did as output (BPE), so 3 is ample. The
+ * charge is the provider's real count and never exceeds the debit, so a low guess can only cost the operator,
+ * never the client.
  */
 const CARRIED_TOKENS_PER_OUTPUT_TOKEN = 3;
 
@@ -58,6 +60,8 @@ export interface AcceptDeps {
   conversations: ConversationStore;
   executor: Executor;
   instanceId: string;
+  /** Each model's tokenizer: the estimate that must cover the input. */
+  models: Pick<Models, 'tokenizer'>;
 }
 
 /**
@@ -81,6 +85,7 @@ export function createAccept(deps: AcceptDeps) {
   }
 
   async function accept(principal: Principal, spec: AcceptSpec): Promise<Acceptance> {
+    const tokenizer = deps.models.tokenizer(spec.model.name);
     if (spec.previousRunId && spec.conversation) {
       throw new AppError(400, 'invalid_request', 'a request continues either a previous run or a conversation, not both');
     }
@@ -90,6 +95,9 @@ export function createAccept(deps: AcceptDeps) {
       const sessionId = principal.sessionId;
       const runId = randomUUID();
       const prices = priceSnapshot(config, spec.model);
+      // Count this turn's messages now, outside the transaction: the tokenizer remembers long messages, so the
+      // count inside it (which holds a pool client and the conversation's lock) is a cache hit for anything long.
+      tokenizer.contextBound(composeInput(spec.instructions, [], spec.turn));
       let interrupted: string[] = [];
       const out = await db.transaction(async (tx) => {
         // 1. The key first: a concurrent twin waits here, before touching any money.
@@ -127,13 +135,14 @@ export function createAccept(deps: AcceptDeps) {
             // Started once every earlier turn has ended (the claim checks the turn order in Postgres).
             waitsFor = live.at(-1)!.id;
             if (strategy === 'interrupt') interrupted = live.map((r) => r.id);
-            else for (const r of live) pendingTokens += countMessagesTokens(r.turn ?? [{ content: r.request }]) + r.maxTokens * CARRIED_TOKENS_PER_OUTPUT_TOKEN;
+            else for (const r of live) pendingTokens += tokenizer.contextBound(r.turn ?? [{ content: r.request }]) + r.maxTokens * CARRIED_TOKENS_PER_OUTPUT_TOKEN;
           }
           history = await conversationHistory(tx, id, conversationTurn);
         }
-        // 3. The context and its price: an estimate that covers the input and every token the reply may have.
+        // 3. The context and its price: the model's tokenizer bounds the input (never below the provider's count),
+        // plus every token the reply may have.
         const input = composeInput(spec.instructions, history, spec.turn);
-        const inputTokens = countMessagesTokens(input) + pendingTokens;
+        const inputTokens = tokenizer.contextBound(input) + pendingTokens;
         if (inputTokens + spec.maxTokens > spec.model.contextTokens) {
           throw new AppError(400, 'context_length_exceeded', `the input (about ${inputTokens} tokens) and max tokens (${spec.maxTokens}) exceed the ${spec.model.contextTokens}-token context of ${spec.model.name}`, {
             inputTokens,

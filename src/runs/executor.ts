@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import { toStorable } from '../http/validate.js';
-import { countMessagesTokens } from '../ledger/pricing.js';
 import type { Models } from '../models/providers.js';
 import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
 import { composeInput, conversationHistory } from './context.js';
@@ -56,6 +55,13 @@ export type StopReason = 'cancelled' | 'interrupted';
  * Postgres restart or a storm of killed connections is ridden out, and a longer outage is not waited on).
  */
 const RETRIES = 5;
+
+/**
+ * Failures after which the text the client already received is charged (estimated by the model's tokenizer,
+ * never more than the debit): the provider's connection broke mid-reply. Timeouts and every other failure refund
+ * in full.
+ */
+const CHARGE_PRODUCED = new Set(['provider_disconnected']);
 
 /** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
 const clean = toStorable;
@@ -271,11 +277,12 @@ export function createExecutor(opts: ExecutorOptions) {
       return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
     }
     const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
-    if (countMessagesTokens(messages) + run.maxTokens > model.entry.contextTokens) {
+    if (model.tokenizer.contextBound(messages) + run.maxTokens > model.entry.contextTokens) {
       return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
     }
     const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
-    let usage: Usage | undefined;
+    // The provider's counts so far (a count it never sent is estimated by the finish, from the text).
+    let usage: Partial<Usage> | undefined;
     let stopReason: AiStopReason = 'stop';
     try {
       for await (const chunk of model.provider.stream(req, signal)) {
@@ -299,10 +306,11 @@ export function createExecutor(opts: ExecutorOptions) {
       if (signal.aborted) throw signal.reason;
       return { state: 'complete', usage, stopReason };
     } catch (err) {
-      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' };
+      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted', usage };
       log.warn({ err }, 'run failed');
       const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
-      return { state: 'failed', error: { code: e.code, message: e.message } };
+      // A reply cut after text reached the client: that text is charged (issue #8), the rest refunded.
+      return { state: 'failed', error: { code: e.code, message: e.message }, chargeProduced: CHARGE_PRODUCED.has(e.code), usage };
     }
   }
 

@@ -1,7 +1,8 @@
 import { eq, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/pool.js';
 import { runs, type RunKind, type RunState } from '../db/schema.js';
-import { countMessagesTokens, settle } from '../ledger/pricing.js';
+import { settle } from '../ledger/pricing.js';
+import type { Models } from '../models/providers.js';
 import type { AiStopReason } from '../providers/ai/types.js';
 import { inputOf } from './context.js';
 import type { RunEvent } from './registry.js';
@@ -12,10 +13,16 @@ export interface Usage {
   outputTokens: number;
 }
 
+/** `usage` is what the provider reported; a count it never sent is estimated from the run (see `finishRun`). */
 export type Outcome =
-  | { state: 'complete'; usage?: Usage; stopReason?: AiStopReason }
-  | { state: 'cancelled' | 'interrupted'; usage?: Usage }
-  | { state: 'failed'; error: { code: string; message: string } };
+  | { state: 'complete'; usage?: Partial<Usage>; stopReason?: AiStopReason }
+  | { state: 'cancelled' | 'interrupted'; usage?: Partial<Usage> }
+  /**
+   * `chargeProduced`: the reply was cut after the client had received text (a provider connection that broke
+   * mid-stream): that text is charged, estimated like any count the provider never sent; the rest is refunded.
+   * Every other failure refunds in full.
+   */
+  | { state: 'failed'; error: { code: string; message: string }; chargeProduced?: boolean; usage?: Partial<Usage> };
 
 /**
  * Moves the money of a finished run for its front door, inside the finish transaction:
@@ -44,7 +51,7 @@ export interface Finished {
  * then has a gap before its final event, which every reader accepts (see feed.ts).
  */
 export async function finishRun(
-  deps: { db: Db; store: RunStore; settlers: Settlers },
+  deps: { db: Db; store: RunStore; settlers: Settlers; models: Pick<Models, 'tokenizer'> },
   runId: string,
   outcome: Outcome,
   pending: RunEvent[] = [],
@@ -63,12 +70,19 @@ export async function finishRun(
     await deps.store.insertEvents(tx, runId, fresh);
     const text = fresh.map((e) => (e.data as { content: string }).content).join('');
     const tokensSeen = row.outputTokens + fresh.length;
-    const usage: Usage =
-      outcome.state !== 'failed' && outcome.usage
-        ? outcome.usage
-        : { inputTokens: row.startedAt ? countMessagesTokens(inputOf(row)) : 0, outputTokens: tokensSeen };
-    // Complete work is charged; a stop is charged for what it produced; failures and interruptions refund all.
-    const chargeable = outcome.state === 'complete' || (outcome.state === 'cancelled' && tokensSeen > 0);
+    // The provider's counts are charged. One it never sent (a stream stopped before its usage, a server that
+    // sends none) is estimated by the model's tokenizer: the input it was given, and the text it visibly produced
+    // — a token event is a chunk of text, not one token. The charge never exceeds the debit (`settle`).
+    const reported = outcome.usage;
+    const tokenizer = deps.models.tokenizer(row.model);
+    const usage: Usage = {
+      inputTokens: reported?.inputTokens ?? (row.startedAt ? tokenizer.contextEstimate(inputOf(row)) : 0),
+      outputTokens: reported?.outputTokens ?? tokenizer.textEstimate(row.result + text),
+    };
+    // Complete work is charged; a stop, or a reply cut mid-stream, is charged for what it produced; other failures
+    // and interruptions refund all.
+    const producedCharged = outcome.state === 'cancelled' || (outcome.state === 'failed' && outcome.chargeProduced === true);
+    const chargeable = outcome.state === 'complete' || (producedCharged && tokensSeen > 0);
     const money = settle(row.pricing, row.debitedSats, usage, chargeable);
     const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
 

@@ -42,13 +42,13 @@ export const testDefaults: Partial<Config> = {
 /** A whole server on its own fresh database: context, app, supertest and a real socket. */
 export async function startTestServer(
   overrides: Partial<Config> = {},
-  opts: Partial<Pick<ContextOptions, 'ai' | 'payments'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number; log?: Logger } = {},
+  opts: Partial<Pick<ContextOptions, 'ai' | 'payments' | 'env'>> & { databaseUrl?: string; /** Listen here (default: any free port). */ port?: number; log?: Logger } = {},
 ): Promise<TestServer> {
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl());
   const config = loadConfig({}, { ...testDefaults, ...overrides, DATABASE_URL: databaseUrl });
   const log = opts.log ?? createSafeLogger({ level: process.env.TEST_LOG_LEVEL ?? config.LOG_LEVEL });
   const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
-  const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments });
+  const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments, env: opts.env });
   await ctx.bridge.start();
   const app = createApp(ctx);
   const server: Server = await listen(app, config, opts.port ?? 0, '127.0.0.1');

@@ -29,7 +29,12 @@ export type AiStopReason = 'stop' | 'max_tokens' | 'content_filter';
 
 export type AiChunk =
   | { type: 'token'; content: string }
-  | { type: 'usage'; inputTokens: number; outputTokens: number }
+  /**
+   * The provider's own counts: what is charged. A later usage chunk replaces an earlier one. `outputTokens` is
+   * absent while only the input is known (Anthropic's `message_start`); a run that ends before the final count
+   * is charged that input and an estimate of the text it produced.
+   */
+  | { type: 'usage'; inputTokens: number; outputTokens?: number }
   /** Sent once, after the last token; a provider that never sends it has stopped for `stop`. */
   | { type: 'finish'; reason: AiStopReason };
 
