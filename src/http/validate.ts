@@ -25,7 +25,8 @@ export function perConfig<T>(build: (c: Config) => T): (c: Config) => T {
   };
 }
 
-export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** A UUID, any case. (No regex flags: the OpenAPI document carries this pattern as it is.) */
+export const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 /** A path id that is not a UUID names nothing: answer 404 as for an unknown one (and keep it out of SQL). */
 export function isUuid(value: unknown): value is string {
