@@ -6,7 +6,7 @@ import type { AppContext } from './context.js';
 import { consoleRoutes } from './console/console.routes.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
-import { corsFor, DOCS_CSP, securityHeaders } from './http/security.js';
+import { corsFor, securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
@@ -16,7 +16,7 @@ import { invoiceRoutes } from './payments/invoices.routes.js';
 import { lnbitsWebhookRoutes } from './payments/lnbits-webhook.routes.js';
 import { openAiRoutes } from './openai/openai.routes.js';
 import { buildOpenApiDocument, docContext, optionalRoutes } from './openapi/document.js';
-import { docsRoutes } from './openapi/docs.routes.js';
+import { createDocs } from './openapi/docs.routes.js';
 
 /**
  * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
@@ -27,7 +27,7 @@ export function createApp(ctx: AppContext): express.Express {
   // Routes some configurations do without: the app mounts them and the OpenAPI document describes them alike.
   const optional = optionalRoutes(ctx);
   // Built once, from the zod schemas the routes validate with (see src/openapi/).
-  const openapi = buildOpenApiDocument(docContext(ctx));
+  const docs = createDocs(buildOpenApiDocument(docContext(ctx)));
   app.disable('x-powered-by');
   app.set('trust proxy', ctx.config.TRUST_PROXY);
   app.use(
@@ -51,12 +51,12 @@ export function createApp(ctx: AppContext): express.Express {
       },
     }),
   );
-  // The API reference page (`/docs`) boots with inline script and styles; everything else gets the strict policy.
-  app.use(securityHeaders([{ prefix: '/docs', directives: DOCS_CSP }]));
+  // The API reference page (`/docs`) boots with an inline script and styles; everything else gets the strict policy.
+  app.use(securityHeaders([{ prefix: '/docs', directives: docs.csp }]));
   app.use(['/api', '/v1'], corsFor(ctx.config.CORS_ORIGINS));
   app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
   // `GET /api/openapi.json` and the API reference at `/docs`.
-  app.use(docsRoutes(openapi));
+  app.use(docs.router);
   // LNbits's webhook sends a JSON string, which the strict parser below refuses: its route parses its own body.
   if (optional.lnbitsWebhook) app.use('/api', lnbitsWebhookRoutes(ctx));
   // The OpenAI face parses its own bodies (a larger limit), applies the same limits, and speaks its own error envelope.

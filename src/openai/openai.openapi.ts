@@ -248,7 +248,7 @@ export function describeOpenAi(r: Registry, { config: c, defaultModel: model }: 
     },
   });
 
-  const models = ['Models'];
+  const models = ['Model catalogue'];
   r.registerPath({
     method: 'get',
     path: '/v1/models',

@@ -104,7 +104,7 @@ export function buildOpenApiDocument(d: DocContext & { optional: OptionalRoutes 
       { name: 'Responses', description: 'OpenAI’s Responses API (`/v1`).' },
       { name: 'Conversations', description: 'OpenAI’s Conversations API (`/v1`).' },
       { name: 'Chat', description: 'OpenAI’s Chat Completions API (`/v1`).' },
-      { name: 'Models', description: 'The model catalogue (`/v1`).' },
+      { name: 'Model catalogue', description: 'The models and their prices (`/v1/models`).' },
     ].filter((t) => t.name !== 'Development' || d.optional.stubPay),
     externalDocs: { description: 'OpenAI’s API reference (the `/v1` face)', url: 'https://platform.openai.com/docs/api-reference' },
   });
