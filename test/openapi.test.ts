@@ -6,7 +6,6 @@ import { jobCreateBody } from '../src/jobs/jobs.schemas.js';
 import { responseCreateBody } from '../src/openai/schemas.js';
 import { startFakeLnbits, type FakeLnbits } from './fakes/lnbits.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
-import { startLnbitsServer } from './helpers/lnbits.js';
 import { NOT_IN_SPEC, documentedRoutes, mountedRoutes, routeConfigs, schemaProblems } from './helpers/openapi.js';
 
 let stub: TestServer;
@@ -15,7 +14,9 @@ let fake: FakeLnbits;
 let prod: TestServer;
 beforeAll(async () => {
   fake = await startFakeLnbits();
-  [stub, lnbits, prod] = await Promise.all([startTestServer(), startLnbitsServer(fake), startTestServer({ NODE_ENV: 'production' })]);
+  // Each listens on a port of its own choosing (0): nothing here can race another test file for a port.
+  const lnbitsConfig = { PAYMENT_PROVIDER: 'lnbits', LIGHTNING_NETWORK: 'bitcoin', LNBITS_URL: fake.url, LNBITS_INVOICE_KEY: fake.wallet.inkey, LNBITS_ADMIN_KEY: fake.wallet.adminkey } as const;
+  [stub, lnbits, prod] = await Promise.all([startTestServer(), startTestServer(lnbitsConfig), startTestServer({ NODE_ENV: 'production' })]);
 });
 afterAll(async () => {
   await Promise.all([stub?.close(), lnbits?.close(), prod?.close()]);
