@@ -12,11 +12,17 @@ import type { OpenApiDocument } from './document.js';
  */
 const SCALAR_BUNDLE = createRequire(import.meta.url).resolve('@scalar/api-reference/browser/standalone.js');
 
-/** The page a handler sends (Scalar's middleware renders synchronously from its configuration alone). */
+/**
+ * The page a handler sends. Scalar's middleware renders synchronously from its configuration alone (no request),
+ * so it is rendered once here and served as it is; the hash of its inline script is then known at start-up.
+ */
 function renderOnce(handler: (req: never, res: never, next: never) => void): string {
   let html: string | undefined;
   const res = {
     type: () => res,
+    set: () => res,
+    setHeader: () => res,
+    status: () => res,
     send: (body: string) => ((html = body), res),
   };
   handler({} as never, res as never, (() => {}) as never);
