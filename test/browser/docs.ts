@@ -1,8 +1,17 @@
 /// <reference lib="dom" />
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import type { Request } from 'playwright-core';
+import type { Page, Request } from 'playwright-core';
 import { SCREENSHOTS, until, type Harness } from './harness.js';
+
+/** A screenshot once the page's transitions have settled (Scalar fades panels in). */
+async function still(page: Page, name: string) {
+  // Only timed, finite ones: scroll-driven fades and endless pulses never "finish".
+  const settled = () =>
+    document.getAnimations().every((a) => a.playState !== 'running' || a.timeline !== document.timeline || a.effect?.getComputedTiming().iterations === Infinity);
+  await until(page, settled, 'animations to finish');
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
+}
 
 /**
  * The API reference at `/docs` (Scalar) in a real browser: it renders the document of `/api/openapi.json`
@@ -26,14 +35,14 @@ export async function docsPage(h: Harness, log: (msg: string) => void) {
     await until(page, () => document.body.innerText.includes('Ask for AI work, paid from the balance'), 'the reference to render the document', 30_000);
     assert.ok(requests.includes('/docs/scalar.js'), 'Scalar’s bundle is served by the app');
     assert.ok(requests.includes('/api/openapi.json'), 'the page renders the served document');
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'docs.png') });
+    await still(page, 'docs');
 
     // A stream: its SSE frames, resume parameters and both ways to pass the token are described.
     await page.getByText('Stream a request (SSE, resumable)').first().click();
     const heading = page.getByRole('heading', { name: 'Stream a request (SSE, resumable)' });
     await heading.waitFor({ state: 'visible' });
     await until(page, () => document.body.innerText.includes('Last-Event-ID'), 'the stream operation’s parameters');
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'docs-stream.png') });
+    await still(page, 'docs-stream');
 
     // Search finds an operation.
     await page.getByText('Search', { exact: true }).first().click();
@@ -47,7 +56,7 @@ export async function docsPage(h: Harness, log: (msg: string) => void) {
     await page.getByRole('button', { name: 'Test Request' }).first().click();
     await page.getByRole('button', { name: /^Send post request to .*\/api\/sessions$/ }).click();
     await until(page, () => /201 Created/.test(document.body.innerText) && document.body.innerText.includes('"sessionToken"'), 'the API client to create a session');
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'docs-client.png') });
+    await still(page, 'docs-client');
     assert.deepEqual(elsewhere, [], 'the reference fetches nothing from another origin');
     log(`API reference: rendered from ${requests.length} same-origin requests and nothing else; its client created a session; screenshots docs*.png`);
     await page.close();
