@@ -35,6 +35,7 @@ const join = (prefix: string, path: string) => `${prefix}/${path}`.replace(/\/+/
  */
 export function mountedRoutes(app: Express): Set<string> {
   const root = (app as unknown as { router: { listRoutes?: () => ListedRoute[] } }).router;
+  // router >= 2.3 (a devDependency, so Express's own copy is one that has it).
   if (typeof root.listRoutes !== 'function') throw new Error('this router has no listRoutes(): the drift check needs router >= 2.3 (Express 5)');
   const out = new Set<string>();
   const walk = (routes: ListedRoute[], prefix: string) => {
