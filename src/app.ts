@@ -6,7 +6,7 @@ import type { AppContext } from './context.js';
 import { consoleRoutes } from './console/console.routes.js';
 import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { AppError, databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
-import { corsFor, DOCS_CSP, securityHeaders } from './http/security.js';
+import { corsFor, securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
 import { serializeError } from './log-safety.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
@@ -16,6 +16,8 @@ import { runRoutes } from './runs/runs.routes.js';
 import { invoiceRoutes } from './payments/invoices.routes.js';
 import { lnbitsWebhookRoutes } from './payments/lnbits-webhook.routes.js';
 import { openAiRoutes } from './openai/openai.routes.js';
+import { buildOpenApiDocument, docContext, optionalRoutes } from './openapi/document.js';
+import { createDocs } from './openapi/docs.routes.js';
 
 /**
  * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
@@ -23,6 +25,10 @@ import { openAiRoutes } from './openai/openai.routes.js';
  */
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
+  // Routes some configurations do without: the app mounts them and the OpenAPI document describes them alike.
+  const optional = optionalRoutes(ctx);
+  // Built once, from the zod schemas the routes validate with (see src/openapi/).
+  const docs = createDocs(buildOpenApiDocument(docContext(ctx)));
   app.disable('x-powered-by');
   app.set('trust proxy', ctx.config.TRUST_PROXY);
   app.use(
@@ -48,12 +54,14 @@ export function createApp(ctx: AppContext): express.Express {
       },
     }),
   );
-  // The API reference page (a later `/docs`) boots with inline script and styles; everything else gets the strict policy.
-  app.use(securityHeaders([{ prefix: '/docs', directives: DOCS_CSP }]));
+  // The API reference page (`/docs`) boots with an inline script and styles; everything else gets the strict policy.
+  app.use(securityHeaders([{ prefix: '/docs', directives: docs.csp }]));
   app.use(['/api', '/v1'], corsFor(ctx.config.CORS_ORIGINS));
   app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
+  // `GET /api/openapi.json` and the API reference at `/docs`.
+  app.use(docs.router);
   // LNbits's webhook sends a JSON string, which the strict parser below refuses: its route parses its own body.
-  if (ctx.payments.name === 'lnbits') app.use('/api', lnbitsWebhookRoutes(ctx));
+  if (optional.lnbitsWebhook) app.use('/api', lnbitsWebhookRoutes(ctx));
   // The OpenAI face parses its own bodies (a larger limit), applies the same limits, and speaks its own error envelope.
   app.use('/v1', openAiRoutes(ctx));
   app.use(express.json({ limit: '64kb' }));
@@ -81,7 +89,7 @@ export function createApp(ctx: AppContext): express.Express {
   api.use(runRoutes(ctx));
   api.use(invoiceRoutes(ctx));
   api.use(demoRoutes(ctx));
-  if (ctx.stubPayments && ctx.config.NODE_ENV !== 'production') api.use(stubPayRoutes(ctx.stubPayments, ctx.config.LIGHTNING_NETWORK));
+  if (optional.stubPay && ctx.stubPayments) api.use(stubPayRoutes(ctx.stubPayments, ctx.config.LIGHTNING_NETWORK));
   app.use('/api', api);
   // The browser console: sessions, runs, jobs and their invoices, live streams.
   app.use(consoleRoutes());

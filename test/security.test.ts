@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { paidSession, postRequest } from './helpers/sessions.js';
@@ -94,14 +95,21 @@ describe('security headers (helmet)', () => {
     expect(text).toMatch(/event: done/);
   });
 
-  it('gives /docs its own, looser policy (an API reference page boots with inline script and styles)', async () => {
-    const docs = await t.http.get('/docs');
+  it('gives /docs its own policy: its one inline boot script by hash, inline styles, nothing from elsewhere', async () => {
+    const docs = await t.http.get('/docs').expect(200).expect('content-type', /^text\/html/);
     const csp = docs.headers['content-security-policy']!;
-    expect(csp).toMatch(/script-src 'self' 'unsafe-inline'/);
-    expect(csp).toMatch(/worker-src 'self' blob:/);
+    const boot = /<script type="text\/javascript">([\s\S]*?)<\/script>/.exec(docs.text)![1]!;
+    const hash = createHash('sha256').update(boot).digest('base64');
+    expect(csp).toContain(`script-src 'self' 'sha256-${hash}';`);
+    expect(csp).toMatch(/style-src 'self' 'unsafe-inline'/);
     expect(csp).toMatch(/default-src 'self'/);
+    expect(csp).toMatch(/font-src 'self';/);
+    expect(docs.text).toContain('<script src="/docs/scalar.js">');
+    expect(docs.text).not.toMatch(/https?:\/\//);
     const api = await t.http.get('/api/healthz');
-    expect(api.headers['content-security-policy']).not.toMatch(/unsafe-inline/);
+    expect(api.headers['content-security-policy']).not.toMatch(/unsafe-inline|sha256/);
+    const bundle = await t.http.get('/docs/scalar.js').expect(200).expect('content-type', /^text\/javascript/);
+    expect(bundle.headers['content-security-policy']).toBe(csp);
   });
 });
 

@@ -1,8 +1,8 @@
 import { Router } from 'express';
-import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { AppError } from '../http/errors.js';
-import { parse, requestText } from '../http/validate.js';
+import { parse } from '../http/validate.js';
+import { demoQuery } from './demo.schemas.js';
 import { AiError } from '../providers/ai/types.js';
 
 /** How long a demo may take before it is cut off (it holds an HTTP request open, unlike real work). */
@@ -15,9 +15,7 @@ const DEMO_TIMEOUT_MS = 10_000;
  */
 export function demoRoutes(ctx: AppContext): Router {
   const r = Router();
-  const query = z.object({
-    request: requestText(ctx.config.JOB_REQUEST_MAX_CHARS),
-  });
+  const query = demoQuery(ctx.config);
 
   r.get('/demo', async (req, res) => {
     const { request } = parse(query, { request: typeof req.query.request === 'string' ? req.query.request : undefined }, 'query');

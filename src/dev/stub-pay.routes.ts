@@ -1,16 +1,11 @@
 import { Router } from 'express';
-import { z } from 'zod';
 import type { LightningNetwork } from '../providers/payments/bolt11.js';
 import { encodeInvoice, newNodeKey, newPreimage } from '../providers/payments/bolt11.js';
 import type { StubPaymentProvider } from '../providers/payments/stub.js';
 import { conflict, notFound } from '../http/errors.js';
 import { parse } from '../http/validate.js';
+import { walletInvoiceBody } from './stub-pay.schemas.js';
 
-const walletInvoiceBody = z.object({
-  amount_sats: z.number({ error: 'amount_sats must be a whole number of sats' }).int('amount_sats must be a whole number of sats').min(1, 'amount_sats must be at least 1').max(100_000_000, 'amount_sats must be at most 100000000'),
-  memo: z.string({ error: 'memo must be a string' }).max(200, 'memo must be at most 200 characters').optional(),
-  expiry_s: z.number({ error: 'expiry_s must be a number of seconds' }).int('expiry_s must be whole seconds').min(1, 'expiry_s must be at least 1').max(7 * 86_400, 'expiry_s must be at most a week').optional(),
-});
 
 /**
  * The stub Lightning world, for development (mounted only with the stub payment provider and outside production):

@@ -7,7 +7,7 @@ import { AppError } from './errors.js';
 const canonical = configure({ deterministic: true, bigint: false });
 
 /** What an `Idempotency-Key` may hold: 1–255 visible ASCII characters (a UUID, a ULID, a hash…). */
-const KEY = /^[\x21-\x7e]{1,255}$/;
+export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 
 /**
  * The `Idempotency-Key` of a request and the fingerprint of what it asked (its route and its canonical JSON
@@ -17,7 +17,7 @@ const KEY = /^[\x21-\x7e]{1,255}$/;
 export function idempotencyOf(req: Request, route: string): { key: string; fingerprint: string } | null {
   const key = req.get('idempotency-key');
   if (key === undefined) return null;
-  if (!KEY.test(key)) throw new AppError(400, 'invalid_idempotency_key', 'Idempotency-Key must be 1 to 255 visible ASCII characters');
+  if (!IDEMPOTENCY_KEY.test(key)) throw new AppError(400, 'invalid_idempotency_key', 'Idempotency-Key must be 1 to 255 visible ASCII characters');
   const fingerprint = createHash('sha256')
     .update(`${route}\n${canonical(req.body ?? null) ?? 'null'}`)
     .digest('hex');

@@ -97,6 +97,9 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   };
 }
 
+/** What a resume cursor may be: an event id (a run's `seq`, a Response event's `sequence_number`). */
+export const CURSOR = /^\d{1,9}$/;
+
 /**
  * The resume cursor: `Last-Event-ID` header (what EventSource sends on reconnect) or `?starting_after=N`.
  * Returns 0 when none; throws on a malformed one so the route answers 400.
@@ -106,6 +109,6 @@ export function readCursor(req: Request): number | { error: string } {
   const query = typeof req.query.starting_after === 'string' ? req.query.starting_after : undefined;
   const raw = header ?? query;
   if (raw === undefined || raw === '') return 0;
-  if (!/^\d{1,9}$/.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };
+  if (!CURSOR.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };
   return Number(raw.trim());
 }

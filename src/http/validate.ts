@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Config } from '../config.js';
 import { AppError } from './errors.js';
 
 /** Parse `input` with `schema`, or throw `400 invalid_request` with the zod issues as details. */
@@ -11,7 +12,21 @@ export function parse<S extends z.ZodType>(schema: S, input: unknown, what = 're
   throw new AppError(400, 'invalid_request', message, details);
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/**
+ * A schema factory whose schemas depend on the configuration (limits such as REQUEST_MAX_CHARS), built once per
+ * configuration: a route and the OpenAPI document asking for it with the same config get the same instance, so
+ * the schema that validates a request is the very one the document describes, and none is built per request.
+ */
+export function perConfig<T>(build: (c: Config) => T): (c: Config) => T {
+  const built = new WeakMap<Config, T>();
+  return (c) => {
+    if (!built.has(c)) built.set(c, build(c));
+    return built.get(c)!;
+  };
+}
+
+/** A UUID, any case. (No regex flags: the OpenAPI document carries this pattern as it is.) */
+export const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 /** A path id that is not a UUID names nothing: answer 404 as for an unknown one (and keep it out of SQL). */
 export function isUuid(value: unknown): value is string {

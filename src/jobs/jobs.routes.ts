@@ -1,12 +1,12 @@
 import { Router } from 'express';
-import { z } from 'zod';
 import type { AppContext } from '../context.js';
-import { parse, requestText } from '../http/validate.js';
+import { parse } from '../http/validate.js';
 import { findRun } from '../runs/lookup.js';
 import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { payoutAnswer, payoutView, type PayoutRow } from '../ledger/payouts.js';
 import { invoiceView } from '../ledger/settlement.js';
+import { jobCreateBody, jobRefundBody } from './jobs.schemas.js';
 import { RUN_STATES, type JobRow } from './jobs.service.js';
 
 /**
@@ -30,10 +30,7 @@ function refundFields(owed: number, payout: PayoutRow | undefined) {
 export function jobRoutes(ctx: AppContext): Router {
   const r = Router();
   const { jobs } = ctx;
-  const createBody = z.object({
-    request: requestText(ctx.config.JOB_REQUEST_MAX_CHARS),
-  });
-  const refundBody = z.object({ invoice: z.string({ error: 'invoice must be a string' }).min(1, 'invoice is required').max(2000) });
+  const createBody = jobCreateBody(ctx.config);
 
   async function jobView(job: JobRow) {
     const { evalInvoice, workInvoice } = await jobs.invoicesOf(job);
@@ -82,7 +79,7 @@ export function jobRoutes(ctx: AppContext): Router {
 
   r.post('/jobs/:id/refund', async (req, res) => {
     const job = await jobs.find(req.params.id);
-    const body = parse(refundBody, req.body);
+    const body = parse(jobRefundBody, req.body);
     const answer = payoutAnswer(await jobs.refund(job, body.invoice));
     res.status(answer.status).json(answer.body);
   });

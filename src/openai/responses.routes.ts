@@ -2,6 +2,7 @@ import { Router, type Request } from 'express';
 import type { AppContext } from '../context.js';
 import type { Principal } from '../http/principal.js';
 import { AppError } from '../http/errors.js';
+import { CURSOR } from '../http/sse.js';
 import { deleteRun, stopRun } from '../runs/control.js';
 import { turnOf } from '../runs/context.js';
 import { findRun, type FoundRun } from '../runs/lookup.js';
@@ -24,7 +25,7 @@ const CANCEL_WAIT_MS = 15_000;
 function cursorOf(req: Request, startingAfter: number | undefined): number {
   const header = req.get('last-event-id');
   if (header === undefined || header === '') return startingAfter ?? -1;
-  if (!/^\d{1,9}$/.test(header.trim())) throw invalidRequest(`Invalid value for 'Last-Event-ID': ${JSON.stringify(header)} is not an event id.`, 'Last-Event-ID');
+  if (!CURSOR.test(header.trim())) throw invalidRequest(`Invalid value for 'Last-Event-ID': ${JSON.stringify(header)} is not an event id.`, 'Last-Event-ID');
   return Number(header.trim());
 }
 

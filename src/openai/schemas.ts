@@ -58,13 +58,22 @@ export const responseCreateBody = z.object({
 });
 export type ResponseCreateBody = z.infer<typeof responseCreateBody>;
 
+const MAX_SEQUENCE = 2 ** 31 - 1;
+
 export const retrieveQuery = z.object({
-  stream: z.enum(['true', 'false'], { error: 'stream must be true or false' }).optional(),
-  starting_after: z.coerce.number({ error: 'starting_after must be an integer' }).int('starting_after must be an integer').min(0).max(2 ** 31 - 1).optional(),
+  stream: z.enum(['true', 'false'], { error: 'stream must be true or false' }).meta({ description: '`true`: stream the Response events (SSE) instead of the object.' }).optional(),
+  starting_after: z.coerce
+    .number({ error: 'starting_after must be an integer' })
+    .int('starting_after must be an integer')
+    .min(0)
+    .max(MAX_SEQUENCE)
+    // Spelled out: the document generator would call a coerced number nullable (coercion turns null into 0).
+    .meta({ type: 'integer', minimum: 0, maximum: MAX_SEQUENCE, description: 'With `stream=true`: resume after this `sequence_number`.' })
+    .optional(),
 });
 
 export const listQuery = z.object({
-  after: z.string().max(200).optional(),
+  after: z.string().max(200).meta({ description: 'The last item id of the previous page.' }).optional(),
   limit: z.coerce.number({ error: 'limit must be a number' }).int().min(1, 'limit must be between 1 and 100').max(100, 'limit must be between 1 and 100').default(20),
   order: z.enum(['asc', 'desc'], { error: 'order must be asc or desc' }).default('desc'),
 });

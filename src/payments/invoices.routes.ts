@@ -1,11 +1,11 @@
 import { Router } from 'express';
-import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { AppError, conflict, notFound } from '../http/errors.js';
 import { parse } from '../http/validate.js';
 import { payoutAnswer, payoutView } from '../ledger/payouts.js';
 import { invoiceView, type InvoiceRow } from '../ledger/settlement.js';
 import { preimageMatches } from '../providers/payments/bolt11.js';
+import { refundClaimBody } from './invoices.schemas.js';
 
 const HASH = /^[0-9a-f]{64}$/;
 
@@ -17,10 +17,6 @@ const HASH = /^[0-9a-f]{64}$/;
  */
 export function invoiceRoutes(ctx: AppContext): Router {
   const r = Router();
-  const claimBody = z.object({
-    preimage: z.string({ error: 'preimage must be a string' }).regex(/^[0-9a-fA-F]{64}$/, 'preimage must be 64 hex characters (32 bytes)'),
-    invoice: z.string({ error: 'invoice must be a string' }).min(1, 'invoice is required').max(2000),
-  });
 
   async function find(hash: string | undefined): Promise<InvoiceRow> {
     const h = hash?.toLowerCase();
@@ -48,7 +44,7 @@ export function invoiceRoutes(ctx: AppContext): Router {
 
   r.post('/invoices/:paymentHash/refund', async (req, res) => {
     const inv = await find(req.params.paymentHash);
-    const body = parse(claimBody, req.body);
+    const body = parse(refundClaimBody, req.body);
     if (inv.state !== 'refundable') {
       const why = inv.state === 'paid' ? 'its payment was delivered' : inv.state === 'expired' ? 'it expired unpaid' : 'it is not paid';
       throw conflict('not_refundable', `this invoice is ${inv.state}: ${why}; only a payment that could not be delivered is refunded here`, { state: inv.state });

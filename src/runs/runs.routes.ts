@@ -1,5 +1,4 @@
 import { Router, type Request } from 'express';
-import { z } from 'zod';
 import type { AppContext } from '../context.js';
 import { AppError, conflict, notFound } from '../http/errors.js';
 import { bearerToken } from '../http/auth.js';
@@ -9,9 +8,10 @@ import { deleteRun, stopRun } from './control.js';
 import { findRun, type FoundRun } from './lookup.js';
 import { isLive } from './store.js';
 import { streamRun } from './stream.js';
+import { runsListQuery } from './runs.schemas.js';
 import { runFields } from './view.js';
 
-const STATES = ['queued', 'executing', 'complete', 'failed', 'cancelled', 'interrupted'] as const;
+
 
 /**
  * The exact form `listForSession` writes (Postgres microseconds, UTC); anything else was not made by us. The year
@@ -46,11 +46,6 @@ function decodeCursor(cursor: string, sessionId: string): { ts: string; id: stri
  */
 export function runRoutes(ctx: AppContext): Router {
   const r = Router();
-  const listQuery = z.object({
-    state: z.enum(STATES, { error: `state must be one of ${STATES.join(', ')}` }).optional(),
-    limit: z.coerce.number({ error: 'limit must be a number' }).int('limit must be a whole number').min(1, 'limit must be at least 1').max(100, 'limit must be at most 100').default(20),
-    cursor: z.string().min(1).max(500).optional(),
-  });
 
   const auth = async (req: Request, allowQuery = false) => sessionPrincipal(await ctx.sessions.authenticate(bearerToken(req, allowQuery)));
 
@@ -67,7 +62,7 @@ export function runRoutes(ctx: AppContext): Router {
 
   r.get('/runs', async (req, res) => {
     const principal = await auth(req);
-    const q = parse(listQuery, req.query, 'query');
+    const q = parse(runsListQuery, req.query, 'query');
     const before = q.cursor ? decodeCursor(q.cursor, principal.sessionId) : undefined;
     const rows = await ctx.store.listForSession(principal.sessionId, { state: q.state, limit: q.limit + 1, before });
     const page = rows.slice(0, q.limit);

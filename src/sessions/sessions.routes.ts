@@ -19,6 +19,7 @@ export function sessionView(s: SessionRow) {
 export function sessionRoutes(ctx: AppContext): Router {
   const r = Router();
   const { sessions } = ctx;
+  const bodies = { create: createSessionBody(ctx.config), topup: topupBody(ctx.config), request: requestBody(ctx.config) };
 
   /** A request of this session, or 404 (also for another session's run: ids are not probeable). */
   async function ownRun(session: SessionRow, requestId: string | undefined): Promise<FoundRun> {
@@ -30,7 +31,7 @@ export function sessionRoutes(ctx: AppContext): Router {
   const requestView = ({ row, live }: FoundRun) => ({ requestId: row.id, sessionId: row.sessionId, ...runFields(row, live) });
 
   r.post('/sessions', async (req, res) => {
-    const body = parse(createSessionBody(ctx.config), req.body);
+    const body = parse(bodies.create, req.body);
     const { session, token, invoice } = await sessions.create(body.amount_sats);
     res.status(201).json({ sessionId: session.id, sessionToken: token, state: session.state, invoice: invoiceView(invoice) });
   });
@@ -42,7 +43,7 @@ export function sessionRoutes(ctx: AppContext): Router {
 
   r.post('/sessions/:id/topup', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req), req.params.id);
-    const body = parse(topupBody(ctx.config), req.body);
+    const body = parse(bodies.topup, req.body);
     res.status(201).json({ invoice: invoiceView(await sessions.topup(session, body.amount_sats)) });
   });
 
@@ -58,7 +59,7 @@ export function sessionRoutes(ctx: AppContext): Router {
 
   r.post('/sessions/:id/request', async (req, res) => {
     const session = await sessions.authenticate(bearerToken(req), req.params.id);
-    const body = parse(requestBody(ctx.config), req.body);
+    const body = parse(bodies.request, req.body);
     const idempotency = idempotencyOf(req, `POST /api/sessions/${session.id}/request`);
     const accepted = await sessions.request(session, { request: body.request, maxTokens: body.max_tokens, model: body.model, idempotency });
     const runId = accepted.replayed ? accepted.runId : accepted.run.id;

@@ -2,8 +2,8 @@
 /**
  * The browser console for real: headless Chromium (Debian's `chromium` package, driven by playwright-core)
  * against the real server process. A session flow, stopping a run, a reload mid-stream, a network cut
- * mid-stream, the job flow with its refund, and a page on another origin streaming through CORS. Screenshots go
- * to test/browser/screenshots/.
+ * mid-stream, the job flow with its refund, a page on another origin streaming through CORS, and the API reference
+ * at `/docs`. Screenshots go to test/browser/screenshots/.
  *
  *   apt-get install -y chromium && npm run test:browser      (CHROMIUM_PATH to use another binary)
  */
@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { freePort } from '../helpers/global-setup.js';
 import { crossOrigin } from './cross-origin.js';
+import { docsPage } from './docs.js';
 import { assertWhole, lastStream, sessionOf, shot, startHarness, until, type Harness } from './harness.js';
 import { decodeInvoice } from '../../src/providers/payments/bolt11.js';
 
@@ -192,6 +193,7 @@ try {
   await page.close();
   await jobFlow();
   await crossOrigin(h, otherOrigin, log);
+  await docsPage(h, log);
   log('all passed; screenshots in test/browser/screenshots/');
 } finally {
   await h.close();

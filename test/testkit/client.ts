@@ -1,8 +1,22 @@
 import assert from 'node:assert/strict';
 
-/** A tiny HTTP client for the testkit: JSON in, JSON out, the status checked. */
-export function client(baseUrl: string) {
+/** One request and its answer, as the testkit saw it (a stream's answer as its events). */
+export interface Exchange {
+  method: string;
+  path: string;
+  status: number;
+  contentType: string | null;
+  body?: unknown;
+  events?: Array<{ id: string | undefined; event: string; data: unknown }>;
+}
+
+/**
+ * A tiny HTTP client for the testkit: JSON in, JSON out, the status checked. `observe` sees every exchange (the
+ * OpenAPI contract test checks them against the document).
+ */
+export function client(baseUrl: string, opts: { observe?: (x: Exchange) => void } = {}) {
   const base = baseUrl.replace(/\/$/, '');
+  const observe = opts.observe ?? (() => {});
   async function call(method: string, path: string, opts: { body?: unknown; token?: string; expect?: number; headers?: Record<string, string> } = {}) {
     const res = await fetch(`${base}${path}`, {
       method,
@@ -15,6 +29,7 @@ export function client(baseUrl: string) {
     });
     const text = await res.text();
     const json = text ? JSON.parse(text) : undefined;
+    observe({ method, path, status: res.status, contentType: res.headers.get('content-type'), body: json });
     if (opts.expect !== undefined) assert.equal(res.status, opts.expect, `${method} ${path}: ${res.status} ${text}`);
     return { status: res.status, body: json, headers: res.headers };
   }
@@ -32,7 +47,7 @@ export function client(baseUrl: string) {
       });
       assert.equal(res.status, 200, `${body === undefined ? 'GET' : 'POST'} ${path}: ${res.status}`);
       const text = await res.text();
-      return text
+      const events = text
         .split('\n\n')
         .map((frame) => {
           const get = (f: string) => frame.split('\n').find((l) => l.startsWith(`${f}: `))?.slice(f.length + 2);
@@ -45,6 +60,8 @@ export function client(baseUrl: string) {
           return { id: get('id'), event: get('event') ?? 'message', data: parsed as any };
         })
         .filter((e): e is { id: string | undefined; event: string; data: any } => e !== null);
+      observe({ method: body === undefined ? 'GET' : 'POST', path, status: res.status, contentType: res.headers.get('content-type'), events });
+      return events;
     },
   };
 }
