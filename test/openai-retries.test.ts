@@ -40,7 +40,7 @@ describe('provider failures on /v1/chat/completions and the SDK’s retries', ()
     async (code) => {
       const s = await paidSession(t, 1000);
       const client = new OpenAI({ baseURL: `${t.url}/v1`, apiKey: s.token, maxRetries: 2 });
-      const err = await client.chat.completions.create({ messages: [{ role: 'user', content: `hi [fail:${code}]` }] }).catch((e) => e);
+      const err = await client.chat.completions.create({ model: 'sluice-stub', messages: [{ role: 'user', content: `hi [fail:${code}]` }] }).catch((e) => e);
       expect(err).toBeInstanceOf(OpenAI.APIError);
       expect(err).toMatchObject({ status: 502, code });
       expect(err.headers.get('x-should-retry')).toBe('false');
@@ -51,7 +51,7 @@ describe('provider failures on /v1/chat/completions and the SDK’s retries', ()
   it('provider_unavailable may pass: the SDK retries it', async () => {
     const s = await paidSession(t, 1000);
     const client = new OpenAI({ baseURL: `${t.url}/v1`, apiKey: s.token, maxRetries: 1 });
-    const err = await client.chat.completions.create({ messages: [{ role: 'user', content: 'hi [fail:provider_unavailable]' }] }).catch((e) => e);
+    const err = await client.chat.completions.create({ model: 'sluice-stub', messages: [{ role: 'user', content: 'hi [fail:provider_unavailable]' }] }).catch((e) => e);
     expect(err).toMatchObject({ status: 502, code: 'provider_unavailable' });
     expect(err.headers.get('x-should-retry')).not.toBe('false');
     expect(await runsOf(s.token)).toBe(2);

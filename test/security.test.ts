@@ -89,9 +89,9 @@ describe('CORS for the openai SDK in a page on another origin', () => {
 
   it('answers the preflight of every header the SDK sends, and lets the page read the ones it acts on', async () => {
     const names = await sdkHeaderNames(async (client) => {
-      await client.responses.create({ input: 'hi [stub:tokens=2]' });
-      await client.responses.stream({ input: 'hi [stub:tokens=2]' }).finalResponse();
-      await client.chat.completions.create({ messages: [{ role: 'user', content: 'hi [stub:tokens=2]' }] }, { headers: { 'Idempotency-Key': 'k-1' } });
+      await client.responses.create({ model: 'sluice-stub', input: 'hi [stub:tokens=2]' });
+      await client.responses.stream({ model: 'sluice-stub', input: 'hi [stub:tokens=2]' }).finalResponse();
+      await client.chat.completions.create({ model: 'sluice-stub', messages: [{ role: 'user', content: 'hi [stub:tokens=2]' }] }, { headers: { 'Idempotency-Key': 'k-1' } });
     });
     expect(names).toEqual(expect.arrayContaining(['authorization', 'content-type', 'x-stainless-helper-method', 'x-stainless-retry-count']));
     const res = await t.http
