@@ -89,6 +89,13 @@ const chatBody = fc.oneof(
   fc.jsonValue(),
 );
 const conversationBody = fc.oneof(fc.record({ items: messages, metadata: value }, { requiredKeys: [] }), fc.jsonValue());
+/** A body that is valid but for a field nested absurdly deep (JSON.parse takes it; a recursive walk may not). */
+const deep = fc
+  .tuple(fc.integer({ min: 1, max: 200_000 }), fc.constantFrom('[', '{"a":'))
+  .map(([depth, open]) => ({
+    type: 'application/json',
+    data: `{"model":"sluice-stub","input":"x [stub:tokens=1]","messages":[{"role":"user","content":"x [stub:tokens=1]"}],"junk":${open.repeat(depth)}0${(open === '[' ? ']' : '}').repeat(depth)}}`,
+  }));
 /** A body as it goes on the wire: JSON, broken JSON, or another content type. */
 const wire = (body: fc.Arbitrary<unknown>) =>
   fc.oneof(
@@ -96,6 +103,7 @@ const wire = (body: fc.Arbitrary<unknown>) =>
     fc.string().map((raw) => ({ type: 'application/json', data: raw })),
     fc.string().map((raw) => ({ type: 'text/plain', data: raw })),
     fc.constant({ type: 'application/json', data: '{"input": "x", "input": 5}' }),
+    deep,
   );
 const query = fc
   .array(fc.tuple(fc.oneof(fc.constantFrom('stream', 'starting_after', 'after', 'limit', 'order', 'access_token'), fc.string({ maxLength: 8 })), fc.oneof(fc.string(), value.map((v) => (typeof v === 'string' ? v : (JSON.stringify(v) ?? ''))))), { maxLength: 5 })
@@ -157,6 +165,15 @@ describe('fuzzing the /v1 face', () => {
       fc.asyncProperty(arb, async (request) => expectWellFormed(request())),
       { numRuns: RUNS },
     );
+  });
+
+  it('an absurdly nested body with an Idempotency-Key is a 400 naming no param, and a sane one still works', async () => {
+    const body = (depth: number) => `{"input":"deep [stub:tokens=1]","junk":${'{"a":'.repeat(depth)}0${'}'.repeat(depth)}}`;
+    const res = await t.http.post('/v1/responses').set(s.auth).set('idempotency-key', 'deep-1').set('content-type', 'application/json').send(body(50_000));
+    expect(res.status, res.text.slice(0, 200)).toBe(400);
+    expect(res.body.error).toMatchObject({ type: 'invalid_request_error', param: null });
+    expect(res.headers['x-should-retry']).toBe('false');
+    await t.http.post('/v1/responses').set(s.auth).set('idempotency-key', 'deep-2').set('content-type', 'application/json').send(body(20)).expect(200);
   });
 
   it('path segments of any shape (never a 5xx)', async () => {

@@ -51,7 +51,14 @@ const wire = fc.oneof(
   fc.string().map((raw) => ({ type: 'text/plain', data: raw })),
   fc.constant({ type: 'application/json', data: '{"request": "x", "request": 5}' }),
   fc.constant({ type: 'application/x-www-form-urlencoded', data: 'amount_sats=100&request=hi' }),
+  // Valid but for a field nested absurdly deep (JSON.parse takes it; a recursive walk may not).
+  fc.tuple(fc.integer({ min: 1, max: 30_000 }), fc.constantFrom('[', '{"a":')).map(([depth, open]) => ({
+    type: 'application/json',
+    data: `{"amount_sats":100,"request":"x [stub:tokens=1]","junk":${open.repeat(depth)}0${(open === '[' ? ']' : '}').repeat(depth)}}`,
+  })),
 );
+/** An Idempotency-Key header, or none (most cases), or garbage. */
+const idem = fc.option(fc.oneof(fc.string({ maxLength: 20 }).map((v) => v.replace(/[^\x21-\x7e]/g, '') || 'k'), fc.string({ maxLength: 20 }).map((v) => v.replace(/[^\x20-\x7e]/g, ''))), { nil: undefined, freq: 2 });
 /** A query string: the keys we read and others, any values, keys repeated. */
 const query = fc
   .array(fc.tuple(fc.oneof(fc.constantFrom('state', 'limit', 'cursor', 'access_token', 'starting_after', 'request'), fc.string({ maxLength: 8 })), fc.oneof(fc.string(), value.map((v) => (typeof v === "string" ? v : JSON.stringify(v) ?? "")))), { maxLength: 5 })
@@ -88,7 +95,13 @@ const cases: Case[] = [
   ['GET /api/sessions/:id', fc.tuple(id(() => s.id), auth).map(([i, a]) => () => t.http.get(`/api/sessions/${seg(i)}`).set('authorization', a))],
   ['POST /api/sessions/:id/topup', fc.tuple(id(() => s.id), auth, wire).map(([i, a, w]) => () => t.http.post(`/api/sessions/${seg(i)}/topup`).set('authorization', a).set('content-type', w.type).send(w.data))],
   ['GET /api/sessions/:id/ledger', fc.tuple(id(() => s.id), auth).map(([i, a]) => () => t.http.get(`/api/sessions/${seg(i)}/ledger`).set('authorization', a))],
-  ['POST /api/sessions/:id/request', fc.tuple(id(() => s.id), auth, wire).map(([i, a, w]) => () => t.http.post(`/api/sessions/${seg(i)}/request`).set('authorization', a).set('content-type', w.type).send(w.data))],
+  [
+    'POST /api/sessions/:id/request',
+    fc.tuple(id(() => s.id), auth, wire, idem).map(([i, a, w, k]) => () => {
+      const req = t.http.post(`/api/sessions/${seg(i)}/request`).set('authorization', a).set('content-type', w.type);
+      return (k === undefined ? req : req.set('idempotency-key', k)).send(w.data);
+    }),
+  ],
   ['GET /api/sessions/:id/requests/:rid', fc.tuple(id(() => s.id), id(() => runId), auth).map(([i, r, a]) => () => t.http.get(`/api/sessions/${seg(i)}/requests/${seg(r)}`).set('authorization', a))],
   [
     'GET /api/sessions/:id/requests/:rid/stream',
@@ -115,6 +128,14 @@ describe('fuzzing the /api face', () => {
       fc.asyncProperty(arb, async (request) => expectWellFormed(request())),
       { numRuns: RUNS },
     );
+  });
+
+  it('an absurdly nested body with an Idempotency-Key is a 400 in the envelope, and a sane one still works', async () => {
+    const body = (depth: number) => `{"request":"deep [stub:tokens=1]","junk":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+    const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('idempotency-key', 'deep-1').set('content-type', 'application/json').send(body(20_000));
+    expect(res.status, res.text.slice(0, 200)).toBe(400);
+    expect(res.body.error.code).toBe('invalid_request');
+    await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('idempotency-key', 'deep-2').set('content-type', 'application/json').send(body(20)).expect(202);
   });
 
   it('path segments of any shape (never a 5xx)', async () => {
