@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import type { Response, Test } from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
+import { headerValue, idempotencyKey, nestedBody, pathSegments, queryOf, value } from './helpers/fuzz.js';
 import { paidSession, type PaidSession } from './helpers/sessions.js';
 
 /**
@@ -26,18 +27,6 @@ afterAll(() => t.close());
 /** Cases per endpoint; FUZZ_RUNS=500 for a longer hunt. */
 const RUNS = Number(process.env.FUZZ_RUNS ?? 40);
 
-const value = fc.oneof(
-  fc.integer(),
-  fc.constantFrom(0, -1, 1, 256, 4_096, 4_097, 2 ** 31, 2 ** 53, 1e308, 0.5, -0),
-  fc.double(),
-  fc.string(),
-  fc.string({ unit: 'binary' }),
-  fc.constantFrom('', ' ', '\u0000', 'a\u0000b', '\ud800', 'null', 'true', '[stub:tokens=1]', 'x'.repeat(9_000), 'resp_', 'conv_'),
-  fc.constant(null),
-  fc.boolean(),
-  fc.array(fc.integer(), { maxLength: 3 }),
-  fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 }),
-);
 /** A content part or content of a message, valid or not. */
 const content = fc.oneof(
   value,
@@ -89,13 +78,6 @@ const chatBody = fc.oneof(
   fc.jsonValue(),
 );
 const conversationBody = fc.oneof(fc.record({ items: messages, metadata: value }, { requiredKeys: [] }), fc.jsonValue());
-/** A body that is valid but for a field nested absurdly deep (JSON.parse takes it; a recursive walk may not). */
-const deep = fc
-  .tuple(fc.integer({ min: 1, max: 200_000 }), fc.constantFrom('[', '{"a":'))
-  .map(([depth, open]) => ({
-    type: 'application/json',
-    data: `{"model":"sluice-stub","input":"x [stub:tokens=1]","messages":[{"role":"user","content":"x [stub:tokens=1]"}],"junk":${open.repeat(depth)}0${(open === '[' ? ']' : '}').repeat(depth)}}`,
-  }));
 /** A body as it goes on the wire: JSON, broken JSON, or another content type. */
 const wire = (body: fc.Arbitrary<unknown>) =>
   fc.oneof(
@@ -103,21 +85,12 @@ const wire = (body: fc.Arbitrary<unknown>) =>
     fc.string().map((raw) => ({ type: 'application/json', data: raw })),
     fc.string().map((raw) => ({ type: 'text/plain', data: raw })),
     fc.constant({ type: 'application/json', data: '{"input": "x", "input": 5}' }),
-    deep,
+    nestedBody('"model":"sluice-stub","input":"x [stub:tokens=1]","messages":[{"role":"user","content":"x [stub:tokens=1]"}]', 200_000),
   );
-const query = fc
-  .array(fc.tuple(fc.oneof(fc.constantFrom('stream', 'starting_after', 'after', 'limit', 'order', 'access_token'), fc.string({ maxLength: 8 })), fc.oneof(fc.string(), value.map((v) => (typeof v === 'string' ? v : (JSON.stringify(v) ?? ''))))), { maxLength: 5 })
-  .map((pairs) => {
-    const q = new URLSearchParams();
-    for (const [k, v] of pairs) q.append(k, v);
-    return q.toString();
-  });
-const headerValue = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 60 });
+const query = queryOf(['stream', 'starting_after', 'after', 'limit', 'order', 'access_token']);
 const id = (prefix: string, known: () => string) =>
   fc.oneof(fc.constant(null).map(() => known()), fc.string({ maxLength: 40 }), fc.stringMatching(/^[0-9a-f]{32}$/).map((h) => prefix + h), fc.constantFrom('..', '%', prefix));
 const auth = fc.oneof(fc.constant(null).map(() => `Bearer ${s.token}`), headerValue.map((v) => `Bearer ${v}`), headerValue, fc.constant(''));
-/** An Idempotency-Key header, or none (most cases), or garbage. */
-const idem = fc.option(fc.oneof(headerValue, fc.string({ maxLength: 300 }).map((v) => v.replace(/[^\x20-\x7e]/g, ''))), { nil: undefined, freq: 3 });
 
 /** What every answer must be: below 500, and an error in OpenAI's envelope. */
 async function expectWellFormed(test: Test): Promise<void> {
@@ -140,14 +113,14 @@ const post = (p: string, a: string, w: { type: string; data: string }, key?: str
 
 type Case = [string, fc.Arbitrary<() => Test>];
 const cases: Case[] = [
-  ['POST /v1/responses', fc.tuple(auth, wire(responseBody), idem).map(([a, w, k]) => () => post('/v1/responses', a, w, k))],
+  ['POST /v1/responses', fc.tuple(auth, wire(responseBody), idempotencyKey).map(([a, w, k]) => () => post('/v1/responses', a, w, k))],
   ['GET /v1/responses/:id', fc.tuple(id('resp_', () => respId), auth, query, fc.option(headerValue, { nil: undefined })).map(([i, a, q, last]) => () => {
     const req = t.http.get(`/v1/responses/${seg(i)}?${q}`).set('authorization', a);
     return last === undefined ? req : req.set('last-event-id', last);
   })],
   ['GET /v1/responses/:id/input_items', fc.tuple(id('resp_', () => respId), auth, query).map(([i, a, q]) => () => t.http.get(`/v1/responses/${seg(i)}/input_items?${q}`).set('authorization', a))],
   ['POST /v1/responses/:id/cancel', fc.tuple(id('resp_', () => respId), auth, wire(fc.jsonValue())).map(([i, a, w]) => () => post(`/v1/responses/${seg(i)}/cancel`, a, w))],
-  ['POST /v1/chat/completions', fc.tuple(auth, wire(chatBody), idem).map(([a, w, k]) => () => post('/v1/chat/completions', a, w, k))],
+  ['POST /v1/chat/completions', fc.tuple(auth, wire(chatBody), idempotencyKey).map(([a, w, k]) => () => post('/v1/chat/completions', a, w, k))],
   ['POST /v1/conversations', fc.tuple(auth, wire(conversationBody)).map(([a, w]) => () => post('/v1/conversations', a, w))],
   ['GET /v1/conversations/:id', fc.tuple(id('conv_', () => convId), auth).map(([i, a]) => () => t.http.get(`/v1/conversations/${seg(i)}`).set('authorization', a))],
   ['POST /v1/conversations/:id', fc.tuple(id('conv_', () => convId), auth, wire(fc.oneof(fc.record({ metadata: value }, { requiredKeys: [] }), fc.jsonValue()))).map(([i, a, w]) => () => post(`/v1/conversations/${seg(i)}`, a, w))],
@@ -178,7 +151,7 @@ describe('fuzzing the /v1 face', () => {
 
   it('path segments of any shape (never a 5xx)', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.string({ maxLength: 12 }), { minLength: 1, maxLength: 4 }), fc.constantFrom('get', 'post', 'delete', 'put', 'patch'), async (segments, method) => {
+      fc.asyncProperty(pathSegments, async ([segments, method]) => {
         await expectWellFormed(t.http[method](`/v1/${segments.map(seg).join('/')}`).set('authorization', `Bearer ${s.token}`));
       }),
       { numRuns: RUNS },
