@@ -31,7 +31,7 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, o
 /** The fields of a run's start and finish lines (besides its `runId`): who, what, how much, how long. */
 export function runLogFields(run: RunRow) {
   const owner = run.sessionId ? { sessionId: run.sessionId } : run.jobId ? { jobId: run.jobId } : {};
-  // The model, once runs carry one (the /v1 face's catalogue); absent fields are left out of the line.
+  // The catalogue model (absent only on rows from before the catalogue); absent fields are left out of the line.
   const model = (run as { model?: string | null }).model ?? undefined;
   const base = { kind: run.kind, ...owner, ...(model ? { model } : {}) };
   if (run.state === 'queued' || run.state === 'executing') {

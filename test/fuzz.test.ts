@@ -3,6 +3,7 @@ import type { Response, Test } from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob } from './helpers/jobs.js';
+import { headerValue, idempotencyKey, nestedBody, pathSegments, queryOf, value } from './helpers/fuzz.js';
 import { paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
 
 /**
@@ -26,19 +27,6 @@ afterAll(() => t.close());
 /** Cases per endpoint; FUZZ_RUNS=500 for a longer hunt (about 10,000 requests in 45 s). */
 const RUNS = Number(process.env.FUZZ_RUNS ?? 60);
 
-/** Values of every JSON type, and the edge cases of each. */
-const value = fc.oneof(
-  fc.integer(),
-  fc.constantFrom(0, -1, 1, 99, 100, 10_000, 10_001, 4_096, 4_097, 2 ** 31, 2 ** 53, -(2 ** 53), 1e308, -1e-308, 0.5),
-  fc.double(),
-  fc.string(),
-  fc.string({ unit: 'binary' }), // lone surrogates and every code point
-  fc.constantFrom('', ' ', '\u0000', 'a\u0000b', '\ud800', '0', '1e3', '12abc', 'null', 'true', '[stub:tokens=1]', 'x'.repeat(9_000)),
-  fc.constant(null),
-  fc.boolean(),
-  fc.array(fc.integer(), { maxLength: 3 }),
-  fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 }),
-);
 /** A body: a record of the fields our endpoints read (each maybe missing, of any type), or anything else. */
 const body = fc.oneof(
   fc.record({ amount_sats: value, request: value, max_tokens: value, invoice: value }, { requiredKeys: [] }),
@@ -51,17 +39,9 @@ const wire = fc.oneof(
   fc.string().map((raw) => ({ type: 'text/plain', data: raw })),
   fc.constant({ type: 'application/json', data: '{"request": "x", "request": 5}' }),
   fc.constant({ type: 'application/x-www-form-urlencoded', data: 'amount_sats=100&request=hi' }),
+  nestedBody('"amount_sats":100,"request":"x [stub:tokens=1]"', 30_000),
 );
-/** A query string: the keys we read and others, any values, keys repeated. */
-const query = fc
-  .array(fc.tuple(fc.oneof(fc.constantFrom('state', 'limit', 'cursor', 'access_token', 'starting_after', 'request'), fc.string({ maxLength: 8 })), fc.oneof(fc.string(), value.map((v) => (typeof v === "string" ? v : JSON.stringify(v) ?? "")))), { maxLength: 5 })
-  .map((pairs) => {
-    const q = new URLSearchParams();
-    for (const [k, v] of pairs) q.append(k, v);
-    return q.toString();
-  });
-/** A header value that HTTP can carry (printable ASCII). */
-const headerValue = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 60 });
+const query = queryOf(['state', 'limit', 'cursor', 'access_token', 'starting_after', 'request']);
 const id = (known: () => string) => fc.oneof(fc.constant(null).map(() => known()), fc.uuid(), fc.string({ maxLength: 40 }), fc.constantFrom('..', '%', '00000000-0000-0000-0000-000000000000'));
 const auth = fc.oneof(
   fc.constant(null).map(() => `Bearer ${s.token}`),
@@ -88,7 +68,13 @@ const cases: Case[] = [
   ['GET /api/sessions/:id', fc.tuple(id(() => s.id), auth).map(([i, a]) => () => t.http.get(`/api/sessions/${seg(i)}`).set('authorization', a))],
   ['POST /api/sessions/:id/topup', fc.tuple(id(() => s.id), auth, wire).map(([i, a, w]) => () => t.http.post(`/api/sessions/${seg(i)}/topup`).set('authorization', a).set('content-type', w.type).send(w.data))],
   ['GET /api/sessions/:id/ledger', fc.tuple(id(() => s.id), auth).map(([i, a]) => () => t.http.get(`/api/sessions/${seg(i)}/ledger`).set('authorization', a))],
-  ['POST /api/sessions/:id/request', fc.tuple(id(() => s.id), auth, wire).map(([i, a, w]) => () => t.http.post(`/api/sessions/${seg(i)}/request`).set('authorization', a).set('content-type', w.type).send(w.data))],
+  [
+    'POST /api/sessions/:id/request',
+    fc.tuple(id(() => s.id), auth, wire, idempotencyKey).map(([i, a, w, k]) => () => {
+      const req = t.http.post(`/api/sessions/${seg(i)}/request`).set('authorization', a).set('content-type', w.type);
+      return (k === undefined ? req : req.set('idempotency-key', k)).send(w.data);
+    }),
+  ],
   ['GET /api/sessions/:id/requests/:rid', fc.tuple(id(() => s.id), id(() => runId), auth).map(([i, r, a]) => () => t.http.get(`/api/sessions/${seg(i)}/requests/${seg(r)}`).set('authorization', a))],
   [
     'GET /api/sessions/:id/requests/:rid/stream',
@@ -117,9 +103,17 @@ describe('fuzzing the /api face', () => {
     );
   });
 
+  it('an absurdly nested body with an Idempotency-Key is a 400 in the envelope, and a sane one still works', async () => {
+    const body = (depth: number) => `{"request":"deep [stub:tokens=1]","junk":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+    const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('idempotency-key', 'deep-1').set('content-type', 'application/json').send(body(20_000));
+    expect(res.status, res.text.slice(0, 200)).toBe(400);
+    expect(res.body.error.code).toBe('invalid_request');
+    await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('idempotency-key', 'deep-2').set('content-type', 'application/json').send(body(20)).expect(202);
+  });
+
   it('path segments of any shape (never a 5xx)', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.string({ maxLength: 12 }), { minLength: 1, maxLength: 5 }), fc.constantFrom('get', 'post', 'delete', 'put', 'patch') , async (segments, method) => {
+      fc.asyncProperty(pathSegments, async ([segments, method]) => {
         await expectWellFormed(t.http[method](`/api/${path(segments.join('/'))}`));
       }),
       { numRuns: RUNS },

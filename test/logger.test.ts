@@ -29,12 +29,13 @@ describe('logs', () => {
       const finished = records.filter((l) => l.msg === 'run finished');
       expect(started).toHaveLength(1);
       expect(finished).toHaveLength(1);
-      expect(started[0]).toMatchObject({ level: 30, runId: r.requestId, kind: 'session', sessionId: s.id, maxTokens: 256, debitedSats: r.debitedSats });
+      expect(started[0]).toMatchObject({ level: 30, runId: r.requestId, kind: 'session', sessionId: s.id, model: 'sluice-stub', maxTokens: 256, debitedSats: r.debitedSats });
       expect(started[0].queuedMs).toBeGreaterThanOrEqual(0);
       expect(finished[0]).toMatchObject({
         runId: r.requestId,
         kind: 'session',
         sessionId: s.id,
+        model: 'sluice-stub',
         state: 'complete',
         outputTokens: 5,
         inputTokens: done.usage.inputTokens,

@@ -129,6 +129,37 @@ describe('GET /metrics', () => {
     expect(sample(idle, 'sluice_runs_finished_total{kind="session",state="cancelled"}')).toBeGreaterThanOrEqual(2);
   });
 
+  it('counts the OpenAI face too: accept latency per route, its streams, its runs and money', async () => {
+    const before = await scrape();
+    const s = await paidSession(t, 2000);
+    const v1 = (path: string, body: object) => t.http.post(`/v1${path}`).set(s.auth).send(body);
+    const bg = await v1('/responses', { input: 'background [stub:tokens=3] [stub:delay=1]', background: true }).expect(200);
+    await v1('/responses', { input: 'sync [stub:tokens=3] [stub:delay=1]' }).expect(200);
+    await v1('/chat/completions', { messages: [{ role: 'user', content: 'chat [stub:tokens=3] [stub:delay=1]' }] }).expect(200);
+    // A stream open while it is scraped.
+    const long = await v1('/responses', { input: 'long [stub:tokens=200] [stub:delay=20]', background: true }).expect(200);
+    const controller = new AbortController();
+    let seen = 0;
+    const reading = readSse(`${t.url}/v1/responses/${long.body.id}?stream=true`, { headers: s.auth, signal: controller.signal, onEvent: () => seen++ });
+    await waitFor(() => seen >= 5, { what: 'the /v1 stream to be live' });
+    expect(sample(await scrape(), 'sluice_streams_open')).toBe(1);
+    controller.abort();
+    await reading.catch(() => undefined);
+    await t.http.post(`/v1/responses/${long.body.id}/cancel`).set(s.auth).expect(200);
+    await waitFor(async () => (await t.http.get(`/v1/responses/${bg.body.id}`).set(s.auth)).body.status === 'completed', { what: 'the background response' });
+    const after = await waitFor(async () => {
+      const text = await scrape();
+      return sample(text, 'sluice_streams_open') === 0 ? text : null;
+    });
+    const delta = (series: string) => sample(after, series) - sample(before, series);
+    expect(delta('sluice_accept_duration_seconds_count{route="v1_responses"}')).toBe(3);
+    expect(delta('sluice_accept_duration_seconds_count{route="v1_chat_completions"}')).toBe(1);
+    expect(delta('sluice_runs_accepted_total{kind="session"}')).toBe(4);
+    expect(delta('sluice_runs_finished_total{kind="session",state="complete"}')).toBe(3);
+    expect(delta('sluice_runs_finished_total{kind="session",state="cancelled"}')).toBe(1);
+    expect(delta('sluice_sats_debited_total{kind="session"}')).toBeGreaterThan(0);
+  });
+
   it('keeps each context’s metrics to itself (a registry per context, never the global one)', async () => {
     const other = await t.sibling();
     try {

@@ -118,6 +118,9 @@ describe('chat completions', () => {
       [{ model: 'cheap', messages: [{ role: 'tool', content: 'x', tool_call_id: 'a' }] }, 'messages[0].role'],
       [{ model: 'cheap', messages: [{ role: 'user', content: 'x' }], n: 2 }, 'n'],
       [{ model: 'cheap', messages: [{ role: 'user', content: 'x' }], max_tokens: 513 }, 'max_tokens'],
+      [{ model: 'cheap', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_object' } }, 'response_format.type'],
+      [{ model: 'cheap', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x' } } }, 'response_format.type'],
+      [{ model: 'cheap', messages: [{ role: 'user', content: 'x' }], tool_choice: { type: 'function', function: { name: 'f' } } }, 'tool_choice'],
     ];
     for (const [body, param] of cases) {
       const err = await client.chat.completions.create(body as never).catch((e) => e);
@@ -125,6 +128,8 @@ describe('chat completions', () => {
       expect(err.param).toBe(param);
     }
     await expect(client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] })).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    const plain = await client.chat.completions.create({ model: 'cheap', messages: [{ role: 'user', content: 'x [stub:tokens=2]' }], response_format: { type: 'text' }, tool_choice: 'none' });
+    expect(plain.choices[0]!.finish_reason).toBe('stop');
   });
 });
 

@@ -61,6 +61,16 @@ describe('the catalogue names every mistake', () => {
     expect(() => parseCatalogue('{', 'MODELS', ['stub'])).toThrow(/MODELS: not valid JSON/);
   });
 
+  it('takes only an http(s) baseURL: a scheme-less host (localhost:11434/v1) is named at start-up, not failed on every request', () => {
+    const entry = (baseURL: string) => ({ name: 'm', provider: 'stub', baseURL, inputSatsPer1k: 1, outputSatsPer1k: 1, maxOutputTokens: 10, contextTokens: 100 });
+    for (const baseURL of ['localhost:11434/v1', 'ftp://gpu-box/v1', 'file:///etc/passwd', 'javascript:alert(1)']) {
+      expect(() => parseCatalogue(JSON.stringify({ default: 'm', models: [entry(baseURL)] }), 'MODELS', ['stub']), baseURL).toThrow(/MODELS\.models\[0\]\.baseURL: baseURL must be an http\(s\) URL/);
+    }
+    for (const baseURL of ['http://localhost:11434/v1', 'https://api.openai.com/v1', 'HTTPS://gpu-box:8000/v1']) {
+      expect(parseCatalogue(JSON.stringify({ default: 'm', models: [entry(baseURL)] }), 'MODELS', ['stub']).default.baseURL).toBe(baseURL);
+    }
+  });
+
   it('reads MODELS_FILE, refuses both variables, and defaults to the stub priced by PRICE_*', () => {
     const config = loadConfig({}, { MODELS_FILE: '/nowhere/models.json' });
     expect(() => loadCatalogue(config, ['stub'])).toThrow(/MODELS_FILE: cannot read \/nowhere\/models.json/);

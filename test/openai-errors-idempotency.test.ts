@@ -136,6 +136,10 @@ describe('errors raise the SDK’s own classes', () => {
       [{ model: 'sluice-stub', input: 'nul\u0000' }, 'input'],
       [{ model: 'sluice-stub', input: 'lone surrogate \ud800' }, 'input'],
       [{ model: 'sluice-stub', input: 'x', instructions: '\udc00' }, 'instructions'],
+      // Structured outputs and forced tool calls cannot be honoured: refused by name, not answered with prose.
+      [{ model: 'sluice-stub', input: 'x', text: { format: { type: 'json_schema', name: 'x', schema: {} } } }, 'text.format.type'],
+      [{ model: 'sluice-stub', input: 'x', text: { format: { type: 'json_object' } } }, 'text.format.type'],
+      [{ model: 'sluice-stub', input: 'x', tool_choice: 'required' }, 'tool_choice'],
     ];
     for (const [body, param] of cases) {
       const err = await client.responses.create(body as never).catch((e) => e);
@@ -143,6 +147,12 @@ describe('errors raise the SDK’s own classes', () => {
       expect(err.param, JSON.stringify(body)).toBe(param);
       expect(err.type).toBe('invalid_request_error');
     }
+    // A value of the right type but not storable is named for what it is.
+    const nul = await client.responses.create({ model: 'sluice-stub', input: 'nul\u0000' }).catch((e) => e);
+    expect(nul.message).toContain('must not contain NUL characters');
+    // What changes nothing here is accepted: plain text output, tool_choice none or auto, a verbosity.
+    const plain = await client.responses.create({ model: 'sluice-stub', input: 'x [stub:tokens=2]', text: { format: { type: 'text' }, verbosity: 'low' }, tool_choice: 'auto' });
+    expect(plain.status).toBe('completed');
     const json = await fetch(`${srv().url}/v1/responses`, { method: 'POST', headers: { authorization: `Bearer ${client.apiKey}`, 'content-type': 'application/json' }, body: '{"input":' });
     expect(json.status).toBe(400);
     expect(json.headers.get('x-should-retry')).toBe('false');

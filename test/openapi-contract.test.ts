@@ -84,6 +84,12 @@ async function theRest(api: Client) {
   await api.post('/v1/responses', { token, body: { model, input: [{ role: 'tool', content: 'x' }] }, expect: 400 });
   await api.stream('/v1/responses', { authorization: `Bearer ${token}` }, { model, input: 'fails [stub:fail]', stream: true });
   await api.stream('/v1/chat/completions', { authorization: `Bearer ${token}` }, { model, messages: [{ role: 'user', content: 'fails [stub:fail]' }], stream: true });
+  // The other ends of a stream: incomplete (the token cap, a content filter), and chat's usage chunk and length.
+  await api.stream('/v1/responses', { authorization: `Bearer ${token}` }, { model, input: 'capped [stub:tokens=9]', max_output_tokens: 3, stream: true });
+  await api.stream('/v1/responses', { authorization: `Bearer ${token}` }, { model, input: 'filtered [stub:filter] [stub:tokens=6]', stream: true, background: true });
+  await api.stream('/v1/chat/completions', { authorization: `Bearer ${token}` }, { model, messages: [{ role: 'user', content: 'usage [stub:tokens=9]' }], max_tokens: 3, stream: true, stream_options: { include_usage: true } });
+  await api.post('/v1/responses', { token, body: { model, input: 'capped [stub:tokens=9]', max_output_tokens: 3 }, expect: 200 });
+  await api.post('/v1/chat/completions', { token, body: { model, messages: [{ role: 'user', content: 'capped [stub:tokens=9]' }], max_completion_tokens: 3 }, expect: 200 });
   await api.post('/v1/chat/completions', { token, body: { model, messages: [{ role: 'user', content: 'fails [stub:fail]' }] }, expect: 502 });
   const conv = await api.post('/v1/conversations', { token, body: { items: [{ role: 'system', content: 'Be terse.' }], metadata: { topic: 'canals' } }, expect: 200 });
   await api.get(`/v1/conversations/${conv.body.id}`, { token, expect: 200 });

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { paidSession, postRequest } from './helpers/sessions.js';
@@ -64,6 +65,50 @@ describe('CORS', () => {
     const resumed = await readSse(url, { headers: { Origin: APP, 'Last-Event-ID': '3' } });
     expect(resumed.events[0]!.id).toBe('4');
     expect(tokensOf(resumed.events)).toHaveLength(3);
+  });
+});
+
+describe('CORS for the openai SDK in a page on another origin', () => {
+  /** The names of the headers the unmodified SDK sends, captured on the wire (a browser asks its preflight for them). */
+  async function sdkHeaderNames(call: (client: OpenAI) => Promise<unknown>): Promise<string[]> {
+    const names = new Set<string>();
+    const s = await paidSession(t);
+    const client = new OpenAI({
+      baseURL: `${t.url}/v1`,
+      apiKey: s.token,
+      dangerouslyAllowBrowser: true,
+      fetch: (url, init) => {
+        new Headers(init?.headers).forEach((_v, name) => names.add(name));
+        return fetch(url, init);
+      },
+    });
+    await call(client);
+    // What a browser leaves out of a preflight: CORS-safelisted request headers.
+    return [...names].filter((n) => !['accept', 'accept-language', 'content-language'].includes(n)).sort();
+  }
+
+  it('answers the preflight of every header the SDK sends, and lets the page read the ones it acts on', async () => {
+    const names = await sdkHeaderNames(async (client) => {
+      await client.responses.create({ model: 'sluice-stub', input: 'hi [stub:tokens=2]' });
+      await client.responses.stream({ model: 'sluice-stub', input: 'hi [stub:tokens=2]' }).finalResponse();
+      await client.chat.completions.create({ model: 'sluice-stub', messages: [{ role: 'user', content: 'hi [stub:tokens=2]' }] }, { headers: { 'Idempotency-Key': 'k-1' } });
+    });
+    expect(names).toEqual(expect.arrayContaining(['authorization', 'content-type', 'x-stainless-helper-method', 'x-stainless-retry-count']));
+    const res = await t.http
+      .options('/v1/responses')
+      .set('Origin', APP)
+      .set('Access-Control-Request-Method', 'POST')
+      .set('Access-Control-Request-Headers', names.join(','))
+      .expect(204);
+    expect(res.headers['access-control-allow-origin']).toBe(APP);
+    const allowed = res.headers['access-control-allow-headers']!.toLowerCase().split(',');
+    expect(allowed).toEqual(expect.arrayContaining(names));
+    // The SDK decides whether to retry by x-should-retry, and names errors by x-request-id: readable or ignored.
+    const s = await paidSession(t);
+    const refused = await t.http.post('/v1/responses').set('Origin', APP).set('authorization', `Bearer ${s.token}`).send({ input: 5 }).expect(400);
+    expect(refused.headers['x-should-retry']).toBe('false');
+    const exposed = refused.headers['access-control-expose-headers']!.toLowerCase().split(',');
+    expect(exposed).toEqual(expect.arrayContaining(['x-should-retry', 'x-request-id', 'retry-after', 'idempotent-replayed']));
   });
 });
 

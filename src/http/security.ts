@@ -4,10 +4,46 @@ import helmet from 'helmet';
 
 type Directives = Record<string, Iterable<string> | null>;
 
+/**
+ * What the official `openai` SDK sends with every request (its platform, retry and helper headers, and its
+ * organisation and project when set): a page using it against `/v1` is preflighted for all of them, and one
+ * missing here fails every call. `User-Agent` too: Firefox lets a page set it, and then asks for it.
+ */
+const OPENAI_SDK_HEADERS = [
+  'User-Agent',
+  'X-Stainless-Lang',
+  'X-Stainless-Package-Version',
+  'X-Stainless-OS',
+  'X-Stainless-Arch',
+  'X-Stainless-Runtime',
+  'X-Stainless-Runtime-Version',
+  'X-Stainless-Retry-Count',
+  'X-Stainless-Timeout',
+  'X-Stainless-Helper-Method',
+  'X-Stainless-Poll-Helper',
+  'X-Stainless-Custom-Poll-Interval',
+  'OpenAI-Organization',
+  'OpenAI-Project',
+  'OpenAI-Beta',
+];
 /** Request headers a page on another origin may send (checked by the browser's preflight). */
-export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'Last-Event-ID', 'X-Request-Id'];
-/** Response headers such a page may read: ids, where a created thing lives, and when to try again. */
-export const CORS_EXPOSED_HEADERS = ['X-Request-Id', 'Location', 'Retry-After', 'RateLimit-Limit', 'RateLimit-Remaining', 'RateLimit-Reset', 'RateLimit-Policy'];
+export const CORS_ALLOWED_HEADERS = ['Authorization', 'Content-Type', 'Idempotency-Key', 'Last-Event-ID', 'X-Request-Id', ...OPENAI_SDK_HEADERS];
+/**
+ * Response headers such a page may read: ids, where a created thing lives, when to try again — and whether to
+ * (`x-should-retry`, which the SDK obeys: unreadable, it would retry a 409 or an exhausted quota), and whether an
+ * answer is the replay of an earlier request with the same `Idempotency-Key`.
+ */
+export const CORS_EXPOSED_HEADERS = [
+  'X-Request-Id',
+  'Location',
+  'Retry-After',
+  'RateLimit-Limit',
+  'RateLimit-Remaining',
+  'RateLimit-Reset',
+  'RateLimit-Policy',
+  'X-Should-Retry',
+  'Idempotent-Replayed',
+];
 
 /**
  * CORS for the API faces (the `cors` package): only the configured origins, `*` for any, none when the list is

@@ -153,6 +153,13 @@ export function createMetrics(opts: MetricsOptions = {}) {
         next();
       };
     },
+    /**
+     * A route that starts work and does not answer 202 at once (the /v1 face: its answer is the stream or the
+     * finished object): observed when its run is accepted, from `since` (the handler's start).
+     */
+    acceptObserved(route: string, since: bigint) {
+      acceptLatency.observe({ route }, seconds(since));
+    },
     /** Time a route that starts work: observed when it answers 202. */
     acceptTimer(route: string): RequestHandler {
       return (_req, res, next) => {

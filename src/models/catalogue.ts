@@ -51,7 +51,8 @@ const modelSchema = z
   .object({
     name: z.string({ error: 'name is required' }).min(1, 'name must not be empty').max(200).regex(/^[\w.:/@+-]+$/, 'name may hold letters, digits and . : / @ + - _ only'),
     provider: z.string({ error: 'provider is required' }),
-    baseURL: z.url({ error: 'baseURL must be an http(s) URL' }).optional(),
+    // Only http(s): a bare `localhost:11434/v1` parses as a URL of scheme `localhost:`, and would fail every request.
+    baseURL: z.url({ protocol: /^https?$/i, error: 'baseURL must be an http(s) URL' }).optional(),
     apiKeyEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'apiKeyEnv must be the name of an environment variable').optional(),
     upstreamModel: z.string().min(1, 'upstreamModel must not be empty').optional(),
     inputSatsPer1k: price('inputSatsPer1k'),

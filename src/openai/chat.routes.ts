@@ -32,6 +32,7 @@ export function chatRoutes(ctx: AppContext): Router {
   const r = Router();
 
   r.post('/chat/completions', async (req, res) => {
+    const arrived = process.hrtime.bigint();
     const { principal } = await authenticate(ctx, req);
     const body = parseV1(chatCreateBody, req.body);
     const model = resolveModel(ctx, body.model);
@@ -47,6 +48,7 @@ export function chatRoutes(ctx: AppContext): Router {
       idempotency: idempotencyOf(req, 'POST /v1/chat/completions'),
     });
     let row: RunRow;
+    if (!accepted.replayed) ctx.metrics.acceptObserved('v1_chat_completions', arrived);
     if (accepted.replayed) {
       res.setHeader('Idempotent-Replayed', 'true');
       const found = await findRun(ctx, accepted.runId);

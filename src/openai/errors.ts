@@ -71,12 +71,21 @@ function translate(err: AppError, path: string): OpenAiError {
 }
 
 /**
- * Write an OpenAI error. A retry cannot fix a 4xx here — except a rate limit, which passes with time — so the
- * SDK is told not to retry those; a 503 or a rate limit says when to come back.
+ * Provider failures (a `502`) that no second attempt can mend: the operator's key or account, or the request
+ * itself. The SDK retries every 5xx, so without `x-should-retry: false` each would be asked three times — three
+ * runs, three debits and refunds, three calls to the provider. The others (unavailable, rate limited, timed out,
+ * cut off, a malformed stream) may pass on another attempt, which the SDK is left to make.
+ */
+const UNMENDABLE_BY_RETRY = new Set(['provider_auth_failed', 'provider_quota_exceeded', 'provider_rejected', 'context_length_exceeded']);
+
+/**
+ * Write an OpenAI error. A retry cannot fix a 4xx here — except a rate limit, which passes with time — nor a
+ * provider failure of the kinds above, so the SDK is told not to retry those; a 503 or a rate limit says when to
+ * come back.
  */
 export function sendOpenAiError(res: Response, e: OpenAiError): void {
   const waitable = e.code === 'rate_limit_exceeded' || e.code === 'too_many_streams';
-  if (e.status < 500 && !waitable) res.setHeader('x-should-retry', 'false');
+  if ((e.status < 500 && !waitable) || (e.code !== null && UNMENDABLE_BY_RETRY.has(e.code))) res.setHeader('x-should-retry', 'false');
   if ((e.status === 503 || waitable) && !res.getHeader('Retry-After')) {
     res.setHeader('Retry-After', String(e.code === 'database_unavailable' ? DATABASE_RETRY_AFTER_S : 5));
   }

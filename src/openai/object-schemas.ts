@@ -9,7 +9,11 @@ import { frame } from '../openapi/registry.js';
  */
 
 const seconds = (description: string) => z.int().meta({ description });
-const empty = z.array(z.unknown()).max(0);
+/**
+ * Always empty here (no annotations, no logprobs, no tools). Typed as `never[]`, which any list type of the SDK
+ * accepts (test/sdk-shapes.typecheck.ts); described as an empty array (the document generator knows no `never`).
+ */
+const empty = z.array(z.unknown()).max(0) as unknown as z.ZodArray<z.ZodNever>;
 
 const outputText = z.object({ type: z.literal('output_text'), text: z.string(), annotations: empty, logprobs: empty });
 
@@ -26,7 +30,7 @@ export const OutputMessage = z
 
 const responseUsage = z.object({
   input_tokens: z.int(),
-  input_tokens_details: z.object({ cached_tokens: z.int() }),
+  input_tokens_details: z.object({ cached_tokens: z.int(), cache_write_tokens: z.int() }),
   output_tokens: z.int(),
   output_tokens_details: z.object({ reasoning_tokens: z.int() }),
   total_tokens: z.int(),
@@ -55,7 +59,7 @@ export const ResponseObject = z
     reasoning: z.null(),
     status: z.enum(['queued', 'in_progress', 'completed', 'incomplete', 'failed', 'cancelled']),
     completed_at: seconds('Unix seconds, once ended.').nullable(),
-    error: z.object({ code: z.string(), message: z.string() }).nullable(),
+    error: z.object({ code: z.enum(['server_error', 'rate_limit_exceeded']), message: z.string() }).nullable(),
     incomplete_details: z.object({ reason: z.enum(['max_output_tokens', 'content_filter']) }).nullable(),
     output: z.array(OutputMessage),
     usage: responseUsage.nullable(),
@@ -74,15 +78,21 @@ export const ResponseObject = z
 
 export const ResponseDeleted = z.object({ id: z.string(), object: z.literal('response'), deleted: z.literal(true) }).meta({ id: 'ResponseDeleted' });
 
-/** A stored message item (`input_items`, conversation items). */
+/**
+ * A stored message item (`input_items`, conversation items): an input message (user or system text), or an
+ * assistant's message (its output text), as the SDK's `ResponseItem` has them.
+ */
 export const MessageItem = z
-  .object({
-    id: z.string(),
-    type: z.literal('message'),
-    role: z.enum(['user', 'assistant', 'system']),
-    status: z.literal('completed'),
-    content: z.array(z.union([z.object({ type: z.literal('input_text'), text: z.string() }), outputText])),
-  })
+  .union([
+    z.object({
+      id: z.string(),
+      type: z.literal('message'),
+      role: z.enum(['user', 'system']),
+      status: z.literal('completed'),
+      content: z.array(z.object({ type: z.literal('input_text'), text: z.string() })),
+    }),
+    z.object({ id: z.string(), type: z.literal('message'), role: z.literal('assistant'), status: z.literal('completed'), content: z.array(outputText) }),
+  ])
   .meta({ id: 'MessageItem' });
 
 export const ItemList = z
@@ -176,7 +186,7 @@ export const ModelList = z.object({ object: z.literal('list'), data: z.array(Mod
 
 const seq = z.int().min(0).meta({ description: 'The `sequence_number`, also the frame’s `id:`: resume after it.' });
 const at = { item_id: z.string(), output_index: z.literal(0), content_index: z.literal(0) };
-const responseEvent = (types: [string, ...string[]], fields: z.ZodRawShape, description: string) =>
+const responseEvent = <const T extends readonly [string, ...string[]], F extends z.ZodRawShape>(types: T, fields: F, description: string) =>
   frame(types, z.object({ type: z.enum(types), ...fields, sequence_number: z.int().min(0) }), seq, description);
 
 export const ResponseStreamFrames = z

@@ -144,7 +144,7 @@ export function responseObject(row: RunRow, progress: { status: 'queued' | 'in_p
     output: [messageItem(row.id, o.result, f.messageStatus)],
     usage: {
       input_tokens: o.usage.inputTokens,
-      input_tokens_details: { cached_tokens: 0 },
+      input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 },
       output_tokens: o.usage.outputTokens,
       output_tokens_details: { reasoning_tokens: 0 },
       total_tokens: o.usage.inputTokens + o.usage.outputTokens,

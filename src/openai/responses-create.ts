@@ -39,6 +39,7 @@ function translate(err: unknown, body: ResponseCreateBody, conv: string | null):
  * deleted when it ends. A repeated `Idempotency-Key` with the same body gets the same run in the same mode.
  */
 export async function createResponse(ctx: AppContext, req: Request, res: Response): Promise<void> {
+  const arrived = process.hrtime.bigint();
   const { principal } = await authenticate(ctx, req);
   const body = parseV1(responseCreateBody, req.body);
   const model = resolveModel(ctx, body.model);
@@ -86,6 +87,7 @@ export async function createResponse(ctx: AppContext, req: Request, res: Respons
       throw translate(err, body, conv);
     });
 
+  if (!accepted.replayed) ctx.metrics.acceptObserved('v1_responses', arrived);
   let row = accepted.replayed ? undefined : accepted.run;
   let finished = false;
   if (accepted.replayed) {

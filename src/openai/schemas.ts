@@ -35,6 +35,14 @@ const inputMessage = z.object({
 type InputMessage = z.infer<typeof inputMessage>;
 
 const noTools = z.array(z.unknown()).max(0, 'tools are not supported by this server').nullish();
+/** With no tools, only a choice that calls none means anything; `required` or a named tool cannot be honoured. */
+const noToolChoice = z.enum(['none', 'auto'], { error: 'tools are not supported by this server (tool_choice may be none or auto)' }).nullish();
+/**
+ * Plain text output only. A structured output (`json_schema`, `json_object`) answered with prose would break its
+ * client later and obscurely (the SDK's `responses.parse` fails to parse it), so it is refused here by name.
+ */
+const textOnly = (what: string) =>
+  z.object({ type: z.literal('text', { error: `only text output is supported by this server (${what} json_schema and json_object are not)` }) }).loose();
 const positive = (what: string) => z.number({ error: `${what} must be a number` }).int(`${what} must be a whole number`).min(1, `${what} must be at least 1`);
 
 export const multitaskStrategies = ['reject', 'enqueue', 'interrupt'] as const;
@@ -55,6 +63,8 @@ export const responseCreateBody = z.object({
   /** Sluice's extension: what a second request does while a response of its conversation is active. */
   multitask_strategy: z.enum(multitaskStrategies, { error: `multitask_strategy must be one of ${multitaskStrategies.join(', ')}` }).optional(),
   tools: noTools,
+  tool_choice: noToolChoice,
+  text: z.object({ format: textOnly('text.format').nullish() }).loose().nullish(),
 });
 export type ResponseCreateBody = z.infer<typeof responseCreateBody>;
 
@@ -102,6 +112,8 @@ export const chatCreateBody = z.object({
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
   n: z.literal(1, { error: 'n must be 1: this server makes one choice per request' }).nullish(),
   tools: noTools,
+  tool_choice: noToolChoice,
+  response_format: textOnly('response_format').nullish(),
 });
 export type ChatCreateBody = z.infer<typeof chatCreateBody>;
 
@@ -125,7 +137,10 @@ function deepest(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: strin
   for (const branch of issue.errors) {
     if (!branch[0]) continue;
     const inner = deepest(branch[0]);
-    if (inner.path.length > depth) {
+    // At equal depth, a branch that took the value's type and refused its content (a NUL in a string) says
+    // more than the union's own "must be a string or a list".
+    const better = inner.path.length > depth || (inner.path.length === depth && best === issue && branch[0].code !== 'invalid_type' && branch[0].code !== 'invalid_union');
+    if (better) {
       depth = inner.path.length;
       best = { path: [...issue.path, ...inner.path], message: inner.message };
     }

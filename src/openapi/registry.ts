@@ -76,7 +76,7 @@ export function ok(description: string, content?: ResponseConfig['content'], ...
  * An SSE frame: the `id:` line (when the event has one), the `event:` line (its name, or one of several; none for
  * a plain `data:` frame) and the JSON of the `data:` line.
  */
-export function frame(event: string | readonly [string, ...string[]] | null, data: z.ZodType, id: 'seq' | 'none' | z.ZodType, description: string) {
+export function frame<D extends z.ZodType>(event: string | readonly [string, ...string[]] | null, data: D, id: 'seq' | 'none' | z.ZodType, description: string) {
   return z
     .object({
       ...(id === 'none' ? {} : { id: id === 'seq' ? z.int().min(1).meta({ description: 'The `id:` line: the event’s `seq` in the run’s log (resume after it).' }) : id }),

@@ -2,7 +2,7 @@
 /**
  * The browser console for real: headless Chromium (Debian's `chromium` package, driven by playwright-core)
  * against the real server process. A session flow, stopping a run, a reload mid-stream, a network cut
- * mid-stream, the job flow with its refund, a page on another origin streaming through CORS, and the API reference
+ * mid-stream, the job flow with its refund, a page on another origin streaming through CORS (and using the openai SDK), and the API reference
  * at `/docs`. Screenshots go to test/browser/screenshots/.
  *
  *   apt-get install -y chromium && npm run test:browser      (CHROMIUM_PATH to use another binary)
@@ -12,12 +12,14 @@ import type { Page } from 'playwright-core';
 import { freePort } from '../helpers/global-setup.js';
 import { crossOrigin } from './cross-origin.js';
 import { docsPage } from './docs.js';
+import { openAiSdkPage } from './openai-sdk.js';
 import { assertWhole, lastStream, sessionOf, shot, startHarness, until, type Harness } from './harness.js';
 import { decodeInvoice } from '../../src/providers/payments/bolt11.js';
 
 const started = Date.now();
 const otherOrigin = `http://127.0.0.1:${await freePort()}`;
-const h = await startHarness({ CORS_ORIGINS: otherOrigin });
+const sdkOrigin = `http://127.0.0.1:${await freePort()}`;
+const h = await startHarness({ CORS_ORIGINS: `${otherOrigin},${sdkOrigin}` });
 const log = (msg: string) => console.log(`browser: ${msg} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 const api = async (path: string, token?: string) => {
   const res = await fetch(`${h.server.url}/api${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {} });
@@ -193,6 +195,7 @@ try {
   await page.close();
   await jobFlow();
   await crossOrigin(h, otherOrigin, log);
+  await openAiSdkPage(h, sdkOrigin, log);
   await docsPage(h, log);
   log('all passed; screenshots in test/browser/screenshots/');
 } finally {
