@@ -87,6 +87,8 @@ export function createApp(ctx: AppContext): express.Express {
   app.use(consoleRoutes());
 
   app.use(notFoundHandler);
+  // A request answered with an error before any statement counted it against its session's budget is counted here.
+  app.use(limits.countBeforeError);
   app.use(errorHandler(ctx.log));
   return app;
 }

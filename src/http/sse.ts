@@ -1,30 +1,94 @@
+import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
+import { Frame, sseText } from './frame.js';
 
 /**
  * A Server-Sent Events writer, after better-sse: the right headers, `retry:` on connect, a `: ping` comment
  * on an interval, `close` for disconnect and `drain` for backpressure. `signal` aborts when the client goes,
  * so a feed awaiting the next event can stop at once.
+ *
+ * Two ways to write. `write(frame)` is the fast one, for a frame rendered once and shared by every reader
+ * (runs/frames.ts): on a chunked HTTP/1.1 response — every SSE response of an HTTP/1.1 client — the frame's
+ * ready-made chunk goes straight to the socket, one `socket.write` of a shared buffer, no string building, no
+ * promise. `send` is the queued one (replays, backpressure): it writes and, when the socket is full, waits for it
+ * to drain — for at most `writeTimeoutMs`, then the connection is cut.
  */
 export interface SseStream {
   /** Aborted when the connection closes (either side). */
   readonly signal: AbortSignal;
+  /** The socket takes more without waiting (it is open and its buffer is under its high-water mark). */
+  readonly ready: boolean;
+  /** Write a frame now, whatever the socket's buffer holds (check `ready` first to respect backpressure). */
+  write(frame: Frame): void;
   /**
    * Write one event; resolves once the socket has room again (backpressure). False if the client is gone.
    * Without `event` the frame has no `event:` line (a plain message); `raw` data is written as it is, not as JSON.
    */
-  send(event: { id?: number; event?: string; data: unknown; raw?: boolean }): Promise<boolean>;
+  send(event: { id?: number; event?: string; data: unknown; raw?: boolean } | Frame): Promise<boolean>;
   /** End the response (the server is done). */
   end(): void;
 }
 
 export interface SseOptions {
   retryMs: number;
-  pingMs: number;
   /** A client that reads nothing for this long while its buffer is full is disconnected (default 30 000). */
   writeTimeoutMs?: number;
 }
 
-export function openSse(req: Request, res: Response, opts: SseOptions): SseStream {
+/** The internals of Node's HTTP response we read, and nothing else: whether it is chunked, and its socket. */
+type NodeResponse = Response & { chunkedEncoding?: boolean };
+type NodeSocket = Socket & { _httpMessage?: unknown };
+
+interface Open {
+  res: Response;
+  ready(): boolean;
+  write(frame: Frame): void;
+}
+
+const PING = new Frame(': ping\n\n');
+
+/**
+ * Every open SSE stream of the app, and the one timer that pings them all: a stream costs no timer of its own.
+ * The sweep writes a `: ping` comment to each stream whose socket has room (a full one needs no more bytes).
+ */
+export function createSseHub(opts: { pingMs: number }) {
+  const open = new Set<Open>();
+  let timer: NodeJS.Timeout | null = null;
+
+  function sweep() {
+    for (const s of open) if (!s.res.writableEnded && s.ready()) s.write(PING);
+  }
+
+  function add(s: Open) {
+    open.add(s);
+    if (!timer) {
+      timer = setInterval(sweep, opts.pingMs);
+      timer.unref();
+    }
+  }
+
+  function remove(s: Open) {
+    open.delete(s);
+    if (open.size === 0 && timer) {
+      clearInterval(timer);
+      timer = null;
+    }
+  }
+
+  return {
+    /** Start an SSE response on `res`. */
+    open(req: Request, res: Response, o: SseOptions): SseStream {
+      return openSse(req, res, o, { add, remove });
+    },
+    get size() {
+      return open.size;
+    },
+  };
+}
+
+export type SseHub = ReturnType<typeof createSseHub>;
+
+function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Open): void; remove(s: Open): void }): SseStream {
   const controller = new AbortController();
   res.status(200);
   res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
@@ -33,65 +97,81 @@ export function openSse(req: Request, res: Response, opts: SseOptions): SseStrea
   // default, `Connection: close` is honoured), and HTTP/2 forbids the header altogether.
   res.setHeader('X-Accel-Buffering', 'no');
   res.flushHeaders();
-  req.socket.setNoDelay(true);
-  req.socket.setKeepAlive(true);
+  const socket = req.socket as NodeSocket;
+  socket.setNoDelay(true);
+  socket.setKeepAlive(true);
+  // Chunked (every HTTP/1.1 client): frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
+  const chunked = (res as NodeResponse).chunkedEncoding === true;
+  const direct = () => chunked && socket._httpMessage === res && !socket.destroyed;
 
-  // Frames written in one turn of the event loop (a burst of tokens, a replay) leave in one socket write.
+  // Frames written in one turn of the event loop (a replay) leave in one socket write.
   let corked = false;
-  const write = (chunk: string): boolean => {
-    if (!corked) {
-      corked = true;
-      res.cork();
-      setImmediate(() => {
-        corked = false;
-        res.uncork();
-      });
-    }
-    return res.write(chunk);
+  const uncork = () => {
+    if (!corked) return;
+    corked = false;
+    socket.uncork();
+  };
+  const cork = () => {
+    if (corked) return;
+    corked = true;
+    socket.cork();
+    setImmediate(uncork);
   };
 
-  const ping = setInterval(() => {
-    // A client whose buffer is already full needs no more bytes from us.
-    if (!res.writableEnded && !res.writableNeedDrain) write(': ping\n\n');
-  }, opts.pingMs);
-  ping.unref();
+  const write = (frame: Frame) => {
+    if (direct()) socket.write(frame.chunk);
+    else res.write(frame.text);
+  };
+  const ready = () => !controller.signal.aborted && !res.writableEnded && !socket.writableNeedDrain && !res.writableNeedDrain;
+  const entry: Open = { res, ready, write };
+
   const finish = () => {
-    clearInterval(ping);
+    hub.remove(entry);
     if (!controller.signal.aborted) controller.abort();
   };
   res.on('close', finish);
+  hub.add(entry);
   // The client may have gone while the route was still authorising: 'close' has then fired already.
-  if (res.destroyed || req.socket.destroyed) finish();
-  write(`retry: ${opts.retryMs}\n\n`);
+  if (res.destroyed || socket.destroyed) finish();
+  write(new Frame(`retry: ${opts.retryMs}\n\n`));
   const writeTimeoutMs = opts.writeTimeoutMs ?? 30_000;
+
+  /** Wait until the socket has room, or the client leaves; a peer that reads nothing for writeTimeoutMs is cut. */
+  const drained = () =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(() => res.destroy(), writeTimeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        socket.off('drain', done);
+        res.off('drain', done);
+        controller.signal.removeEventListener('abort', done);
+        resolve();
+      };
+      socket.on('drain', done);
+      res.on('drain', done);
+      controller.signal.addEventListener('abort', done);
+    });
 
   return {
     signal: controller.signal,
-    async send({ id, event, data, raw }) {
+    get ready() {
+      return ready();
+    },
+    write,
+    async send(e) {
       if (controller.signal.aborted || res.writableEnded) return false;
-      const frame = `${id !== undefined ? `id: ${id}\n` : ''}${event ? `event: ${event}\n` : ''}data: ${raw ? String(data) : JSON.stringify(data)}\n\n`;
-      if (write(frame)) return true;
+      cork();
+      write(e instanceof Frame ? e : new Frame(sseText(e.id, e.event, e.data, e.raw)));
+      if (!socket.writableNeedDrain && !res.writableNeedDrain) return true;
+      uncork();
       // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
       // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => res.destroy(), writeTimeoutMs);
-        const done = () => {
-          clearTimeout(timer);
-          res.off('drain', done);
-          controller.signal.removeEventListener('abort', done);
-          resolve();
-        };
-        res.on('drain', done);
-        controller.signal.addEventListener('abort', done);
-      });
+      await drained();
       return !controller.signal.aborted;
     },
     end() {
-      clearInterval(ping);
-      if (corked) {
-        corked = false;
-        res.uncork();
-      }
+      hub.remove(entry);
+      uncork();
       if (!res.writableEnded) res.end();
     },
   };

@@ -35,6 +35,7 @@ export function openAiRoutes(ctx: AppContext): Router {
   v1.use(chatRoutes(ctx));
   v1.use(modelRoutes(ctx));
   v1.use(openAiNotFound);
+  v1.use(limits.countBeforeError);
   v1.use(openAiErrorHandler(ctx.log));
   return v1;
 }

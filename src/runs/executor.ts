@@ -9,7 +9,7 @@ import { composeInput, conversationHistory } from './context.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
 import { createTurnWait } from './turn-wait.js';
-import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
+import { createFinisher, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
 
@@ -26,6 +26,11 @@ export interface ExecutorOptions {
   instanceId: string;
   /** Runs executing at once (default 32); the rest wait in order. */
   maxConcurrent: number;
+  /**
+   * Runs waiting for a slot (queued here, or parked behind an earlier turn of their conversation) before a new
+   * request is refused `503 overloaded` (default: unbounded; the config's MAX_QUEUED_RUNS).
+   */
+  maxQueued?: number;
   leaseTtlS: number;
   flushMs: number;
   /**
@@ -50,6 +55,19 @@ export interface RunMetrics {
 
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
+
+/** Why a request cannot be accepted now: this process is shutting down, or its queue is full. */
+export type Refusal = 'shutting_down' | 'overloaded';
+
+/**
+ * The right to accept one run, taken before its debit. `claim`: an execution slot is held for it, so the accept
+ * inserts the run `executing` under our lease (claimed in the statement that accepts it) and it starts at once;
+ * otherwise it is inserted `queued` and waits here for a slot.
+ */
+export interface Admission {
+  readonly claim: boolean;
+  release(): void;
+}
 
 /**
  * Retries of a claim or a finish before the run is left to recovery (backoff 100 ms · 2^n: about 3 s in all, so a
@@ -102,18 +120,24 @@ export function createExecutor(opts: ExecutorOptions) {
   let accepting = true;
   /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
   let admitting = 0;
+  /** Admissions holding an execution slot (their run will be inserted claimed), and those that will queue. */
+  let reserved = 0;
+  let reservedQueued = 0;
+  const maxQueued = opts.maxQueued ?? Infinity;
+  const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId });
+
+  function start(runId: string) {
+    const p = execute(runId)
+      .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
+      .finally(() => {
+        running.delete(runId);
+        pump();
+      });
+    running.set(runId, p);
+  }
 
   function pump() {
-    while (running.size < opts.maxConcurrent && waiting.length > 0) {
-      const runId = waiting.shift()!;
-      const p = execute(runId)
-        .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
-        .finally(() => {
-          running.delete(runId);
-          pump();
-        });
-      running.set(runId, p);
-    }
+    while (running.size + reserved < opts.maxConcurrent && waiting.length > 0) start(waiting.shift()!);
   }
 
   /**
@@ -170,11 +194,20 @@ export function createExecutor(opts: ExecutorOptions) {
     opts.bus.emit('run:abandoned', { runId });
   }
 
-  /** Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run. */
+  /**
+   * Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run.
+   * With `published` (the owner finishing its own run: it knows everything the finish needs) the finish is one
+   * statement; without it, a locked read first (finish.ts).
+   */
   async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
     let fin: Finished | undefined;
+    const own = entry && published !== undefined && entry.row.leaseOwner === opts.instanceId ? entry : undefined;
     try {
-      fin = await retrying('finishing a run', runId, () => finishRun(opts, runId, outcome, pending, published));
+      fin = await retrying('finishing a run', runId, () =>
+        own
+          ? finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result)
+          : finisher.any(runId, outcome, pending, published),
+      );
     } catch (err) {
       abandon(runId, err);
       return undefined;
@@ -203,8 +236,12 @@ export function createExecutor(opts: ExecutorOptions) {
       await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
       return;
     }
+    // Claimed at acceptance (the usual case: the accept statement inserted it executing under our lease), or now.
     // A claim that keeps failing throws out of here: `execute` abandons the run.
-    const claimed = await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
+    const claimed =
+      entry.row.state === 'executing' && entry.row.leaseOwner === opts.instanceId
+        ? entry.row
+        : await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
     if (claimed && 'blockedBy' in claimed) {
       // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
       turns.park(runId, claimed.blockedBy);
@@ -216,7 +253,7 @@ export function createExecutor(opts: ExecutorOptions) {
       await finishAndAnnounce(entry, runId, { state: 'interrupted' });
       return;
     }
-    let run: RunRow = claimed;
+    let run: RunRow = { ...entry.row, ...claimed, state: 'executing', leaseOwner: opts.instanceId };
     entry.state = 'executing';
     entry.row = run;
     if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
@@ -307,11 +344,16 @@ export function createExecutor(opts: ExecutorOptions) {
   }
 
   return {
-    /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
+    /**
+     * Take an accepted run (inserted with our lease: `executing` when its admission held a slot, else `queued`) and
+     * execute it in the background. A claimed run starts now, in this call: its provider is asked before the
+     * request that accepted it has even answered.
+     */
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open(run);
       opts.metrics?.accepted(entry);
       if (run.waitsFor) turns.park(run.id, run.waitsFor);
+      else if (run.state === 'executing' && accepting) start(run.id);
       else waiting.push(run.id);
       if (accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
@@ -328,17 +370,39 @@ export function createExecutor(opts: ExecutorOptions) {
       return accepting;
     },
 
+    /** How many events a run may publish ahead of Postgres: the seq ceiling a run claimed at acceptance starts with. */
+    get window() {
+      return window;
+    },
+
     /**
-     * Reserve the right to accept one run (call before its debit transaction; release after `accept`).
-     * Throws-free: returns null once shutdown has begun, so the caller answers 503 before taking any money.
+     * Reserve the right to accept one run (call before its debit; release after `accept`, or when it failed).
+     * Throws-free: a refusal once shutdown has begun, or when MAX_QUEUED_RUNS runs already wait here, so the caller
+     * answers 503 before taking any money. `claimable`: the run may start at once (it waits for no earlier turn).
+     *
+     * Why it cannot overshoot: everything here is synchronous. A slot is counted as taken (`reserved`) from this
+     * call until the run is running, and a queued place (`reservedQueued`) until the run is in `waiting`; two
+     * requests admitted in one tick see each other's reservations.
      */
-    admit(): (() => void) | null {
-      if (!accepting) return null;
+    admit(claimable = true): Admission | Refusal {
+      if (!accepting) return 'shutting_down';
+      const claim = claimable && waiting.length === 0 && running.size + reserved < opts.maxConcurrent;
+      if (!claim && waiting.length + turns.size + reservedQueued >= maxQueued) return 'overloaded';
       admitting++;
+      if (claim) reserved++;
+      else reservedQueued++;
       let released = false;
-      return () => {
-        if (!released) admitting--;
-        released = true;
+      return {
+        claim,
+        release() {
+          if (released) return;
+          released = true;
+          admitting--;
+          if (claim) reserved--;
+          else reservedQueued--;
+          // A slot held for a run that was refused (or that queued after all) may now be taken by a waiting one.
+          if (claim && waiting.length > 0) setImmediate(pump);
+        },
       };
     },
 
@@ -392,7 +456,7 @@ export function createExecutor(opts: ExecutorOptions) {
      * its seq ceiling. Readers here (of an abandoned run) get that event; the rest read it from Postgres.
      */
     async interruptOrphan(runId: string): Promise<boolean> {
-      const fin = await finishRun(opts, runId, { state: 'interrupted' });
+      const fin = await finisher.any(runId, { state: 'interrupted' });
       abandoned.delete(runId);
       announce(opts.registry.get(runId), fin, false);
       return Boolean(fin?.won);
@@ -420,7 +484,7 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     stats() {
-      return { running: running.size, waiting: waiting.length, blocked: turns.runs().length };
+      return { running: running.size, waiting: waiting.length, blocked: turns.size };
     },
   };
 }
