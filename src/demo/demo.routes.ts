@@ -1,7 +1,7 @@
 import { Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
-import { AppError } from '../http/errors.js';
+import { AppError, overloaded } from '../http/errors.js';
 import { parse, requestText } from '../http/validate.js';
 import { AiError } from '../providers/ai/types.js';
 
@@ -21,6 +21,8 @@ export function demoRoutes(ctx: AppContext): Router {
 
   r.get('/demo', async (req, res) => {
     const { request } = parse(query, { request: typeof req.query.request === 'string' ? req.query.request : undefined }, 'query');
+    // It takes the model like a run would: not while this process already has as many runs waiting as it takes.
+    if (ctx.executor.overloaded) throw overloaded();
     // Counted in Postgres, so the limit per client IP holds across every process.
     await ctx.limits.demo(req, res);
     const gone = new AbortController();

@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import { z } from 'zod';
 import type { AppContext } from '../context.js';
+import { overloaded } from '../http/errors.js';
 import { parse, requestText } from '../http/validate.js';
 import { findRun } from '../runs/lookup.js';
 import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
@@ -72,6 +73,9 @@ export function jobRoutes(ctx: AppContext): Router {
 
   r.post('/jobs', async (req, res) => {
     const body = parse(createBody, req.body);
+    // A job is refused while this process's queue is full, before its first invoice. Its work, once paid, is never
+    // refused (the money has moved): a work payment that lands while the queue is full queues all the same.
+    if (ctx.executor.overloaded) throw overloaded();
     const { job } = await jobs.create(body.request);
     res.status(201).location(`/api/jobs/${job.id}`).json(await jobView(job));
   });

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import { runs, sessions, type RunFace } from '../db/schema.js';
-import { AppError, conflict } from '../http/errors.js';
+import { AppError, conflict, overloaded } from '../http/errors.js';
 import type { Principal } from '../http/principal.js';
 import { debitSession } from '../ledger/ledger.js';
 import { costSats, countMessagesTokens, priceSnapshot } from '../ledger/pricing.js';
@@ -63,15 +63,10 @@ export interface AcceptDeps {
   instanceId: string;
 }
 
-/** Seconds a client is told to wait when this process's queue is full: about the time a few runs take to free a slot. */
-export const OVERLOADED_RETRY_AFTER_S = 2;
-
 /** A request refused before any money moved: the server is shutting down, or its queue is full. */
 export function refusalError(why: Refusal): AppError {
   if (why === 'shutting_down') return new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
-  return new AppError(503, 'overloaded', `the server has as many runs waiting as it takes (MAX_QUEUED_RUNS); try again in ${OVERLOADED_RETRY_AFTER_S} s`, {
-    retryAfterSeconds: OVERLOADED_RETRY_AFTER_S,
-  });
+  return overloaded();
 }
 
 /**

@@ -126,6 +126,9 @@ export function createExecutor(opts: ExecutorOptions) {
   const maxQueued = opts.maxQueued ?? Infinity;
   const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId });
 
+  const slotFree = () => waiting.length === 0 && running.size + reserved < opts.maxConcurrent;
+  const queueFull = () => waiting.length + turns.size + reservedQueued >= maxQueued;
+
   function start(runId: string) {
     const p = execute(runId)
       .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
@@ -370,6 +373,14 @@ export function createExecutor(opts: ExecutorOptions) {
       return accepting;
     },
 
+    /**
+     * No slot is free and MAX_QUEUED_RUNS runs already wait: new work is refused `503 overloaded` (the demo, a new
+     * job) before anything is paid.
+     */
+    get overloaded() {
+      return !slotFree() && queueFull();
+    },
+
     /** How many events a run may publish ahead of Postgres: the seq ceiling a run claimed at acceptance starts with. */
     get window() {
       return window;
@@ -386,8 +397,8 @@ export function createExecutor(opts: ExecutorOptions) {
      */
     admit(claimable = true): Admission | Refusal {
       if (!accepting) return 'shutting_down';
-      const claim = claimable && waiting.length === 0 && running.size + reserved < opts.maxConcurrent;
-      if (!claim && waiting.length + turns.size + reservedQueued >= maxQueued) return 'overloaded';
+      const claim = claimable && slotFree();
+      if (!claim && queueFull()) return 'overloaded';
       admitting++;
       if (claim) reserved++;
       else reservedQueued++;
