@@ -32,6 +32,9 @@ export interface BenchEnv {
 
 /** Wall time, server CPU, Postgres CPU and this process's CPU over a stretch of work. */
 export async function measured<T>(env: BenchEnv, servers: BenchServer[], fn: () => Promise<T>) {
+  // BENCH_CPU_PROF=<dir>: a CPU profile of the first server over each measured stretch (it costs CPU: not for figures).
+  const prof = process.env.BENCH_CPU_PROF && servers[0] ? `${process.env.BENCH_CPU_PROF}/${Date.now()}.cpuprofile` : null;
+  if (prof) await servers[0]!.call('profile:start');
   const cpu0 = await Promise.all(servers.map((s) => s.cpuMs()));
   const pg0 = env.pg.cpuMs();
   const me0 = process.cpuUsage();
@@ -40,6 +43,7 @@ export async function measured<T>(env: BenchEnv, servers: BenchServer[], fn: () 
   const wallMs = now() - t0;
   const me = process.cpuUsage(me0);
   const cpu1 = await Promise.all(servers.map((s) => s.cpuMs()));
+  if (prof) await servers[0]!.call('profile:stop', { path: prof });
   return {
     result,
     wallMs,

@@ -7,7 +7,9 @@
  *   until the parent opens the gate, and each run's provider call and first token are timed;
  * - a POST's arrival and its answer are timed, and the first token each run publishes.
  */
+import { writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Session } from 'node:inspector/promises';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
@@ -90,6 +92,7 @@ const server = await listen(handler, config, 0, '127.0.0.1');
 const port = (server.address() as AddressInfo).port;
 
 type Command = { id: number; cmd: string; args?: Record<string, unknown> };
+let profiler: Session | undefined;
 process.on('message', async (m: Command) => {
   const reply = (result: unknown) => process.send?.({ id: m.id, result });
   try {
@@ -114,6 +117,20 @@ process.on('message', async (m: Command) => {
       case 'recent': {
         const hit = ctx.recent.get(String(m.args?.runId));
         return reply({ found: Boolean(hit), events: hit?.events?.length ?? null });
+      }
+      case 'profile:start': {
+        // A CPU profile of a stretch of work (BENCH_CPU_PROF: the parent asks around its measured windows).
+        profiler ??= new Session();
+        profiler.connect();
+        await profiler.post('Profiler.enable');
+        await profiler.post('Profiler.start');
+        return reply(true);
+      }
+      case 'profile:stop': {
+        const { profile } = await profiler!.post('Profiler.stop');
+        writeFileSync(String(m.args?.path), JSON.stringify(profile));
+        profiler!.disconnect();
+        return reply(true);
       }
       case 'stats':
         return reply({ registry: ctx.registry.stats(), executor: ctx.executor.stats(), pool: ctx.database.stats() });

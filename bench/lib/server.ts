@@ -20,8 +20,8 @@ export interface BenchServer {
 }
 
 /** Start a Sluice server process on `databaseUrl` with these configuration overrides (the rest are defaults). */
-export async function startBenchServer(databaseUrl: string, config: Record<string, unknown> = {}): Promise<BenchServer> {
-  const child: ChildProcess = fork(path.join(here, 'server-child.ts'), [], {
+export async function startBenchServer(databaseUrl: string, config: Record<string, unknown> = {}, script = 'server-child.ts'): Promise<BenchServer> {
+  const child: ChildProcess = fork(path.join(here, script), [], {
     execArgv: ['--expose-gc', '--max-semi-space-size=32', '--import', 'tsx'],
     env: { ...process.env, BENCH_DATABASE_URL: databaseUrl, BENCH_CONFIG: JSON.stringify({ LOG_LEVEL: 'info', LOG_FORMAT: 'json', ...config }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

@@ -56,7 +56,7 @@ export function createSseHub(opts: { pingMs: number }) {
   let timer: NodeJS.Timeout | null = null;
 
   function sweep() {
-    for (const s of open) if (!s.res.writableEnded && s.ready()) s.write(PING);
+    for (const s of open) if (s.ready()) s.write(PING);
   }
 
   function add(s: Open) {
@@ -100,9 +100,18 @@ function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Op
   const socket = req.socket as NodeSocket;
   socket.setNoDelay(true);
   socket.setKeepAlive(true);
-  // Chunked (every HTTP/1.1 client): frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
-  const chunked = (res as NodeResponse).chunkedEncoding === true;
-  const direct = () => chunked && socket._httpMessage === res && !socket.destroyed;
+  // Chunked (every HTTP/1.1 client), and the socket's response is this one (no pipelined request behind it):
+  // frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
+  const direct = (res as NodeResponse).chunkedEncoding === true && socket._httpMessage === res;
+  /** The connection closed, or we ended it. */
+  let closed = false;
+  /** The last write filled the socket's buffer: nothing more until it drains (or the queued path waits for it). */
+  let full = false;
+  const onDrain = () => {
+    full = false;
+  };
+  socket.on('drain', onDrain);
+  res.on('drain', onDrain);
 
   // Frames written in one turn of the event loop (a replay) leave in one socket write.
   let corked = false;
@@ -119,13 +128,15 @@ function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Op
   };
 
   const write = (frame: Frame) => {
-    if (direct()) socket.write(frame.chunk);
-    else res.write(frame.text);
+    if (closed) return;
+    if (!(direct ? socket.write(frame.chunk) : res.write(frame.text))) full = true;
   };
-  const ready = () => !controller.signal.aborted && !res.writableEnded && !socket.writableNeedDrain && !res.writableNeedDrain;
+  const ready = () => !closed && !full;
   const entry: Open = { res, ready, write };
 
   const finish = () => {
+    closed = true;
+    socket.off('drain', onDrain);
     hub.remove(entry);
     if (!controller.signal.aborted) controller.abort();
   };
@@ -139,6 +150,7 @@ function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Op
   /** Wait until the socket has room, or the client leaves; a peer that reads nothing for writeTimeoutMs is cut. */
   const drained = () =>
     new Promise<void>((resolve) => {
+      if (!full || closed) return resolve();
       const timer = setTimeout(() => res.destroy(), writeTimeoutMs);
       const done = () => {
         clearTimeout(timer);
@@ -159,10 +171,10 @@ function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Op
     },
     write,
     async send(e) {
-      if (controller.signal.aborted || res.writableEnded) return false;
+      if (closed) return false;
       cork();
       write(e instanceof Frame ? e : new Frame(sseText(e.id, e.event, e.data, e.raw)));
-      if (!socket.writableNeedDrain && !res.writableNeedDrain) return true;
+      if (!full) return true;
       uncork();
       // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
       // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
@@ -170,6 +182,8 @@ function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Op
       return !controller.signal.aborted;
     },
     end() {
+      closed = true;
+      socket.off('drain', onDrain);
       hub.remove(entry);
       uncork();
       if (!res.writableEnded) res.end();

@@ -103,10 +103,7 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
     });
   };
   /** An entry here that will still publish events (an ended one stays while we are subscribed, but is silent). */
-  const drivenHere = () => {
-    const e = registry.source(runId);
-    return e !== undefined && !e.ended;
-  };
+  const drivenHere = () => registry.delivering(runId);
   /** Sleep up to `ms`, woken early by a live event, news or the reader leaving; `live`: caught up, direct writes on. */
   const nap = (ms: number | null, live = false) =>
     new Promise<void>((resolve) => {

@@ -11,7 +11,11 @@ export interface RunEvent {
 
 export const isTerminalEvent = (e: RunEvent) => e.type === 'done' || e.type === 'error';
 
-/** Called synchronously, in order, for every event published after it attached. Must not throw or block. */
+/**
+ * Called in order for every event published after it attached: in the turn after the event was published, all the
+ * turn's events one after the other (so a subscriber attached in between also finds them in `snapshot`, and drops
+ * them by seq). Must not throw or block.
+ */
 export type Subscriber = (event: RunEvent) => void;
 
 /** What the registry knows of a live run in this process. */
@@ -36,6 +40,8 @@ export interface RunEntry {
 
 interface Internal extends RunEntry {
   buffer: RunEvent[];
+  /** Events published but not yet handed to the subscribers (they are, in the next turn of the event loop). */
+  outbox: RunEvent[];
   /** What `buffer` costs (eventBytes). */
   bytes: number;
   subscribers: Set<Subscriber>;
@@ -64,10 +70,10 @@ export type Registry = ReturnType<typeof createRegistry>;
  * subscribers, a buffer and a publisher like any other, but `get` does not return it (it drives nothing here:
  * stops, lookups and the executor see only the runs this process executes). It lives while it has subscribers.
  *
- * Why subscribing cannot miss or double an event: everything here is synchronous, so `snapshot()` and
- * `attach()` called in the same tick see one consistent point of the stream — the buffer holds every event up
- * to that point that Postgres may not have yet (unpersisted events are never trimmed), and the subscriber gets
- * every event after it. A reader without an entry `watch()`es the run first, then reads Postgres: an entry
+ * Why subscribing cannot miss an event: `snapshot()` and `attach()` called in the same tick see one consistent
+ * point of the stream — the buffer holds every event published up to that point that Postgres may not have yet
+ * (unpersisted events are never trimmed), and the subscriber gets every event published after it. Events published
+ * but not yet delivered (the outbox, handed out in the next turn) are in both: a reader drops the second by seq. A reader without an entry `watch()`es the run first, then reads Postgres: an entry
  * opened later adopts the watchers before its first event; an entry that already ended flushed everything.
  */
 export function createRegistry(opts: RegistryOptions = {}) {
@@ -103,9 +109,17 @@ export function createRegistry(opts: RegistryOptions = {}) {
       persistedSeq: row.lastSeq,
       ended: false,
       buffer: [],
+      outbox: [],
       bytes: 0,
       subscribers,
     };
+  }
+
+  /** Hand what was published since the last turn to every subscriber, in order. */
+  function deliver(entry: Internal) {
+    const batch = entry.outbox;
+    entry.outbox = [];
+    for (const event of batch) for (const sub of entry.subscribers) sub(event);
   }
 
   return {
@@ -164,6 +178,12 @@ export function createRegistry(opts: RegistryOptions = {}) {
       return entries.get(runId);
     },
 
+    /** An entry here will still hand its readers events: it has not ended, or has published ones not yet delivered. */
+    delivering(runId: string): boolean {
+      const e = entries.get(runId);
+      return e !== undefined && (!e.ended || e.outbox.length > 0);
+    },
+
     /** Append the next event (seq = lastSeq + 1) and hand it to every subscriber. */
     append(runId: string, type: RunEventType, data: unknown): RunEvent {
       const entry = entries.get(runId);
@@ -189,7 +209,10 @@ export function createRegistry(opts: RegistryOptions = {}) {
       bytes += size;
       if (entry.follower) entry.persistedSeq = Math.max(entry.persistedSeq, event.seq);
       trim(entry);
-      for (const sub of entry.subscribers) sub(event);
+      // The subscribers get it in the next turn of the event loop, with whatever else is published before then:
+      // the publisher (the provider's loop) is never held up by a thousand socket writes, and what a burst
+      // publishes in one turn reaches each reader together.
+      if (entry.subscribers.size > 0 && entry.outbox.push(event) === 1) setImmediate(deliver, entry);
       return event;
     },
 
