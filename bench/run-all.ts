@@ -3,10 +3,11 @@
  * CPU time next to wall time (these machines are shared: CPU per unit of work is the steadier figure), repeated,
  * with the spread of the repeats as its noise. Writes bench/results.json and prints a table.
  *
- *   npm run bench                      # everything (about five minutes on 2 cores)
+ *   npm run bench                      # everything, compiled by tsc as `npm start` runs (about 15 minutes on 2 cores)
  *   npm run bench -- fanout resume     # some of it
  *   npm run bench -- --quick           # shorter windows, fewer samples
  *   BENCH_REPEATS=5 npm run bench      # more repeats (default 3)
+ *   npx tsx bench/run-all.ts …         # from the sources through tsx (slower: esbuild's keepNames)
  *
  * Each benchmark starts Sluice in a process of its own (bench/lib/server-child.ts) on a fresh database of one
  * embedded Postgres started with pg_stat_statements. See README "Benchmarks" for what each figure means.
@@ -14,11 +15,10 @@
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { benchAccept } from './accept.js';
 import { load, type BenchEnv, type Figure } from './lib/env.js';
-import { startBenchPostgres } from './lib/pg.js';
+import { projectRoot, startBenchPostgres } from './lib/pg.js';
 import { benchEndToEnd, benchStatements, benchTtft } from './runs.js';
 import { benchCrossProcess, benchFanout, benchMemory, benchResume } from './streams.js';
 
@@ -54,7 +54,7 @@ async function main() {
   } finally {
     await pg.stop();
   }
-  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+  const root = projectRoot();
   let commit = 'unknown';
   try {
     commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();

@@ -73,7 +73,7 @@ export async function benchFanout(env: BenchEnv) {
     return { cpuMs: m.serverCpuMs[0]!, pgMs: m.pgCpuMs, clientMs: m.clientCpuMs, spreadP99: spreads.length ? percentile(spreads, 99) : 0, spreadP50: spreads.length ? percentile(spreads, 50) : 0, stretch: (lastArrival - opened) / (tokens * TOKEN_MS) };
   };
   // The limit of the socket: the same events, pre-rendered, written to as many sockets by a bare Node server.
-  const raw = await startBenchServer(url, {}, 'raw-fanout-child.ts');
+  const raw = await startBenchServer(url, {}, 'raw-fanout-child');
   const rawOnce = async (n: number) => {
     const readers = await openReaders(raw.url, '/', {}, n);
     while ((await raw.call<number>('count')) < n) await sleep(20);
@@ -115,10 +115,14 @@ export async function benchFanout(env: BenchEnv) {
   await server.stop();
 }
 
-/** Memory per idle reader: RSS and heap growth (after GC) with 1,000 and 5,000 streams open on a run that says nothing. */
+/**
+ * Memory per idle reader: RSS and heap growth (after GC) with 1,000 and 5,000 streams open on a run that says
+ * nothing, against a bare Node HTTP server holding as many SSE responses open (what a connection costs Node itself).
+ */
 export async function benchMemory(env: BenchEnv) {
   const url = await env.pg.freshDatabase('b_memory');
   const server = await startBenchServer(url, STREAMS);
+  const raw = await startBenchServer(url, {}, 'raw-fanout-child');
   const c = jsonClient(server.url, 8);
   const s = await paidSession(c, 10_000);
   const r = await c.request('POST', `/api/sessions/${s.id}/request`, { request: 'idle [bench:gate] [stub:tokens=1]', max_tokens: 1 }, s.auth);
@@ -128,21 +132,28 @@ export async function benchMemory(env: BenchEnv) {
   await waitSubscribers(server, 200);
   warm.forEach((x) => x.close());
   await sleep(500);
-  const mem = async () => (await server.call<{ mem: NodeJS.MemoryUsage }>('gc')).mem;
-  const m0 = await mem();
+  const mem = async (x: BenchServer) => (await x.call<{ mem: NodeJS.MemoryUsage }>('gc')).mem;
+  const m0 = await mem(server);
+  const b0 = await mem(raw);
   const readers: SseReader[] = [];
+  const rawReaders: SseReader[] = [];
   for (const n of [1000, 5000]) {
     readers.push(...(await openReaders(server.url, path, s.auth, n - readers.length, false)));
+    rawReaders.push(...(await openReaders(raw.url, '/', {}, n - rawReaders.length, false)));
     await waitSubscribers(server, n);
     await sleep(500);
-    const m = await mem();
+    const m = await mem(server);
+    const b = await mem(raw);
+    const floor = { what: 'a bare Node server holding as many SSE responses', value: round((b.rss - b0.rss) / n / 1024, 1) };
     env.figures.push(
-      { bench: 'memory', metric: `RSS per idle reader, ${n} streams`, unit: 'KB', value: round((m.rss - m0.rss) / n / 1024, 1), goal: n === 5000 ? '≤ 20 KB' : undefined },
-      { bench: 'memory', metric: `heap per idle reader, ${n} streams`, unit: 'KB', value: round((m.heapUsed - m0.heapUsed) / n / 1024, 1) },
+      { bench: 'memory', metric: `RSS per idle reader, ${n} streams`, unit: 'KB', value: round((m.rss - m0.rss) / n / 1024, 1), baseline: floor, ratio: round((m.rss - m0.rss) / (b.rss - b0.rss)), goal: n === 5000 ? '≤ 20 KB' : undefined },
+      { bench: 'memory', metric: `heap per idle reader, ${n} streams`, unit: 'KB', value: round((m.heapUsed - m0.heapUsed) / n / 1024, 1), baseline: { what: 'the bare Node server', value: round((b.heapUsed - b0.heapUsed) / n / 1024, 1) } },
     );
   }
   readers.forEach((x) => x.close());
+  rawReaders.forEach((x) => x.close());
   c.close();
+  await raw.stop();
   await server.kill();
 }
 
@@ -224,7 +235,7 @@ export async function benchResume(env: BenchEnv) {
   await sleep(300);
   const inMemory = await mem.call<{ events: number | null }>('recent', { runId: r.body.requestId });
   env.figures.push({ bench: 'resume', metric: `a finished ${total}-event run is in the memory tier`, unit: 'events held', value: inMemory.events ?? 0 });
-  const trials = env.quick ? 20 : 60;
+  const trials = env.quick ? 40 : 200;
   for (const gap of [1, 100, 1000, 10_000]) {
     for (const [where, server] of [['memory', mem], ['Postgres', pgOnly]] as const) {
       const times: number[] = [];

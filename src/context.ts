@@ -131,7 +131,6 @@ export function createContext(opts: ContextOptions): AppContext {
     },
     metrics: metrics.runs,
   });
-  metrics.bind({ executor, registry, pool: database.pool });
   const limits = createLimits({ config, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const conversations = createConversationStore(db);
   const accept = createAccept({ config, db, pool: database.pool, store, conversations, executor, instanceId }).accept;
@@ -168,6 +167,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const news = createRunNews(bus);
   const followers = createFollowers({ registry, store, bus, pollMs: config.SSE_POLL_MS, log });
   const sse = createSseHub({ pingMs: config.SSE_PING_MS });
+  metrics.bind({ executor, registry, pool: database.pool, streams: sse });
   const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
   const jobWaits = createJobWaits({ bus, jobs, config, db, log });
   return { jobWaits, streams, news, followers, sse, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };

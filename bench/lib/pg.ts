@@ -1,10 +1,18 @@
-import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { ensureDatabase, startEmbeddedPostgres } from '../../src/db/embedded.js';
 import { createDatabase } from '../../src/db/pool.js';
 import { runMigrations } from '../../src/db/migrate.js';
+
+/** The project's root (where package.json is), from the sources or from their compiled copy alike. */
+export function projectRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return dir;
+}
 
 const TICK_MS = 1000 / 100; // USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s
 
@@ -51,11 +59,16 @@ export async function startBenchPostgres(): Promise<BenchPostgres> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
   chmodSync(dir, 0o755);
   const port = 55000 + Math.floor(Math.random() * 5000);
+  const lines: string[] = [];
   const server = await startEmbeddedPostgres({
     dataDir: path.join(dir, 'pg'),
     port,
     database: 'postgres',
-    postgresFlags: ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track_utility=on', '-c', 'max_connections=300'],
+    onLog: (l) => lines.push(l),
+    postgresFlags: ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track_utility=on'],
+  }).catch((err: unknown) => {
+    console.error(lines.slice(-20).join('\n'));
+    throw err;
   });
   const adminUrl = server.urlFor('postgres');
   const admin = new pg.Pool({ connectionString: adminUrl, max: 2 });
@@ -63,7 +76,7 @@ export async function startBenchPostgres(): Promise<BenchPostgres> {
   await admin.query('create extension if not exists pg_stat_statements');
   await ensureDatabase(adminUrl, 'bench_template');
   const tpl = createDatabase(server.urlFor('bench_template'), { max: 1 });
-  await runMigrations(tpl.db);
+  await runMigrations(tpl.db, path.join(projectRoot(), 'drizzle'));
   await tpl.close();
   const postmaster = server.pid!;
   return {

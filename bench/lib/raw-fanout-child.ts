@@ -27,6 +27,10 @@ process.on('message', (m: { id: number; cmd: string; args?: { events: number; ev
     return reply({ cpuMs: (u.user + u.system) / 1000 });
   }
   if (m.cmd === 'count') return reply(open.length);
+  if (m.cmd === 'gc') {
+    for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
+    return reply({ mem: process.memoryUsage() });
+  }
   if (m.cmd === 'go') {
     const { events, everyMs } = m.args!;
     let seq = 0;

@@ -132,6 +132,11 @@ process.on('message', async (m: Command) => {
         profiler!.disconnect();
         return reply(true);
       }
+      case 'heap': {
+        for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
+        const { writeHeapSnapshot } = await import('node:v8');
+        return reply(writeHeapSnapshot(String(m.args?.path)));
+      }
       case 'stats':
         return reply({ registry: ctx.registry.stats(), executor: ctx.executor.stats(), pool: ctx.database.stats() });
       case 'quit':

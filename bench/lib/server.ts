@@ -3,6 +3,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+/**
+ * `npm run bench` runs the suite compiled by tsc, as `npm start` runs the server: tsx (esbuild with `keepNames`)
+ * gives every closure an own `name` property, which costs memory and CPU a production build does not pay. Run from
+ * the sources (`npx tsx bench/run-all.ts`), the servers run through tsx too.
+ */
+const compiled = import.meta.url.endsWith('.js');
 
 export interface BenchServer {
   url: string;
@@ -20,9 +26,9 @@ export interface BenchServer {
 }
 
 /** Start a Sluice server process on `databaseUrl` with these configuration overrides (the rest are defaults). */
-export async function startBenchServer(databaseUrl: string, config: Record<string, unknown> = {}, script = 'server-child.ts'): Promise<BenchServer> {
-  const child: ChildProcess = fork(path.join(here, script), [], {
-    execArgv: ['--expose-gc', '--max-semi-space-size=32', '--import', 'tsx'],
+export async function startBenchServer(databaseUrl: string, config: Record<string, unknown> = {}, script = 'server-child'): Promise<BenchServer> {
+  const child: ChildProcess = fork(path.join(here, `${script}.${compiled ? 'js' : 'ts'}`), [], {
+    execArgv: ['--expose-gc', '--max-semi-space-size=32', ...(compiled ? [] : ['--import', 'tsx'])],
     env: { ...process.env, BENCH_DATABASE_URL: databaseUrl, BENCH_CONFIG: JSON.stringify({ LOG_LEVEL: 'info', LOG_FORMAT: 'json', ...config }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

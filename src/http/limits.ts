@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import type { ErrorRequestHandler, Request, RequestHandler, Response } from 'express';
 import type pg from 'pg';
@@ -7,7 +6,7 @@ import type { Config } from '../config.js';
 import { createRateLimit, sweepExpired, type RateDecision, type RateLimit } from '../limits/rate-limit.js';
 import { createPendingCounts, SESSION_BUDGET_NAME, type BudgetCount, type Counted } from '../limits/session-budget.js';
 import { createStreamSlots, slotOutcome } from '../limits/stream-slots.js';
-import { bearerToken } from './auth.js';
+import { bearerToken, hashToken } from './auth.js';
 import { AppError } from './errors.js';
 import { isUuid } from './validate.js';
 
@@ -243,7 +242,7 @@ function setRateHeaders(res: Response, d: RateDecision) {
 }
 
 /** A session's limit key: the SHA-256 of its bearer token (one token per session; never the token itself). */
-export const tokenKey = (token: string) => createHash('sha256').update(token).digest('hex');
+export const tokenKey = hashToken;
 
 /**
  * A client's limit key: its IPv4 address, or the /64 network of an IPv6 one (a host gets a whole /64, so

@@ -31,6 +31,8 @@ export interface SseStream {
 
 export interface SseOptions {
   retryMs: number;
+  /** Called once when the stream closes (either side): what the stream held is given back here. */
+  onClose?: () => void;
   /** A client that reads nothing for this long while its buffer is full is disconnected (default 30 000). */
   writeTimeoutMs?: number;
 }
@@ -39,12 +41,6 @@ export interface SseOptions {
 type NodeResponse = Response & { chunkedEncoding?: boolean };
 type NodeSocket = Socket & { _httpMessage?: unknown };
 
-interface Open {
-  res: Response;
-  ready(): boolean;
-  write(frame: Frame): void;
-}
-
 const PING = new Frame(': ping\n\n');
 
 /**
@@ -52,33 +48,34 @@ const PING = new Frame(': ping\n\n');
  * The sweep writes a `: ping` comment to each stream whose socket has room (a full one needs no more bytes).
  */
 export function createSseHub(opts: { pingMs: number }) {
-  const open = new Set<Open>();
+  const open = new Set<Stream>();
   let timer: NodeJS.Timeout | null = null;
 
   function sweep() {
-    for (const s of open) if (s.ready()) s.write(PING);
+    for (const s of open) if (s.ready) s.write(PING);
   }
 
-  function add(s: Open) {
-    open.add(s);
-    if (!timer) {
-      timer = setInterval(sweep, opts.pingMs);
-      timer.unref();
-    }
-  }
-
-  function remove(s: Open) {
-    open.delete(s);
-    if (open.size === 0 && timer) {
-      clearInterval(timer);
-      timer = null;
-    }
-  }
+  const hub: Hub = {
+    add(s) {
+      open.add(s);
+      if (!timer) {
+        timer = setInterval(sweep, opts.pingMs);
+        timer.unref();
+      }
+    },
+    remove(s) {
+      open.delete(s);
+      if (open.size === 0 && timer) {
+        clearInterval(timer);
+        timer = null;
+      }
+    },
+  };
 
   return {
     /** Start an SSE response on `res`. */
     open(req: Request, res: Response, o: SseOptions): SseStream {
-      return openSse(req, res, o, { add, remove });
+      return new Stream(req, res, o, hub);
     },
     get size() {
       return open.size;
@@ -87,108 +84,126 @@ export function createSseHub(opts: { pingMs: number }) {
 }
 
 export type SseHub = ReturnType<typeof createSseHub>;
+interface Hub {
+  add(s: Stream): void;
+  remove(s: Stream): void;
+}
 
-function openSse(req: Request, res: Response, opts: SseOptions, hub: { add(s: Open): void; remove(s: Open): void }): SseStream {
-  const controller = new AbortController();
-  res.status(200);
-  res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
-  res.setHeader('Cache-Control', 'no-cache, no-transform');
-  // No `Connection` header of ours: Node answers keep-alive or close as the client asked (HTTP/1.1 keeps alive by
-  // default, `Connection: close` is honoured), and HTTP/2 forbids the header altogether.
-  res.setHeader('X-Accel-Buffering', 'no');
-  res.flushHeaders();
-  const socket = req.socket as NodeSocket;
-  socket.setNoDelay(true);
-  socket.setKeepAlive(true);
-  // Chunked (every HTTP/1.1 client), and the socket's response is this one (no pipelined request behind it):
-  // frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
-  const direct = (res as NodeResponse).chunkedEncoding === true && socket._httpMessage === res;
+/**
+ * One SSE response. A class, so that an open stream — there may be tens of thousands, mostly idle — holds its state
+ * and two listeners, and shares its methods.
+ */
+class Stream implements SseStream {
+  readonly signal: AbortSignal;
+  readonly #controller = new AbortController();
+  readonly #res: Response;
+  readonly #socket: NodeSocket;
+  /** Chunked, and the socket's response is this one (no pipelined request behind it): frames go to the socket. */
+  readonly #direct: boolean;
+  readonly #drainer: NodeJS.EventEmitter;
+  readonly #hub: Hub;
+  readonly #opts: SseOptions;
   /** The connection closed, or we ended it. */
-  let closed = false;
+  #closed = false;
+  #finished = false;
   /** The last write filled the socket's buffer: nothing more until it drains (or the queued path waits for it). */
-  let full = false;
-  const onDrain = () => {
-    full = false;
-  };
-  socket.on('drain', onDrain);
-  res.on('drain', onDrain);
+  #full = false;
+  #corked = false;
 
-  // Frames written in one turn of the event loop (a replay) leave in one socket write.
-  let corked = false;
-  const uncork = () => {
-    if (!corked) return;
-    corked = false;
-    socket.uncork();
-  };
-  const cork = () => {
-    if (corked) return;
-    corked = true;
-    socket.cork();
-    setImmediate(uncork);
+  constructor(req: Request, res: Response, opts: SseOptions, hub: Hub) {
+    this.signal = this.#controller.signal;
+    this.#res = res;
+    this.#hub = hub;
+    this.#opts = opts;
+    res.status(200);
+    res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
+    res.setHeader('Cache-Control', 'no-cache, no-transform');
+    // No `Connection` header of ours: Node answers keep-alive or close as the client asked (HTTP/1.1 keeps alive by
+    // default, `Connection: close` is honoured), and HTTP/2 forbids the header altogether.
+    res.setHeader('X-Accel-Buffering', 'no');
+    res.flushHeaders();
+    const socket = (this.#socket = req.socket as NodeSocket);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true);
+    // Chunked (every HTTP/1.1 client): frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
+    this.#direct = (res as NodeResponse).chunkedEncoding === true && socket._httpMessage === res;
+    this.#drainer = this.#direct ? socket : res;
+    this.#drainer.on('drain', this.#onDrain);
+    res.on('close', this.#finish);
+    hub.add(this);
+    // The client may have gone while the route was still authorising: 'close' has then fired already.
+    if (res.destroyed || socket.destroyed) this.#finish();
+    this.write(new Frame(`retry: ${opts.retryMs}\n\n`));
+  }
+
+  readonly #onDrain = () => {
+    this.#full = false;
   };
 
-  const write = (frame: Frame) => {
-    if (closed) return;
-    if (!(direct ? socket.write(frame.chunk) : res.write(frame.text))) full = true;
+  readonly #finish = () => {
+    this.#closed = true;
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#drainer.off('drain', this.#onDrain);
+    this.#hub.remove(this);
+    this.#opts.onClose?.();
+    if (!this.#controller.signal.aborted) this.#controller.abort();
   };
-  const ready = () => !closed && !full;
-  const entry: Open = { res, ready, write };
 
-  const finish = () => {
-    closed = true;
-    socket.off('drain', onDrain);
-    hub.remove(entry);
-    if (!controller.signal.aborted) controller.abort();
-  };
-  res.on('close', finish);
-  hub.add(entry);
-  // The client may have gone while the route was still authorising: 'close' has then fired already.
-  if (res.destroyed || socket.destroyed) finish();
-  write(new Frame(`retry: ${opts.retryMs}\n\n`));
-  const writeTimeoutMs = opts.writeTimeoutMs ?? 30_000;
+  get ready() {
+    return !this.#closed && !this.#full;
+  }
+
+  write(frame: Frame) {
+    if (this.#closed) return;
+    if (!(this.#direct ? this.#socket.write(frame.chunk) : this.#res.write(frame.text))) this.#full = true;
+  }
+
+  async send(e: { id?: number; event?: string; data: unknown; raw?: boolean } | Frame): Promise<boolean> {
+    if (this.#closed) return false;
+    // Frames written in one turn of the event loop (a replay) leave in one socket write.
+    if (!this.#corked) {
+      this.#corked = true;
+      this.#socket.cork();
+      setImmediate(() => this.#uncork());
+    }
+    this.write(e instanceof Frame ? e : new Frame(sseText(e.id, e.event, e.data, e.raw)));
+    if (!this.#full) return true;
+    this.#uncork();
+    // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
+    // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
+    await this.#drained();
+    return !this.#controller.signal.aborted;
+  }
+
+  end() {
+    this.#closed = true;
+    this.#uncork();
+    if (!this.#res.writableEnded) this.#res.end();
+  }
+
+  #uncork() {
+    if (!this.#corked) return;
+    this.#corked = false;
+    this.#socket.uncork();
+  }
 
   /** Wait until the socket has room, or the client leaves; a peer that reads nothing for writeTimeoutMs is cut. */
-  const drained = () =>
-    new Promise<void>((resolve) => {
-      if (!full || closed) return resolve();
-      const timer = setTimeout(() => res.destroy(), writeTimeoutMs);
+  #drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (!this.#full || this.#closed) return resolve();
+      const timer = setTimeout(() => this.#res.destroy(), this.#opts.writeTimeoutMs ?? 30_000);
+      const signal = this.#controller.signal;
       const done = () => {
         clearTimeout(timer);
-        socket.off('drain', done);
-        res.off('drain', done);
-        controller.signal.removeEventListener('abort', done);
+        this.#drainer.off('drain', done);
+        signal.removeEventListener('abort', done);
         resolve();
       };
-      socket.on('drain', done);
-      res.on('drain', done);
-      controller.signal.addEventListener('abort', done);
+      this.#drainer.on('drain', done);
+      signal.addEventListener('abort', done);
     });
-
-  return {
-    signal: controller.signal,
-    get ready() {
-      return ready();
-    },
-    write,
-    async send(e) {
-      if (closed) return false;
-      cork();
-      write(e instanceof Frame ? e : new Frame(sseText(e.id, e.event, e.data, e.raw)));
-      if (!full) return true;
-      uncork();
-      // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
-      // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
-      await drained();
-      return !controller.signal.aborted;
-    },
-    end() {
-      closed = true;
-      socket.off('drain', onDrain);
-      hub.remove(entry);
-      uncork();
-      if (!res.writableEnded) res.end();
-    },
-  };
+  }
 }
 
 /**

@@ -4,7 +4,7 @@ import type { AppContext } from '../context.js';
 import { overloaded } from '../http/errors.js';
 import { parse, requestText } from '../http/validate.js';
 import { findRun } from '../runs/lookup.js';
-import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
+import { cursorOf, openStream, pipeDetached, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { payoutAnswer, payoutView, type PayoutRow } from '../ledger/payouts.js';
 import { invoiceView } from '../ledger/settlement.js';
@@ -129,7 +129,7 @@ export function jobRoutes(ctx: AppContext): Router {
       });
       return sse.end();
     }
-    await pipeRun(ctx, sse, job.runId, after);
+    pipeDetached(req, ctx, sse, job.runId, after);
   });
 
   return r;

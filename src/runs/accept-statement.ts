@@ -76,6 +76,8 @@ export interface PlainOutcome {
 
 export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<PlainOutcome> {
   const state = a.claim ? 'executing' : 'queued';
+  // A plain request's input is its turn, after the instructions if any: one JSON text serves both when there are none.
+  const turn = JSON.stringify(a.turn);
   const values: unknown[] = [
     a.sessionId,
     a.tokenHash,
@@ -86,8 +88,8 @@ export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<Pl
     a.request,
     a.model,
     a.instructions,
-    JSON.stringify(a.turn),
-    JSON.stringify(a.input),
+    turn,
+    a.instructions ? JSON.stringify(a.input) : turn,
     a.maxTokens,
     JSON.stringify(a.pricing),
     a.face,

@@ -260,7 +260,9 @@ export function createExecutor(opts: ExecutorOptions) {
     entry.state = 'executing';
     entry.row = run;
     if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
-    log.info(runLogFields(run), 'run started');
+    // Logged in the next turn: the provider is asked first (the time to the first token waits for nothing else).
+    const started = run;
+    setImmediate(() => log.info(runLogFields(started), 'run started'));
 
     const writer = createEventWriter({
       store: opts.store,
@@ -281,8 +283,8 @@ export function createExecutor(opts: ExecutorOptions) {
     });
     let outcome: Outcome;
     try {
-      run = await resolveInput(run);
-      entry.row = run;
+      // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
+      if (!run.input) entry.row = run = await resolveInput(run);
       outcome = await stream(run, entry, writer, log);
     } catch (err) {
       // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.

@@ -41,6 +41,8 @@ export function createFollowers(deps: { registry: Registry; store: RunStore; bus
     let wake: (() => void) | null = null;
     let dirty = true;
     let reading = false;
+    /** Events that came in notifications while a read was in flight: published after it, if they follow on. */
+    let carried: RunEvent[] = [];
     const entry = deps.registry.follow(runId, after, () => {
       stopped = true;
       follows.delete(runId);
@@ -73,11 +75,19 @@ export function createFollowers(deps: { registry: Registry; store: RunStore; bus
     follows.set(runId, {
       news(events) {
         if (stopped) return;
-        // The next events, carried by the notification: published now, no query. Anything else: read the log.
-        if (!reading && events?.length && events[0]!.seq === entry.lastSeq + 1) {
-          publish(events);
-          return;
+        // The next events, carried by the notification: published now (or right after the read in flight), no query.
+        if (events?.length) {
+          if (reading) {
+            carried.push(...events);
+            return;
+          }
+          if (events[0]!.seq === entry.lastSeq + 1) {
+            publish(events);
+            return;
+          }
+          if (events.at(-1)!.seq <= entry.lastSeq) return;
         }
+        // A gap (a notification was lost), events too big to carry, or the end: read the log.
         dirty = true;
         wake?.();
       },
@@ -113,6 +123,13 @@ export function createFollowers(deps: { registry: Registry; store: RunStore; bus
           failures++;
         } finally {
           reading = false;
+          const next = carried.filter((e) => e.seq > entry.lastSeq);
+          carried = [];
+          if (next.length > 0) {
+            if (next[0]!.seq === entry.lastSeq + 1 && next.every((e, i) => i === 0 || e.seq === next[i - 1]!.seq + 1)) {
+              if (publish(next)) return;
+            } else dirty = true;
+          }
         }
       }
     }

@@ -39,10 +39,8 @@ export function openStream(deps: StreamDeps, req: Request, res: Response): SseSt
     const limit = deps.config.SSE_MAX_STREAMS_PER_IP;
     throw new AppError(429, 'too_many_streams', `at most ${limit} streams may be open at once from one client; close one first`, { limit });
   }
-  res.once('close', release);
-  // The client may have gone while the route was still authorising: 'close' has then fired already.
-  if (res.destroyed || req.socket.destroyed) release();
-  return deps.sse.open(req, res, { retryMs: deps.config.SSE_RETRY_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
+  // Given back when the stream closes (at once, if the client went while the route was still authorising).
+  return deps.sse.open(req, res, { retryMs: deps.config.SSE_RETRY_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS, onClose: release });
 }
 
 /**
@@ -137,5 +135,18 @@ export async function streamRun(deps: StreamDeps, req: Request, res: Response, f
     return sse.end();
   }
   // A run that has ended is read from Postgres by this reader alone; a live one is followed if another process drives it.
-  await pipeRun(deps, sse, run.id, after, Boolean(found.live) || isLive(run.state));
+  pipeDetached(req, deps, sse, run.id, after, Boolean(found.live) || isLive(run.state));
+}
+
+/**
+ * `pipeRun` without the route awaiting it: the handler returns, and the stream goes on by itself, driven by the run's
+ * events. An awaited stream kept the whole chain of the request alive for as long as it lasted (Express's router
+ * closures, every async frame down to the feed); a stream that waits for hours holds only what it needs. Its
+ * failures are its own: logged, and the response ended (its headers are long sent).
+ */
+export function pipeDetached(req: Request, deps: StreamDeps, sse: SseStream, runId: string, after: number, follow = true): void {
+  pipeRun(deps, sse, runId, after, follow).catch((err: unknown) => {
+    req.log.error({ err, runId }, 'a stream failed');
+    sse.end();
+  });
 }
