@@ -1,4 +1,5 @@
 import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,7 +59,15 @@ export interface BenchPostgres {
 export async function startBenchPostgres(): Promise<BenchPostgres> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
   chmodSync(dir, 0o755);
-  const port = 55000 + Math.floor(Math.random() * 5000);
+  // A port nobody holds now (a random one collided with other clusters on this shared machine).
+  const port = await new Promise<number>((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
   const lines: string[] = [];
   const server = await startEmbeddedPostgres({
     dataDir: path.join(dir, 'pg'),
