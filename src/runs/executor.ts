@@ -1,15 +1,15 @@
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
-import { toStorable } from '../http/validate.js';
-import { countMessagesTokens } from '../ledger/pricing.js';
 import type { Models } from '../models/providers.js';
-import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
-import { composeInput, conversationHistory } from './context.js';
+import { resolveInput } from './context.js';
+import { retried } from './retry.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
 import { createTurnWait } from './turn-wait.js';
-import { createFinisher, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
+import { createAdmission } from './admission.js';
+import { generate } from './generate.js';
+import { createFinisher, type Finished, type Outcome, type Settlers } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
 
@@ -56,27 +56,8 @@ export interface RunMetrics {
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
 
-/** Why a request cannot be accepted now: this process is shutting down, or its queue is full. */
-export type Refusal = 'shutting_down' | 'overloaded';
+export type { Admission, Refusal } from './admission.js';
 
-/**
- * The right to accept one run, taken before its debit. `claim`: an execution slot is held for it, so the accept
- * inserts the run `executing` under our lease (claimed in the statement that accepts it) and it starts at once;
- * otherwise it is inserted `queued` and waits here for a slot.
- */
-export interface Admission {
-  readonly claim: boolean;
-  release(): void;
-}
-
-/**
- * Retries of a claim or a finish before the run is left to recovery (backoff 100 ms · 2^n: about 3 s in all, so a
- * Postgres restart or a storm of killed connections is ridden out, and a longer outage is not waited on).
- */
-const RETRIES = 5;
-
-/** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
-const clean = toStorable;
 
 /**
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
@@ -117,17 +98,18 @@ export function createExecutor(opts: ExecutorOptions) {
   const window = Math.max(1, opts.maxBacklog ?? 2048);
   /** Runs whose claim or end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
-  let accepting = true;
-  /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
-  let admitting = 0;
-  /** Admissions holding an execution slot (their run will be inserted claimed), and those that will queue. */
-  let reserved = 0;
-  let reservedQueued = 0;
-  const maxQueued = opts.maxQueued ?? Infinity;
+  const admission = createAdmission({
+    maxConcurrent: opts.maxConcurrent,
+    maxQueued: opts.maxQueued ?? Infinity,
+    waiting: () => waiting.length,
+    running: () => running.size,
+    parked: () => turns.size,
+    // A slot held for a run that was refused (or that queued after all) may now be taken by a waiting one.
+    slotFreed: () => {
+      if (waiting.length > 0) setImmediate(pump);
+    },
+  });
   const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId });
-
-  const slotFree = () => waiting.length === 0 && running.size + reserved < opts.maxConcurrent;
-  const queueFull = () => waiting.length + turns.size + reservedQueued >= maxQueued;
 
   function start(runId: string) {
     const p = execute(runId)
@@ -140,7 +122,7 @@ export function createExecutor(opts: ExecutorOptions) {
   }
 
   function pump() {
-    while (running.size + reserved < opts.maxConcurrent && waiting.length > 0) start(waiting.shift()!);
+    while (running.size + admission.reserved < opts.maxConcurrent && waiting.length > 0) start(waiting.shift()!);
   }
 
   /**
@@ -169,18 +151,7 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /** `fn`, retried while it throws (Postgres unwell); the last error is thrown after `RETRIES` retries. */
-  async function retrying<T>(what: string, runId: string, fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await fn();
-      } catch (err) {
-        if (attempt >= RETRIES) throw err;
-        opts.log.warn({ err, runId, attempt }, `${what} failed; retrying`);
-        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
-      }
-    }
-  }
+  const retrying = <T>(what: string, runId: string, fn: () => Promise<T>) => retried(opts.log, what, runId, fn);
 
   /**
    * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
@@ -284,8 +255,8 @@ export function createExecutor(opts: ExecutorOptions) {
     let outcome: Outcome;
     try {
       // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
-      if (!run.input) entry.row = run = await resolveInput(run);
-      outcome = await stream(run, entry, writer, log);
+      if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId }, run);
+      outcome = await generate(opts, run, entry, writer, log);
     } catch (err) {
       // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
       log.warn({ err }, 'could not resolve the context of a run');
@@ -294,58 +265,6 @@ export function createExecutor(opts: ExecutorOptions) {
     const pending = await writer.close();
     // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
     await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
-  }
-
-  /** A run enqueued behind another resolves its context now that the runs before it have ended. */
-  async function resolveInput(run: RunRow): Promise<RunRow> {
-    if (run.input) return run;
-    const history = run.conversationId !== null && run.conversationTurn !== null ? await conversationHistory(opts.db, run.conversationId, run.conversationTurn) : [];
-    const input = composeInput(run.instructions, history, run.turn ?? [{ role: 'user', content: run.request }]);
-    await opts.store.setInput(run.id, opts.instanceId, input);
-    return { ...run, input };
-  }
-
-  async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
-    const signal = entry.controller.signal;
-    const model = opts.models.get(run.model ?? opts.models.default.entry.name);
-    if (!model) {
-      // The catalogue changed between acceptance and now (a restart with another configuration).
-      return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
-    }
-    const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
-    if (countMessagesTokens(messages) + run.maxTokens > model.entry.contextTokens) {
-      return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
-    }
-    const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
-    let usage: Usage | undefined;
-    let stopReason: AiStopReason = 'stop';
-    try {
-      for await (const chunk of model.provider.stream(req, signal)) {
-        if (chunk.type === 'usage') {
-          usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
-          continue;
-        }
-        if (chunk.type === 'finish') {
-          stopReason = chunk.reason;
-          continue;
-        }
-        // Never publish an id Postgres has not reserved (the seq ceiling): should this process die now, whoever
-        // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
-        // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
-        const seq = entry.lastSeq + 1;
-        if (seq > writer.ceiling) await writer.reserve(seq, signal);
-        if (signal.aborted) break;
-        writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
-        if (entry.outputTokens === 1) opts.metrics?.firstToken(entry);
-      }
-      if (signal.aborted) throw signal.reason;
-      return { state: 'complete', usage, stopReason };
-    } catch (err) {
-      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' };
-      log.warn({ err }, 'run failed');
-      const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
-      return { state: 'failed', error: { code: e.code, message: e.message } };
-    }
   }
 
   return {
@@ -358,9 +277,9 @@ export function createExecutor(opts: ExecutorOptions) {
       const entry = opts.registry.open(run);
       opts.metrics?.accepted(entry);
       if (run.waitsFor) turns.park(run.id, run.waitsFor);
-      else if (run.state === 'executing' && accepting) start(run.id);
+      else if (run.state === 'executing' && admission.accepting) start(run.id);
       else waiting.push(run.id);
-      if (accepting) setImmediate(pump);
+      if (admission.accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
       else this.stop(run.id, 'interrupted');
       return entry;
@@ -372,15 +291,12 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     get accepting() {
-      return accepting;
+      return admission.accepting;
     },
 
-    /**
-     * No slot is free and MAX_QUEUED_RUNS runs already wait: new work is refused `503 overloaded` (the demo, a new
-     * job) before anything is paid.
-     */
+    /** No slot is free and MAX_QUEUED_RUNS runs wait: new work is refused `503 overloaded` before anything is paid. */
     get overloaded() {
-      return !slotFree() && queueFull();
+      return admission.overloaded;
     },
 
     /** How many events a run may publish ahead of Postgres: the seq ceiling a run claimed at acceptance starts with. */
@@ -389,34 +305,11 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     /**
-     * Reserve the right to accept one run (call before its debit; release after `accept`, or when it failed).
-     * Throws-free: a refusal once shutdown has begun, or when MAX_QUEUED_RUNS runs already wait here, so the caller
-     * answers 503 before taking any money. `claimable`: the run may start at once (it waits for no earlier turn).
-     *
-     * Why it cannot overshoot: everything here is synchronous. A slot is counted as taken (`reserved`) from this
-     * call until the run is running, and a queued place (`reservedQueued`) until the run is in `waiting`; two
-     * requests admitted in one tick see each other's reservations.
+     * Reserve the right to accept one run before its debit (release after `accept`), or why not (admission.ts).
+     * `claimable`: the run may start at once (it waits for no earlier turn).
      */
-    admit(claimable = true): Admission | Refusal {
-      if (!accepting) return 'shutting_down';
-      const claim = claimable && slotFree();
-      if (!claim && queueFull()) return 'overloaded';
-      admitting++;
-      if (claim) reserved++;
-      else reservedQueued++;
-      let released = false;
-      return {
-        claim,
-        release() {
-          if (released) return;
-          released = true;
-          admitting--;
-          if (claim) reserved--;
-          else reservedQueued--;
-          // A slot held for a run that was refused (or that queued after all) may now be taken by a waiting one.
-          if (claim && waiting.length > 0) setImmediate(pump);
-        },
-      };
+    admit(claimable = true) {
+      return admission.admit(claimable);
     },
 
     /** Runs this process has given up on, for the sweeper to hand to recovery. */
@@ -480,10 +373,10 @@ export function createExecutor(opts: ExecutorOptions) {
      * rest and wait for their finish transactions.
      */
     async drain(graceMs: number): Promise<{ interrupted: number }> {
-      accepting = false;
+      admission.close();
       // Requests already past the accepting check finish their debit and hand us their run first.
       const admitDeadline = Date.now() + 5_000;
-      while (admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
+      while (admission.admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
       for (const id of [...waiting]) this.stop(id, 'interrupted');
       for (const id of turns.runs()) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;

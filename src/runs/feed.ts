@@ -173,6 +173,8 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
       yield { kind: 'event', event: e };
       if (isTerminalEvent(e)) return;
     }
+    // The snapshot is a copy of the buffer: a reader that stays live for hours need not keep it.
+    snap.events.length = 0;
     for (;;) {
       while (queue.length > 0) {
         const e = queue.shift()!;
