@@ -6,7 +6,7 @@ import type { Config } from '../config.js';
 import { createRateLimit, sweepExpired, type RateDecision, type RateLimit } from '../limits/rate-limit.js';
 import { createPendingCounts, SESSION_BUDGET_NAME, type BudgetCount, type Counted } from '../limits/session-budget.js';
 import { createStreamSlots, slotOutcome } from '../limits/stream-slots.js';
-import { bearerToken, hashToken } from './auth.js';
+import { bearerToken, hashToken, tokenHashOf } from './auth.js';
 import { AppError } from './errors.js';
 import { isUuid } from './validate.js';
 
@@ -122,7 +122,7 @@ export function createLimits(deps: LimitsDeps) {
     sessionRequests: (async (req, res, next) => {
       const token = sessionRequests ? bearerToken(req, true) : undefined;
       if (!sessionRequests || !token) return next();
-      const count: BudgetCount = { key: `${SESSION_BUDGET_NAME}:${tokenKey(token)}`, limit: c.SESSION_RATE_LIMIT_PER_MIN, windowMs: 60_000 };
+      const count: BudgetCount = { key: `${SESSION_BUDGET_NAME}:${tokenHashOf(req, token)}`, limit: c.SESSION_RATE_LIMIT_PER_MIN, windowMs: 60_000 };
       const until = spent.get(count.key);
       if (until !== undefined && until > Date.now()) {
         const resetMs = until - Date.now();
@@ -173,7 +173,7 @@ export function createLimits(deps: LimitsDeps) {
     /** A stream of a session (bearer token, header or `?access_token=`): SESSION_MAX_STREAMS open at once, taken by its authentication. */
     sessionStreams: ((req, _res, next) => {
       const token = c.SESSION_MAX_STREAMS > 0 ? bearerToken(req, true) : undefined;
-      if (token) pendingSlots.set(req, { key: `session:${tokenKey(token)}`, max: c.SESSION_MAX_STREAMS });
+      if (token) pendingSlots.set(req, { key: `session:${tokenHashOf(req, token)}`, max: c.SESSION_MAX_STREAMS });
       next();
     }) as RequestHandler,
 

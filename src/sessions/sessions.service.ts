@@ -10,7 +10,7 @@ import { liveSlotsSql, slotSql } from '../limits/stream-slots.js';
 import type { Db, DbOrTx, Tx } from '../db/pool.js';
 import { invoices, sessions } from '../db/schema.js';
 import { AppError, conflict, notFound, unauthorized } from '../http/errors.js';
-import { hashToken, newToken, tokenMatches } from '../http/auth.js';
+import { hashToken, newToken, tokenHashOf, tokenMatches } from '../http/auth.js';
 import { isUuid } from '../http/validate.js';
 import { creditSession, SESSION_REFUND_SQL } from '../ledger/ledger.js';
 import type { InvoiceRow, Settlement } from '../ledger/settlement.js';
@@ -116,7 +116,8 @@ export function createSessionsService(deps: SessionsDeps) {
     if (!token) throw unauthorized();
     const count = deps.limits?.takeCount(req);
     const slot = deps.limits?.takeSlot(req);
-    const values: unknown[] = [hashToken(token)];
+    const tokenHash = tokenHashOf(req, token);
+    const values: unknown[] = [tokenHash];
     if (count) values.push(...countValues(count));
     const slotId = randomUUID();
     if (slot) values.push(...deps.limits!.slotValues(slot, slotId));
@@ -132,7 +133,7 @@ export function createSessionsService(deps: SessionsDeps) {
     }
     if (slot && req?.res) await deps.limits!.settleSlot(req, req.res, slot, r.slot_id ?? null, r.slots_live);
     const row = r.id ? sessionOf(r) : undefined;
-    if (!row || !tokenMatches(token, row.tokenHash)) throw unauthorized('the bearer token is not valid');
+    if (!row || !tokenMatches(token, row.tokenHash, tokenHash)) throw unauthorized('the bearer token is not valid');
     if (sessionId !== undefined && (!isUuid(sessionId) || row.id !== sessionId)) throw notFound('session');
     return expired(row) ? await markExpired(row) : row;
   }
@@ -204,7 +205,7 @@ export function createSessionsService(deps: SessionsDeps) {
         kind: 'session',
         sessionId,
         credential: {
-          tokenHash: hashToken(token),
+          tokenHash: tokenHashOf(req, token),
           verify: async () => {
             if (unspent) deps.limits!.restoreCount(req, unspent);
             unspent = undefined;
