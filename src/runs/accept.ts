@@ -198,7 +198,14 @@ export function createAccept(deps: AcceptDeps) {
         const inputTokens = countMessagesTokens(input) + pendingTokens;
         if (inputTokens + spec.maxTokens > spec.model.contextTokens) throw contextTooLong(spec, inputTokens);
         const required = costSats(prices, inputTokens, spec.maxTokens);
-        // 4. The money and the run.
+        // 4. `interrupt`: the active runs are asked to stop in this same transaction (whichever process holds them
+        // reads the flag); this run starts once they have ended. Before the money: every transaction here locks a
+        // run's row before its session's (a finish updates the run, then credits the session), so an accept that
+        // locked the session first and then an interrupted run could deadlock with that run's finish.
+        if (interrupted.length > 0) {
+          await tx.update(runs).set({ cancelRequested: true }).where(and(inArray(runs.id, interrupted), inArray(runs.state, [...LIVE_STATES])));
+        }
+        // 5. The money and the run.
         const balance = await debitSession(tx, { sessionId, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
         if (balance === null) return { kind: 'unpaid' as const, required };
         // Claimed in this same transaction when a slot is held and it waits for no earlier turn.
@@ -228,11 +235,6 @@ export function createAccept(deps: AcceptDeps) {
           leaseTtlS: config.LEASE_TTL_S,
           ...(claimNow ? { claimWindow: deps.executor.window } : {}),
         });
-        // 5. `interrupt`: the active runs are asked to stop in this same transaction (whichever process holds
-        // them reads the flag); this run starts once they have ended.
-        if (interrupted.length > 0) {
-          await tx.update(runs).set({ cancelRequested: true }).where(and(inArray(runs.id, interrupted), inArray(runs.state, [...LIVE_STATES])));
-        }
         const answer = spec.answer?.(asAccepted(run), balance);
         if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);
         return { kind: 'accepted' as const, run, balance, answer };
