@@ -1,161 +1,82 @@
 /**
- * Benchmarks. Each prints a ratio against a baseline measured in the same run on the same machine (these
- * machines are noisy, so absolute numbers mean little and ratios travel):
+ * The benchmark suite (issue #10): each figure beside a baseline measured in the same run where one exists, with
+ * CPU time next to wall time (these machines are shared: CPU per unit of work is the steadier figure), repeated,
+ * with the spread of the repeats as its noise. Writes bench/results.json and prints a table.
  *
- * 1. accept latency — POST /request (validate, debit + insert in one transaction, 202) vs GET /api/healthz
- *    (one `select 1` round trip): how many database round trips a 202 costs.
- * 2. token path — one 4000-token run delivered to 10 SSE subscribers over real sockets, persisted to Postgres,
- *    vs the bare stub provider producing the same tokens in memory: what the engine adds per token.
- * 3. replay — a late joiner reading a finished 4000-event run: from Postgres vs from the memory tier.
+ *   npm run bench                      # everything, compiled by tsc as `npm start` runs (about 15 minutes on 2 cores)
+ *   npm run bench -- fanout resume     # some of it
+ *   npm run bench -- --quick           # shorter windows, fewer samples
+ *   BENCH_REPEATS=5 npm run bench      # more repeats (default 3)
+ *   npx tsx bench/run-all.ts …         # from the sources through tsx (slower: esbuild's keepNames)
  *
- * `npm run bench` (embedded Postgres in a temp folder, or BENCH_DATABASE_URL).
+ * Each benchmark starts Sluice in a process of its own (bench/lib/server-child.ts) on a fresh database of one
+ * embedded Postgres started with pg_stat_statements. See README "Benchmarks" for what each figure means.
  */
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
-import { createApp } from '../src/app.js';
-import { loadConfig } from '../src/config.js';
-import { createContext } from '../src/context.js';
-import { startEmbeddedPostgres } from '../src/db/embedded.js';
-import { runMigrations } from '../src/db/migrate.js';
-import { createDatabase } from '../src/db/pool.js';
-import { createStubAiProvider } from '../src/providers/ai/stub.js';
+import { execFileSync } from 'node:child_process';
+import { benchAccept } from './accept.js';
+import { load, type BenchEnv, type Figure } from './lib/env.js';
+import { projectRoot, startBenchPostgres } from './lib/pg.js';
+import { benchEndToEnd, benchStatements, benchTtft } from './runs.js';
+import { benchCrossProcess, benchFanout, benchMemory, benchResume } from './streams.js';
 
-const TOKENS = 4000;
+const BENCHES: Record<string, (env: BenchEnv) => Promise<void>> = {
+  statements: benchStatements,
+  accept: benchAccept,
+  e2e: benchEndToEnd,
+  ttft: benchTtft,
+  fanout: benchFanout,
+  memory: benchMemory,
+  cross: benchCrossProcess,
+  resume: benchResume,
+};
 
 async function main() {
-  let url = process.env.BENCH_DATABASE_URL;
-  let cleanup = async () => {};
-  if (!url) {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
-    chmodSync(dir, 0o755);
-    const pg = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: 55000 + Math.floor(Math.random() * 5000) });
-    url = pg.connectionString;
-    cleanup = async () => {
-      await pg.stop();
-      rmSync(dir, { recursive: true, force: true });
-    };
-  }
-  const config = loadConfig({}, {
-    DATABASE_URL: url,
-    NODE_ENV: 'test',
-    LOG_LEVEL: 'silent',
-    STUB_TOKEN_DELAY_MS: 0,
-    MAX_TOKENS_LIMIT: 10_000,
-    SESSION_MAX_SATS: 1_000_000,
-    SWEEP_INTERVAL_S: 3600,
-    // The memory tier keeps a finished run's log only when it fits the replay buffer: make this one fit.
-    REPLAY_BUFFER_EVENTS: 8192,
-    // One session makes hundreds of requests a minute here: the limits would (rightly) refuse it.
-    SESSION_RATE_LIMIT_PER_MIN: 0,
-    SESSION_MAX_STREAMS: 0,
-  });
-  const database = createDatabase(url, { max: 10 });
-  await runMigrations(database.db);
-  const ctx = createContext({ config, database, log: pino({ level: 'silent' }) });
-  const app = createApp(ctx);
-  const server = app.listen(0, '127.0.0.1');
-  await new Promise((r) => server.once('listening', r));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const json = async (method: string, p: string, body?: unknown, token?: string) => {
-    const res = await fetch(base + p, {
-      method,
-      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    return res.json() as Promise<any>;
-  };
-  const created = await json('POST', '/api/sessions', { amount_sats: 1_000_000 });
-  await json('POST', `/api/dev/stub/pay/${created.invoice.paymentHash}`);
-  const token: string = created.sessionToken;
-  const sid: string = created.sessionId;
-  const results: Array<{ bench: string; baseline: string; measured: string; ratio: number }> = [];
-
-  // 1. accept latency
-  {
-    const n = 300;
-    const time = async (fn: () => Promise<unknown>) => {
-      const out: number[] = [];
-      for (let i = 0; i < n; i++) {
-        const t0 = performance.now();
-        await fn();
-        out.push(performance.now() - t0);
-      }
-      return out.sort((a, b) => a - b)[Math.floor(n / 2)]!;
-    };
-    await time(() => json('GET', '/api/healthz')); // warm up
-    const health = await time(() => json('GET', '/api/healthz'));
-    const accept = await time(() => json('POST', `/api/sessions/${sid}/request`, { request: 'bench [stub:tokens=1]', max_tokens: 1 }, token));
-    results.push({ bench: 'accept latency (p50)', baseline: `healthz ${health.toFixed(2)} ms`, measured: `202 ${accept.toFixed(2)} ms`, ratio: accept / health });
-    await new Promise((r) => setTimeout(r, 500));
-  }
-
-  // 2. token path
-  {
-    const stub = createStubAiProvider({ tokenDelayMs: 0 });
-    const t0 = performance.now();
-    let n = 0;
-    for await (const c of stub.stream({ model: 'bench', messages: [{ role: 'user', content: `x [stub:tokens=${TOKENS}]` }], maxTokens: TOKENS }, new AbortController().signal)) if (c.type === 'token') n++;
-    const bare = performance.now() - t0;
-    if (n !== TOKENS) throw new Error('stub produced the wrong number of tokens');
-
-    const start = performance.now();
-    const r = await json('POST', `/api/sessions/${sid}/request`, { request: `bench [stub:tokens=${TOKENS}]`, max_tokens: TOKENS }, token);
-    const readers = Array.from({ length: 10 }, async () => {
-      const res = await fetch(`${base}/api/sessions/${sid}/requests/${r.requestId}/stream`, { headers: { authorization: `Bearer ${token}` } });
-      const text = await res.text();
-      const tokens = text.match(/^event: token$/gm)?.length ?? 0;
-      if (tokens !== TOKENS || !text.includes('event: done')) throw new Error(`a reader got ${tokens} tokens`);
-    });
-    await Promise.all(readers);
-    const engine = performance.now() - start;
-    results.push({
-      bench: `token path (${TOKENS} tokens, 10 SSE readers)`,
-      baseline: `bare stub ${bare.toFixed(1)} ms`,
-      measured: `engine ${engine.toFixed(1)} ms (${((engine / TOKENS) * 1000).toFixed(1)} µs/token)`,
-      ratio: engine / bare,
-    });
-
-    // 3. replay of that finished run: memory tier vs Postgres
-    const replay = async () => {
-      const t = performance.now();
-      const res = await fetch(`${base}/api/runs/${r.requestId}/stream`, { headers: { authorization: `Bearer ${token}` } });
-      await res.text();
-      return performance.now() - t;
-    };
-    await new Promise((res) => setTimeout(res, 200));
-    const cached = ctx.recent.get(r.requestId);
-    if (!cached?.events) throw new Error('the finished run is not in the memory tier');
-    // Interleaved, after a warm-up of each, so JIT and caches favour neither side.
-    const mem: number[] = [];
-    const fromPg: number[] = [];
-    for (let i = 0; i < 7; i++) {
-      ctx.recent.put(cached.row, cached.events);
-      mem.push(await replay());
-      ctx.recent.delete(r.requestId);
-      fromPg.push(await replay());
+  const args = process.argv.slice(2);
+  const quick = args.includes('--quick');
+  const chosen = args.filter((a) => !a.startsWith('--'));
+  const names = chosen.length ? chosen : Object.keys(BENCHES);
+  for (const n of names) if (!BENCHES[n]) throw new Error(`no benchmark ${n}; there are ${Object.keys(BENCHES).join(', ')}`);
+  const pg = await startBenchPostgres();
+  const figures: Figure[] = [];
+  const env: BenchEnv = { pg, repeats: Number(process.env.BENCH_REPEATS ?? (quick ? 2 : 3)), quick, figures, log: (l) => console.error(l) };
+  const loads: Record<string, { before: number; after: number; seconds: number }> = {};
+  try {
+    for (const name of names) {
+      const before = load();
+      const t0 = Date.now();
+      console.error(`— ${name} (load ${before.toFixed(2)})`);
+      await BENCHES[name]!(env);
+      loads[name] = { before, after: load(), seconds: Math.round((Date.now() - t0) / 1000) };
     }
-    const med = (a: number[]) => a.slice(2).sort((x, y) => x - y)[2]!;
-    results.push({
-      bench: `replay of a finished ${TOKENS}-event run (median)`,
-      baseline: `memory ${med(mem).toFixed(1)} ms`,
-      measured: `Postgres ${med(fromPg).toFixed(1)} ms`,
-      ratio: med(fromPg) / med(mem),
-    });
+  } finally {
+    await pg.stop();
   }
-
-  console.log('\nSluice benchmarks (ratio = measured / baseline, same run, same machine)\n');
-  for (const r of results) console.log(`${r.bench.padEnd(48)} ${r.baseline.padEnd(26)} ${r.measured.padEnd(44)} ratio ${r.ratio.toFixed(2)}`);
-  console.log(`\n${JSON.stringify({ node: process.version, cpus: os.cpus().length, results })}`);
-
-  await ctx.executor.drain(0);
-  await ctx.maintenance.stop();
-  server.closeAllConnections();
-  server.close();
-  await database.close();
-  await cleanup();
+  const root = projectRoot();
+  let commit = 'unknown';
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
+  } catch {}
+  const out = {
+    date: new Date().toISOString(),
+    commit,
+    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGb: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+    command: `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`,
+    repeats: env.repeats,
+    /** One-minute load average before and after each benchmark: the machine is shared. */
+    load: loads,
+    figures,
+  };
+  writeFileSync(path.join(root, 'bench', process.env.BENCH_OUT ?? 'results.json'), `${JSON.stringify(out, null, 2)}\n`);
+  console.log(`\nSluice benchmarks ${out.date} ${commit} (${out.machine.cpus} × ${out.machine.model}, ${out.machine.node}), ${env.repeats} repeats\n`);
+  for (const f of figures) {
+    const base = f.baseline ? `  vs ${f.baseline.what}: ${f.baseline.value}${f.ratio !== undefined ? ` → ${f.ratio}×` : ''}` : '';
+    const noise = f.noisePct !== undefined ? ` ±${f.noisePct}%` : '';
+    console.log(`${f.bench.padEnd(14)} ${f.metric.padEnd(78)} ${String(f.value).padStart(9)} ${f.unit}${noise}${base}${f.goal ? `  (goal ${f.goal})` : ''}`);
+  }
+  for (const f of figures.filter((x) => x.note && x.bench === 'statements')) console.log(`\n${f.metric}:\n${f.note}`);
 }
 
 main().catch((err) => {

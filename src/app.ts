@@ -1,6 +1,4 @@
 import express from 'express';
-import { pinoHttp } from 'pino-http';
-import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { consoleRoutes } from './console/console.routes.js';
@@ -8,7 +6,7 @@ import { stubPayRoutes } from './dev/stub-pay.routes.js';
 import { AppError, databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
 import { corsFor, securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
-import { serializeError } from './log-safety.js';
+import { requestLogging } from './http/request-log.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
@@ -31,30 +29,9 @@ export function createApp(ctx: AppContext): express.Express {
   const docs = createDocs(buildOpenApiDocument(docContext(ctx)));
   app.disable('x-powered-by');
   app.set('trust proxy', ctx.config.TRUST_PROXY);
-  app.use(
-    pinoHttp({
-      logger: ctx.log,
-      genReqId: (req, res) => {
-        const given = req.headers['x-request-id'];
-        const id = typeof given === 'string' && /^[\w.-]{1,100}$/.test(given) ? given : randomUUID();
-        res.setHeader('x-request-id', id);
-        return id;
-      },
-      // SSE connections are long; log them at their end like any other request, but quietly.
-      customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'warn' : 'info'),
-      // Probes, scrapes and the console's static files would drown the lines that matter.
-      autoLogging: { ignore: (req) => req.url === '/api/healthz' || req.url === '/metrics' || req.url?.startsWith('/console/') === true },
-      // ?access_token= carries a bearer secret (EventSource cannot send headers): never log it.
-      // (The logger redacts credentials in headers and query and scrubs every line: see logger.ts.)
-      serializers: {
-        req: (req: { url?: string }) => ({ ...req, url: req.url?.replace(/([?&]access_token=)[^&]*/, '$1[redacted]') }),
-        // The status only: a dozen security headers on every line would bury what matters.
-        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
-        err: serializeError,
-      },
-    }),
-  );
-  // The API reference page (`/docs`) boots with an inline script and styles; everything else gets the strict policy.
+  // One line per request as it ends (what pino-http wrote, without a child logger per request: request-log.ts).
+  app.use(requestLogging(app, ctx.log));
+  // The API reference page (`/docs`) boots with inline script and styles; everything else gets the strict policy.
   app.use(securityHeaders([{ prefix: '/docs', directives: docs.csp }]));
   app.use(['/api', '/v1'], corsFor(ctx.config.CORS_ORIGINS));
   app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
@@ -81,8 +58,8 @@ export function createApp(ctx: AppContext): express.Express {
   api.use(limits.sessionRequests);
   api.post('/sessions', limits.sessionCreate);
   api.post('/jobs', limits.jobCreate);
-  api.get(['/sessions/:id/requests/:requestId/stream', '/runs/:runId/stream'], metrics.trackStreams(), limits.sessionStreams);
-  api.get('/jobs/:id/stream', metrics.trackStreams(), limits.jobStreams);
+  api.get(['/sessions/:id/requests/:requestId/stream', '/runs/:runId/stream'], limits.sessionStreams);
+  api.get('/jobs/:id/stream', limits.jobStreams);
   api.post('/sessions/:id/request', metrics.acceptTimer('session_request'));
   api.use(sessionRoutes(ctx));
   api.use(jobRoutes(ctx));
@@ -95,6 +72,8 @@ export function createApp(ctx: AppContext): express.Express {
   app.use(consoleRoutes());
 
   app.use(notFoundHandler);
+  // A request answered with an error before any statement counted it against its session's budget is counted here.
+  app.use(limits.countBeforeError);
   app.use(errorHandler(ctx.log));
   return app;
 }

@@ -8,6 +8,8 @@ export const BUS_CHANNEL = 'sluice_bus';
 /** Events that cross processes. The others stay local (they name in-process things). */
 const BRIDGED = ['run:finish', 'run:progress', 'job:update', 'invoice:settle', 'session:request:complete'] as const satisfies ReadonlyArray<keyof BusEvents>;
 type Bridged = (typeof BRIDGED)[number];
+/** Bridged events whose NOTIFY is part of the statement that causes them: no round trip of their own. */
+const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'session:request:complete']);
 
 export interface BusBridge {
   start(): Promise<void>;
@@ -84,8 +86,8 @@ export function createBusBridge(deps: { connectionString: string; bus: Bus; orig
       stopped = false;
       await connect();
       for (const event of BRIDGED) {
-        // run:progress is announced by the flush statement itself (see store.appendTokens); the rest here.
-        if (event === 'run:progress') continue;
+        // These are announced by the statements that cause them (store.appendTokens, runs/finish.ts); the rest here.
+        if (SENT_BY_STATEMENTS.has(event)) continue;
         const forward = (payload: never) => {
           if (relaying) return;
           deps.notify(busMessage(origin, event, payload)).catch((err) => log.warn({ err, event }, 'NOTIFY failed'));

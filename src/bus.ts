@@ -1,5 +1,5 @@
 import { EventEmitter } from 'eventemitter3';
-import type { JobState, RunKind, RunState } from './db/schema.js';
+import type { JobState, RunEventType, RunKind, RunState } from './db/schema.js';
 
 /**
  * The typed in-process event bus. Names are `noun:verb` or `noun:sub:verb`; payloads are objects.
@@ -10,8 +10,11 @@ export interface BusEvents {
   'session:request:complete': (e: { sessionId: string; requestId: string; state: RunState }) => void;
   /** Any run reached a final state. */
   'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
-  /** New events of a run are in Postgres, up to `lastSeq` (sent by the flush statement itself, across processes). */
-  'run:progress': (e: { runId: string; lastSeq: number }) => void;
+  /**
+   * New events of a run are in Postgres, up to `lastSeq` (sent by the flush statement itself, across processes),
+   * with the events themselves when they fit a NOTIFY payload.
+   */
+  'run:progress': (e: { runId: string; lastSeq: number; events?: Array<{ seq: number; type: RunEventType; data: unknown }> }) => void;
   /**
    * This process gave up driving a run (Postgres could not record its claim or its end): its readers here stop
    * waiting for live events and follow Postgres until recovery records the outcome. Local to the process.

@@ -140,14 +140,29 @@ export const configSchema = z
 
     /** Runs executing at once in this process; the rest wait `queued`. */
     MAX_CONCURRENT_RUNS: int(32, 1, 10_000),
+    /**
+     * Runs waiting in this process for an execution slot (or for an earlier turn of their conversation) before a new
+     * request is refused `503 overloaded` with `Retry-After`, before any money moves. The default, 4 × the default
+     * MAX_CONCURRENT_RUNS, queues about four runs' worth of waiting: past that a client does better retrying
+     * (elsewhere, behind a load balancer) than waiting minutes for a first token behind a 202 that looked fast.
+     */
+    MAX_QUEUED_RUNS: int(128, 0, 1_000_000),
     /** A run's lease: another process may finish a run as `interrupted` once its lease is this old. */
     LEASE_TTL_S: int(30, 1),
     /** On SIGTERM/SIGINT, how long running work may go on before it is interrupted and refunded. */
     SHUTDOWN_GRACE_MS: int(10_000, 0),
-    /** Events kept in memory per live run for replay (older ones are read from Postgres). */
+    /**
+     * Events of a live run always kept in memory for replay, even once its log outgrows its share of
+     * RUN_MEMORY_MAX_BYTES (older events are then read from Postgres). It also sets how far a run may publish ahead
+     * of Postgres: 4 × this many events (the seq ceiling's window).
+     */
     REPLAY_BUFFER_EVENTS: int(512, 16),
-    /** Token events are written to Postgres in batches at least this often. */
-    EVENT_FLUSH_MS: int(25, 1, 5_000),
+    /**
+     * The least time between two writes of one run's token events to Postgres: a token is written at once when the
+     * run's last write began at least this long ago, else with the tokens that follow it when this much has passed
+     * (the first token always at once). Lower: each token reaches other processes sooner; higher: fewer statements.
+     */
+    EVENT_FLUSH_MS: int(10, 1, 5_000),
 
     /** SSE: comment ping interval, `retry:` hint, events queued for a slow reader before it is cut loose. */
     SSE_PING_MS: int(15_000, 10),
@@ -189,7 +204,13 @@ export const configSchema = z
 
     /** Runs API: finished runs served from memory this long; retained in Postgres this many days. */
     RUN_MEMORY_TTL_S: int(3_600, 0),
-    RUN_MEMORY_MAX: int(1_000, 0),
+    /**
+     * Bytes of event logs kept in memory for replay: live runs' logs and recently finished ones together (oldest
+     * finished first out). A live run keeps its whole log while it fits an eighth of this. The default, 64 MiB,
+     * holds ~250,000 events (a 10,000-token reply is ~2.5 MB): every live run whole, and minutes of finished ones,
+     * which is when resumes come.
+     */
+    RUN_MEMORY_MAX_BYTES: int(64 * 1024 * 1024, 0),
     RUN_RETENTION_DAYS: z.coerce.number().positive().default(30),
     /** OpenAI face (/v1): largest JSON body in KiB (whole chat histories arrive in one body). */
     V1_BODY_LIMIT_KB: int(1_024, 1, 100_000),

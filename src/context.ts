@@ -19,6 +19,8 @@ import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
 import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
+import { createFollowers, type Followers } from './runs/follow.js';
+import { createSseHub, type SseHub } from './http/sse.js';
 import { createAccept, type Accept } from './runs/accept.js';
 import { createConversationStore, type ConversationStore } from './runs/conversations.js';
 import { sweepKeys } from './runs/idempotency.js';
@@ -42,6 +44,10 @@ export interface AppContext {
   recent: RecentRuns;
   /** Wakes the readers of a run when it has news in Postgres (from any process). */
   news: RunNews;
+  /** Runs driven by another process, read from Postgres once here for all their readers. */
+  followers: Followers;
+  /** Every open SSE stream of this process, pinged by one timer. */
+  sse: SseHub;
   store: RunStore;
   conversations: ConversationStore;
   executor: Executor;
@@ -96,9 +102,10 @@ export function createContext(opts: ContextOptions): AppContext {
   const models = createModels(config, { catalogue: opts.catalogue, override: opts.ai, env: opts.env, log, wrap: (p) => instrumentAi(p, metrics) });
   const chosen = opts.payments ? { payments: opts.payments, stub: null } : createPaymentProvider(config, db, log);
   const { payments, stub: stubPayments } = chosen;
-  const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS });
-  const store = createRunStore(db);
-  const recent = createRecentRuns({ ttlMs: config.RUN_MEMORY_TTL_S * 1000, max: config.RUN_MEMORY_MAX });
+  // A live run keeps its whole log while it fits an eighth of the memory budget; finished logs share the rest.
+  const registry = createRegistry({ bufferSize: config.REPLAY_BUFFER_EVENTS, runMaxBytes: config.RUN_MEMORY_MAX_BYTES / 8 });
+  const store = createRunStore(db, database.pool);
+  const recent = createRecentRuns({ ttlMs: config.RUN_MEMORY_TTL_S * 1000, maxBytes: config.RUN_MEMORY_MAX_BYTES, liveBytes: () => registry.bytes });
   const settlement = createSettlement({ db, bus, log, payments, config });
   const payouts = createPayouts({ db, log, payments, config });
   const executor = createExecutor({
@@ -111,6 +118,7 @@ export function createContext(opts: ContextOptions): AppContext {
     instanceId,
     settlers: { session: settleSessionRun, job: settleJobRun },
     maxConcurrent: config.MAX_CONCURRENT_RUNS,
+    maxQueued: config.MAX_QUEUED_RUNS,
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
@@ -125,11 +133,10 @@ export function createContext(opts: ContextOptions): AppContext {
     },
     metrics: metrics.runs,
   });
-  metrics.bind({ executor, registry, pool: database.pool });
-  const limits = createLimits({ config, db, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
+  const limits = createLimits({ config, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const conversations = createConversationStore(db);
-  const accept = createAccept({ config, db, store, conversations, executor, instanceId, models }).accept;
-  const sessions = createSessionsService({ config, db, settlement, accept, models });
+  const accept = createAccept({ config, db, pool: database.pool, store, conversations, executor, instanceId, models }).accept;
+  const sessions = createSessionsService({ config, db, pool: database.pool, limits, settlement, accept, models });
   const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId });
   const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);
   const maintenance = createMaintenance({
@@ -160,7 +167,10 @@ export function createContext(opts: ContextOptions): AppContext {
     notify: (payload) => database.pool.query('select pg_notify($1, $2)', [BUS_CHANNEL, payload]),
   });
   const news = createRunNews(bus);
+  const followers = createFollowers({ registry, store, bus, pollMs: config.SSE_POLL_MS, log });
+  const sse = createSseHub({ pingMs: config.SSE_PING_MS });
+  metrics.bind({ executor, registry, pool: database.pool, streams: sse });
   const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
   const jobWaits = createJobWaits({ bus, jobs, config, db, log });
-  return { jobWaits, streams, news, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
+  return { jobWaits, streams, news, followers, sse, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

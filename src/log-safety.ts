@@ -71,7 +71,7 @@ export function scrubSecrets(text: string): string {
 
 /** pino's error serializer, without the bound parameters of a failed query. */
 export function serializeError(err: unknown): unknown {
-  // pino-http hands over an error its own wrapper has serialized already: scrub that copy the same way.
+  // An error another serializer has made plain already (a copy, not an Error): scrub that copy the same way.
   const out = (err instanceof Error ? stdSerializers.err(err) : err && typeof err === 'object' ? { ...err } : err) as Record<string, unknown>;
   if (!out || typeof out !== 'object') return out;
   delete out.params;

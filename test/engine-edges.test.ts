@@ -9,6 +9,7 @@ import { useTestServers } from './helpers/context.js';
 import { expectLedgerBalanced, expectNoLeaks, getRequest, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { idsOf, readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
+import { bigTokens } from './helpers/providers.js';
 
 /**
  * The edges of the engine: slow and vanishing readers, a run finished by another process, Postgres refusing a
@@ -59,19 +60,7 @@ describe('readers', () => {
 
   it('a client that stops reading is disconnected after the write timeout, freeing the run', async () => {
     // Big tokens fill the socket buffers quickly.
-    const big: AiProvider = {
-      name: 'big',
-      async *stream() {
-        for (let i = 0; i < 200; i++) {
-          await sleep(1);
-          yield { type: 'token', content: 'x'.repeat(64 * 1024) };
-        }
-        yield { type: 'usage', inputTokens: 1, outputTokens: 200 };
-      },
-      async evaluate() {
-        return { accept: false, reason: 'n/a' };
-      },
-    };
+    const big = bigTokens(200, 64 * 1024);
     const t = await server({ SSE_WRITE_TIMEOUT_MS: 300, MAX_TOKENS_LIMIT: 4096 }, { ai: big });
     const s = await paidSession(t, 10_000);
     const r = await postRequest(t, s, 'big');

@@ -219,8 +219,8 @@ describe('limits shared by every process', () => {
 describe('limit pieces', () => {
   it('never hands out more slots than the limit, however many takers race in two processes', async () => {
     const { createStreamSlots } = await import('../src/limits/stream-slots.js');
-    const one = createStreamSlots({ db: a.ctx.db, log: a.ctx.log, ttlS: 30 });
-    const two = createStreamSlots({ db: b.ctx.db, log: b.ctx.log, ttlS: 30 });
+    const one = createStreamSlots({ pool: a.ctx.database.pool, log: a.ctx.log, ttlS: 30 });
+    const two = createStreamSlots({ pool: b.ctx.database.pool, log: b.ctx.log, ttlS: 30 });
     for (let round = 0; round < 5; round++) {
       const key = `race:${round}`;
       const got = await Promise.all(Array.from({ length: 16 }, (_, i) => (i % 2 ? one : two).acquire(key, 3)));

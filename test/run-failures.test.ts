@@ -36,14 +36,27 @@ async function refuse(t: TestServer, what: 'claim' | 'events') {
   return () => t.ctx.db.execute(sql`drop trigger refuse_events on run_events`);
 }
 
+/**
+ * A run is claimed in the statement that accepts it when a slot is free; one accepted while every slot is busy
+ * waits `queued` and is claimed (`queued → executing`) when a slot frees: that is the claim refused here. The one
+ * slot is held by a run that is then stopped before it produced anything (refunded in full, so the balance is the
+ * deposit again at the end).
+ */
+async function queuedBehindHolder(t: TestServer, s: Awaited<ReturnType<typeof paidSession>>, request: string) {
+  const holder = await postRequest(t, s, 'holder [stub:tokens=1] [stub:delay=60000]');
+  const r = await postRequest(t, s, request);
+  return { r, release: () => expect(t.ctx.executor.stop(holder.requestId, 'cancelled')).toBe(true) };
+}
+
 describe('a run whose claim Postgres refuses', () => {
   it('is given up to recovery, not renewed, stoppable, and ends with what the database records', async () => {
-    const t = await server();
+    const t = await server({ MAX_CONCURRENT_RUNS: 1 });
     const allow = await refuse(t, 'claim');
     const s = await paidSession(t, 1000);
-    const r = await postRequest(t, s, 'never claimed [refuse] [stub:tokens=3] [stub:delay=1]');
+    const { r, release } = await queuedBehindHolder(t, s, 'never claimed [refuse] [stub:tokens=3] [stub:delay=1]');
     const seen: string[] = [];
     const reading = readSse(`${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream`, { headers: s.auth, onEvent: (e) => seen.push(e.event) });
+    release();
     await waitFor(() => t.ctx.executor.abandoned().includes(r.requestId), { timeoutMs: 15_000, what: 'the run given up' });
     expect(t.ctx.executor.held()).not.toContain(r.requestId);
     // Its lease is not renewed any more: it runs out, so any process's recovery may take the run.
@@ -67,11 +80,12 @@ describe('a run whose claim Postgres refuses', () => {
   });
 
   it('without a stop, the next sweep after Postgres recovers finishes it and tells its readers', async () => {
-    const t = await server();
+    const t = await server({ MAX_CONCURRENT_RUNS: 1 });
     const allow = await refuse(t, 'claim');
     const s = await paidSession(t, 1000);
-    const r = await postRequest(t, s, 'claim later [refuse] [stub:tokens=3] [stub:delay=1]');
+    const { r, release } = await queuedBehindHolder(t, s, 'claim later [refuse] [stub:tokens=3] [stub:delay=1]');
     const reading = readSse(`${t.url}/api/sessions/${s.id}/requests/${r.requestId}/stream`, { headers: s.auth });
+    release();
     await waitFor(() => t.ctx.executor.abandoned().includes(r.requestId), { timeoutMs: 15_000, what: 'the run given up' });
     await allow();
     await t.ctx.maintenance.sweep();

@@ -18,6 +18,8 @@ export interface EmbeddedOptions {
   onLog?: (line: string) => void;
   /** Told when a Postgres a dead Sluice left running in `dataDir` is found and stopped (see orphan.ts). */
   onOrphan?: (info: { pid: number; sluicePid: number }) => void;
+  /** More `postgres` command-line flags, e.g. `['-c', 'shared_preload_libraries=pg_stat_statements']` (benchmarks). */
+  postgresFlags?: string[];
 }
 
 export interface EmbeddedPostgres {
@@ -98,7 +100,7 @@ export async function startEmbeddedPostgres(opts: EmbeddedOptions): Promise<Embe
     onLog: (m: string) => log(String(m).trim()),
     onError: (m: unknown) => log(String(m instanceof Error ? m.message : m).trim()),
     // Names this process as the owner in the postmaster's command line, so a later start can tell an orphan.
-    postgresFlags: ['-c', `cluster_name=${ownerMark()}`],
+    postgresFlags: ['-c', `cluster_name=${ownerMark()}`, ...(opts.postgresFlags ?? [])],
   });
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) {
     await mkdir(path.dirname(dataDir), { recursive: true });

@@ -112,3 +112,5 @@ function transactionOn(pool: pg.Pool, db: Db): Db['transaction'] {
     }
   };
 }
+/** The `pg` client a transaction runs on, for the named statements of db/statements.ts inside it. */
+export const clientOf = (tx: Tx): pg.PoolClient => (tx as unknown as { session: { client: pg.PoolClient } }).session.client;

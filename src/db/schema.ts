@@ -375,7 +375,7 @@ export const rateLimits = pgTable(
 /**
  * Open streams, one row per open SSE connection, for the concurrency limit per session. A row lives while its
  * connection does: deleted on close, and kept alive by its process's heartbeat; a process that dies stops
- * renewing, so its rows lapse after the TTL and the limit heals by itself.
+ * renewing, so its rows lapse after the TTL and the limit heals by itself. See limits/stream-slots.ts.
  */
 export const streamSlots = pgTable(
   'stream_slots',
@@ -383,7 +383,9 @@ export const streamSlots = pgTable(
     id: uuid('id').primaryKey(),
     /** What is limited, e.g. `session:<token hash>`. */
     key: text('key').notNull(),
+    /** The slot's number, 1 to the limit: (key, n) is unique, so no key ever holds more slots than the limit. */
+    n: integer('n'),
     expiresAt: ts('expires_at').notNull(),
   },
-  (t) => [index('stream_slots_key_idx').on(t.key, t.expiresAt), index('stream_slots_expires_idx').on(t.expiresAt)],
+  (t) => [uniqueIndex('stream_slots_key_n_uq').on(t.key, t.n), index('stream_slots_expires_idx').on(t.expiresAt)],
 );

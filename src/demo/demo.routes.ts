@@ -1,8 +1,8 @@
 import { Router } from 'express';
 import type { AppContext } from '../context.js';
-import { AppError } from '../http/errors.js';
-import { parse } from '../http/validate.js';
 import { demoQuery } from './demo.schemas.js';
+import { AppError, overloaded } from '../http/errors.js';
+import { parse } from '../http/validate.js';
 import { AiError } from '../providers/ai/types.js';
 
 /** How long a demo may take before it is cut off (it holds an HTTP request open, unlike real work). */
@@ -19,6 +19,8 @@ export function demoRoutes(ctx: AppContext): Router {
 
   r.get('/demo', async (req, res) => {
     const { request } = parse(query, { request: typeof req.query.request === 'string' ? req.query.request : undefined }, 'query');
+    // It takes the model like a run would: not while this process already has as many runs waiting as it takes.
+    if (ctx.executor.overloaded) throw overloaded();
     // Counted in Postgres, so the limit per client IP holds across every process.
     await ctx.limits.demo(req, res);
     const gone = new AbortController();

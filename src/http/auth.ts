@@ -10,9 +10,24 @@ export function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
 
-/** Compare a presented token with a stored hash in constant time. */
-export function tokenMatches(token: string, storedHash: string): boolean {
-  const a = Buffer.from(hashToken(token), 'hex');
+const hashes = new WeakMap<Request, { token: string; hash: string }>();
+
+/**
+ * The hash of a request's token, made once per request: its budget key, its stream slot, its authentication and
+ * the check of the match all use it. Kept with the request only, so it goes when the request goes.
+ */
+export function tokenHashOf(req: Request | undefined, token: string): string {
+  if (!req) return hashToken(token);
+  const known = hashes.get(req);
+  if (known && known.token === token) return known.hash;
+  const hash = hashToken(token);
+  hashes.set(req, { token, hash });
+  return hash;
+}
+
+/** Compare a presented token (or its hash, made already) with a stored hash in constant time. */
+export function tokenMatches(token: string, storedHash: string, tokenHash = hashToken(token)): boolean {
+  const a = Buffer.from(tokenHash, 'hex');
   const b = Buffer.from(storedHash, 'hex');
   return a.length === b.length && timingSafeEqual(a, b);
 }

@@ -29,6 +29,15 @@ export const notFoundHandler: RequestHandler = (req, _res, next) => {
   next(new AppError(404, 'not_found', `no route for ${req.method} ${req.path}`));
 };
 
+/** Seconds a client is told to wait when this process's run queue is full (MAX_QUEUED_RUNS): about a few runs' time. */
+export const OVERLOADED_RETRY_AFTER_S = 2;
+
+/** Refused before any money moved: this process already has MAX_QUEUED_RUNS runs waiting for a slot. */
+export const overloaded = () =>
+  new AppError(503, 'overloaded', `the server has as many runs waiting as it takes (MAX_QUEUED_RUNS); try again in ${OVERLOADED_RETRY_AFTER_S} s`, {
+    retryAfterSeconds: OVERLOADED_RETRY_AFTER_S,
+  });
+
 /** Seconds a client is told to wait (`Retry-After`) when the database is unreachable. */
 export const DATABASE_RETRY_AFTER_S = 2;
 
@@ -50,6 +59,7 @@ export function errorHandler(log: Logger): ErrorRequestHandler {
       status = err.status;
       body = errorBody(err.code, err.message, err.details);
       if (err.code === 'database_unavailable' && !res.headersSent) res.setHeader('Retry-After', String(DATABASE_RETRY_AFTER_S));
+      if (err.code === 'overloaded' && !res.headersSent) res.setHeader('Retry-After', String(OVERLOADED_RETRY_AFTER_S));
     } else if (isHttpError(err) && err.status >= 400 && err.status < 500) {
       status = err.status;
       const code = err.type === 'entity.parse.failed' ? 'invalid_json' : err.type === 'entity.too.large' ? 'payload_too_large' : 'invalid_request';

@@ -1,8 +1,9 @@
 import { Router } from 'express';
 import type { AppContext } from '../context.js';
+import { overloaded } from '../http/errors.js';
 import { parse } from '../http/validate.js';
 import { findRun } from '../runs/lookup.js';
-import { cursorOf, openStream, pipeRun, streamRun } from '../runs/stream.js';
+import { cursorOf, openStream, pipeDetached, streamRun } from '../runs/stream.js';
 import { runFields } from '../runs/view.js';
 import { payoutAnswer, payoutView, type PayoutRow } from '../ledger/payouts.js';
 import { invoiceView } from '../ledger/settlement.js';
@@ -69,6 +70,9 @@ export function jobRoutes(ctx: AppContext): Router {
 
   r.post('/jobs', async (req, res) => {
     const body = parse(createBody, req.body);
+    // A job is refused while this process's queue is full, before its first invoice. Its work, once paid, is never
+    // refused (the money has moved): a work payment that lands while the queue is full queues all the same.
+    if (ctx.executor.overloaded) throw overloaded();
     const { job } = await jobs.create(body.request);
     res.status(201).location(`/api/jobs/${job.id}`).json(await jobView(job));
   });
@@ -122,7 +126,7 @@ export function jobRoutes(ctx: AppContext): Router {
       });
       return sse.end();
     }
-    await pipeRun(ctx, sse, job.runId, after);
+    pipeDetached(req, ctx, sse, job.runId, after);
   });
 
   return r;

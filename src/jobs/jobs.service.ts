@@ -36,22 +36,21 @@ export interface JobsDeps {
 export const RUN_STATES: JobState[] = ['executing', 'complete', 'failed'];
 
 /**
- * A job's run finished: the job follows it, in the same transaction. What the work did not use stays owed to
- * the client (the run's `refunded_sats`) until it claims it with an invoice.
+ * A job's run finished: the job follows it, in the run's finish statement (runs/finish.ts: `fin` is the finished
+ * run). What the work did not use stays owed to the client (the run's `refunded_sats`) until it claims it with an
+ * invoice.
  */
-export const settleJobRun: Settler = async (tx, run) => {
-  if (!run.jobId) return;
-  const failed = run.state !== 'complete';
-  const why =
-    run.state === 'failed'
-      ? (run.error?.message ?? 'the work failed')
-      : run.state === 'interrupted'
-        ? 'the work was interrupted (server restart or shutdown)'
-        : 'the work was cancelled';
-  await tx
-    .update(jobs)
-    .set({ state: failed ? 'failed' : 'complete', errorMessage: failed ? why : null, updatedAt: sql`now()` })
-    .where(and(eq(jobs.id, run.jobId), eq(jobs.state, 'executing')));
+export const settleJobRun: Settler = {
+  sql: `
+  job_settle as (
+    update jobs set state = case when fin.state = 'complete' then 'complete' else 'failed' end,
+      error_message = case fin.state
+        when 'complete' then null
+        when 'failed' then coalesce(fin.error->>'message', 'the work failed')
+        when 'interrupted' then 'the work was interrupted (server restart or shutdown)'
+        else 'the work was cancelled' end,
+      updated_at = now()
+    from fin where fin.kind = 'job' and jobs.id = fin.job_id and jobs.state = 'executing')`,
 };
 
 /** How long an evaluation may take before it counts as failed. */

@@ -42,12 +42,19 @@ export async function debitSession(tx: Tx, e: { sessionId: string; runId: string
   return row.balance;
 }
 
-/** Give back the unused part of a run's debit. The unique (run_id, kind) key makes a second refund impossible. */
-export async function refundRun(tx: Tx, e: { sessionId: string; runId: string; amountSats: number }): Promise<void> {
-  if (e.amountSats <= 0) return;
-  await tx.insert(ledgerEntries).values({ sessionId: e.sessionId, runId: e.runId, kind: 'refund', amountSats: e.amountSats });
-  await tx.update(sessions).set({ balanceSats: sql`${sessions.balanceSats} + ${e.amountSats}` }).where(eq(sessions.id, e.sessionId));
-}
+/**
+ * Give back the unused part of a run's debit, as the part of a run's finish statement that moves the money (see
+ * runs/finish.ts: it reads `fin`, the finished run): the refund row and the balance in the statement that ends the
+ * run. The unique (run_id, kind) key makes a second refund impossible.
+ */
+export const SESSION_REFUND_SQL = `
+  session_refund as (
+    insert into ledger_entries (session_id, run_id, kind, amount_sats)
+    select fin.session_id, fin.id, 'refund', fin.refunded_sats from fin
+    where fin.kind = 'session' and fin.session_id is not null and fin.refunded_sats > 0
+    returning session_id, amount_sats),
+  session_balance as (
+    update sessions set balance_sats = sessions.balance_sats + r.amount_sats from session_refund r where sessions.id = r.session_id)`;
 
 /** Money a job took in or paid out. Positive in, negative out; one row per kind per job. */
 export async function recordJobMovement(tx: Tx, e: { jobId: string; kind: Extract<LedgerKind, `job_${string}`>; amountSats: number; paymentHash: string }): Promise<boolean> {

@@ -9,6 +9,8 @@ export interface MetricSources {
   executor: { stats(): { running: number; waiting: number } };
   registry: { stats(): { subscribers: number; watchers: number } };
   pool: { totalCount: number; idleCount: number; waitingCount: number };
+  /** The open SSE streams (http/sse.ts). */
+  streams: { size: number };
 }
 
 export interface MetricsOptions {
@@ -51,7 +53,14 @@ export function createMetrics(opts: MetricsOptions = {}) {
       if (sources) this.set(sources.executor.stats().waiting);
     },
   });
-  const streamsOpen = new Gauge({ name: 'sluice_streams_open', help: 'SSE stream connections open on this process', registers });
+  new Gauge({
+    name: 'sluice_streams_open',
+    help: 'SSE stream connections open on this process',
+    registers,
+    collect() {
+      if (sources) this.set(sources.streams.size);
+    },
+  });
   new Gauge({
     name: 'sluice_stream_subscribers',
     help: 'Readers attached to live runs in this process (including those waiting for a run to start)',
@@ -144,14 +153,6 @@ export function createMetrics(opts: MetricsOptions = {}) {
     },
     rateLimited(limit: string) {
       rateLimited.inc({ limit });
-    },
-    /** Count an SSE connection until its response closes. */
-    trackStreams(): RequestHandler {
-      return (_req, res, next) => {
-        streamsOpen.inc();
-        res.once('close', () => streamsOpen.dec());
-        next();
-      };
     },
     /**
      * A route that starts work and does not answer 202 at once (the /v1 face: its answer is the stream or the

@@ -20,7 +20,8 @@ export async function authenticate(ctx: AppContext, req: Request, allowQuery = f
     );
   }
   try {
-    const session = await ctx.sessions.authenticate(token);
+    // The request's budget count (and a stream's slot) ride on this statement.
+    const session = await ctx.sessions.authenticate(token, undefined, req);
     return { session, principal: sessionPrincipal(session) };
   } catch (err) {
     if (err instanceof AppError && err.status === 401) {

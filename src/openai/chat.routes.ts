@@ -8,6 +8,8 @@ import { isTerminalEvent } from '../runs/registry.js';
 import { feedFor, finalOf, openStream } from '../runs/stream.js';
 import type { RunRow } from '../runs/store.js';
 import { authenticate } from './auth.js';
+import { bearerToken } from '../http/auth.js';
+import type { Principal } from '../http/principal.js';
 import { closedSignal, maxTokensFor, resolveModel } from './common.js';
 import { chatChunk, chatCompletion, chatUsage, finishReason, sluiceMoney } from './chat-map.js';
 import { OpenAiError, invalidRequest, notFound } from './errors.js';
@@ -19,6 +21,16 @@ function chatError(o: Outcome): OpenAiError {
   if (o.state === 'interrupted') return new OpenAiError(503, 'The request was interrupted (server restart or shutdown) and refunded in full; retry it.', 'server_error', 'interrupted');
   const money = o.chargedSats > 0 ? `charged ${o.chargedSats} sats for the text produced, refunded ${o.refundedSats}` : 'refunded in full';
   return new OpenAiError(502, `The model failed: ${o.error?.message ?? 'unknown error'} (${money}).`, 'server_error', o.error?.code ?? 'provider_error');
+}
+
+/** What a completion asks, checked (its 400s and 404s) before anything is accepted. */
+function readChat(ctx: AppContext, req: Request) {
+  const body = parseV1(chatCreateBody, req.body);
+  const model = resolveModel(ctx, body.model);
+  if (body.max_tokens != null && body.max_completion_tokens != null) throw invalidRequest("Use 'max_completion_tokens' or 'max_tokens', not both.", 'max_tokens');
+  const maxTokens = maxTokensFor(ctx, model, body.max_completion_tokens ?? body.max_tokens, body.max_tokens != null ? 'max_tokens' : 'max_completion_tokens');
+  const turn = body.messages.map(toAiMessage);
+  return { body, model, maxTokens, turn, idempotency: idempotencyOf(req, 'POST /v1/chat/completions') };
 }
 
 /**
@@ -33,19 +45,30 @@ export function chatRoutes(ctx: AppContext): Router {
 
   r.post('/chat/completions', async (req, res) => {
     const arrived = process.hrtime.bigint();
-    const { principal } = await authenticate(ctx, req);
-    const body = parseV1(chatCreateBody, req.body);
-    const model = resolveModel(ctx, body.model);
-    if (body.max_tokens != null && body.max_completion_tokens != null) throw invalidRequest("Use 'max_completion_tokens' or 'max_tokens', not both.", 'max_tokens');
-    const maxTokens = maxTokensFor(ctx, model, body.max_completion_tokens ?? body.max_tokens, body.max_tokens != null ? 'max_tokens' : 'max_completion_tokens');
-    const turn = body.messages.map(toAiMessage);
+    const authenticateNow = () => authenticate(ctx, req);
+    let ask: ReturnType<typeof readChat>;
+    try {
+      ask = readChat(ctx, req);
+    } catch (err) {
+      // The key's answer comes first, as when it was checked first.
+      await authenticateNow();
+      throw err;
+    }
+    const { body, model, maxTokens, turn, idempotency } = ask;
+    // A plain request is authenticated by the statement that accepts it; a stream (it holds a slot) or an
+    // idempotent one authenticates first.
+    const token = bearerToken(req);
+    const principal: Principal =
+      token && !idempotency && !body.stream
+        ? ctx.sessions.principalOf(req, res, token, null, async () => (await authenticateNow()).session)
+        : (await authenticateNow()).principal;
     const accepted = await ctx.accept(principal, {
       model: model.entry,
       request: lastUserText(turn) || turn.at(-1)!.content,
       turn,
       maxTokens,
       face: 'chat',
-      idempotency: idempotencyOf(req, 'POST /v1/chat/completions'),
+      idempotency,
     });
     let row: RunRow;
     if (!accepted.replayed) ctx.metrics.acceptObserved('v1_chat_completions', arrived);

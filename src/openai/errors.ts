@@ -1,7 +1,7 @@
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import type { Logger } from 'pino';
 import { isDatabaseUnavailable } from '../db/errors.js';
-import { AppError, DATABASE_RETRY_AFTER_S, databaseUnavailable } from '../http/errors.js';
+import { AppError, DATABASE_RETRY_AFTER_S, databaseUnavailable, OVERLOADED_RETRY_AFTER_S } from '../http/errors.js';
 
 /** OpenAI's error envelope: what the `openai` SDK turns into its own error classes by status. */
 export interface OpenAiErrorBody {
@@ -49,6 +49,9 @@ function translate(err: AppError, path: string): OpenAiError {
       return new OpenAiError(429, `You exceeded your current quota: ${err.message}. Top up the session to continue.`, 'insufficient_quota', 'insufficient_quota');
     case 'shutting_down':
       return new OpenAiError(503, err.message, 'server_error', 'shutting_down');
+    // Too many runs waiting here (MAX_QUEUED_RUNS): retryable, after Retry-After (the SDK retries a 503 itself).
+    case 'overloaded':
+      return new OpenAiError(503, err.message, 'server_error', 'overloaded');
     // Our own limits: OpenAI's rate-limit error, which the SDK retries after Retry-After.
     case 'rate_limited':
       return new OpenAiError(429, err.message, 'requests', 'rate_limit_exceeded');
@@ -87,7 +90,7 @@ export function sendOpenAiError(res: Response, e: OpenAiError): void {
   const waitable = e.code === 'rate_limit_exceeded' || e.code === 'too_many_streams';
   if ((e.status < 500 && !waitable) || (e.code !== null && UNMENDABLE_BY_RETRY.has(e.code))) res.setHeader('x-should-retry', 'false');
   if ((e.status === 503 || waitable) && !res.getHeader('Retry-After')) {
-    res.setHeader('Retry-After', String(e.code === 'database_unavailable' ? DATABASE_RETRY_AFTER_S : 5));
+    res.setHeader('Retry-After', String(e.code === 'database_unavailable' ? DATABASE_RETRY_AFTER_S : e.code === 'overloaded' ? OVERLOADED_RETRY_AFTER_S : 5));
   }
   const body: OpenAiErrorBody = { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
   res.status(e.status).json(body);

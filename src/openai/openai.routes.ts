@@ -15,17 +15,15 @@ import { responseRoutes } from './responses.routes.js';
  * and before the error handler, so a 429 leaves as OpenAI's rate-limit error.
  */
 export function openAiRoutes(ctx: AppContext): Router {
-  const { limits, metrics } = ctx;
+  const { limits } = ctx;
   const v1 = Router();
   v1.use(express.json({ limit: `${ctx.config.V1_BODY_LIMIT_KB}kb` }));
   v1.use(limits.sessionRequests);
-  const track = metrics.trackStreams();
   // Returned promise: Express 5 forwards a refusal (429) to the error handler below.
   const streamSlot: RequestHandler = async (req, res, next) => {
     const streams =
       req.method === 'POST' ? (req.body as { stream?: unknown } | undefined)?.stream === true : req.query.stream === 'true';
     if (!streams) return next();
-    track(req, res, () => {});
     await limits.sessionStreams(req, res, next);
   };
   v1.post(['/responses', '/chat/completions'], streamSlot);
@@ -35,6 +33,7 @@ export function openAiRoutes(ctx: AppContext): Router {
   v1.use(chatRoutes(ctx));
   v1.use(modelRoutes(ctx));
   v1.use(openAiNotFound);
+  v1.use(limits.countBeforeError);
   v1.use(openAiErrorHandler(ctx.log));
   return v1;
 }

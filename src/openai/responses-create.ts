@@ -7,6 +7,8 @@ import { finalOf } from '../runs/stream.js';
 import { isLive } from '../runs/store.js';
 import { stopRun } from '../runs/control.js';
 import { authenticate } from './auth.js';
+import { bearerToken } from '../http/auth.js';
+import type { Principal } from '../http/principal.js';
 import { closedSignal, maxTokensFor, requestLine, resolveModel } from './common.js';
 import { invalidRequest, notFound } from './errors.js';
 import { conversationId, responseId, runIdOfResponse, uuidOfConversation } from './ids.js';
@@ -32,15 +34,8 @@ function translate(err: unknown, body: ResponseCreateBody, conv: string | null):
   return err;
 }
 
-/**
- * `POST /v1/responses` in its three modes over one accepted run: `background` answers at once (`queued`),
- * `stream` writes the run's Response events, and neither waits on the run (never on the provider) and answers
- * with the finished object. With `store: false` the response is ephemeral: a disconnect cancels it and it is
- * deleted when it ends. A repeated `Idempotency-Key` with the same body gets the same run in the same mode.
- */
-export async function createResponse(ctx: AppContext, req: Request, res: Response): Promise<void> {
-  const arrived = process.hrtime.bigint();
-  const { principal } = await authenticate(ctx, req);
+/** Everything a create asks, checked: the request's own 400s and 404s, before anything is accepted. */
+function readRequest(ctx: AppContext, req: Request) {
   const body = parseV1(responseCreateBody, req.body);
   const model = resolveModel(ctx, body.model);
   const store = body.store ?? true;
@@ -69,20 +64,47 @@ export async function createResponse(ctx: AppContext, req: Request, res: Respons
     conversation: convUuid ? conversationId(convUuid) : null,
     ...(convUuid ? { multitaskStrategy: strategy } : {}),
   };
+  const accept = {
+    model: model.entry,
+    request: requestLine(turn),
+    turn,
+    instructions: body.instructions ?? null,
+    maxTokens,
+    previousRunId,
+    conversation: convUuid ? { id: convUuid, strategy } : null,
+    face: 'responses' as const,
+    ephemeral: !store,
+    idempotency,
+  };
+  // A stream holds a stream slot, which its authentication takes: it is not accepted in one statement.
+  const plain = !idempotency && !previousRunId && !convUuid && !body.stream;
+  return { body, conv, store, background, faceData, accept, plain };
+}
+
+/**
+ * `POST /v1/responses` in its three modes over one accepted run: `background` answers at once (`queued`),
+ * `stream` writes the run's Response events, and neither waits on the run (never on the provider) and answers
+ * with the finished object. With `store: false` the response is ephemeral: a disconnect cancels it and it is
+ * deleted when it ends. A repeated `Idempotency-Key` with the same body gets the same run in the same mode.
+ */
+export async function createResponse(ctx: AppContext, req: Request, res: Response): Promise<void> {
+  const arrived = process.hrtime.bigint();
+  const authenticateNow = () => authenticate(ctx, req);
+  let spec: Awaited<ReturnType<typeof readRequest>>;
+  try {
+    spec = readRequest(ctx, req);
+  } catch (err) {
+    // The key's answer comes first, as when it was checked first.
+    await authenticateNow();
+    throw err;
+  }
+  const { body, conv, store, background, faceData, plain } = spec;
+  // A plain request is authenticated by the statement that accepts it; the rest authenticate first.
+  const token = bearerToken(req);
+  const principal: Principal =
+    plain && token ? ctx.sessions.principalOf(req, res, token, null, async () => (await authenticateNow()).session) : (await authenticateNow()).principal;
   const accepted = await ctx
-    .accept(principal, {
-      model: model.entry,
-      request: requestLine(turn),
-      turn,
-      instructions: body.instructions ?? null,
-      maxTokens,
-      previousRunId,
-      conversation: convUuid ? { id: convUuid, strategy } : null,
-      face: 'responses',
-      faceData: { ...faceData },
-      ephemeral: !store,
-      idempotency,
-    })
+    .accept(principal, { ...spec.accept, faceData: { ...faceData } })
     .catch((err) => {
       throw translate(err, body, conv);
     });
@@ -104,7 +126,8 @@ export async function createResponse(ctx: AppContext, req: Request, res: Respons
     return;
   }
   if (background) {
-    res.json(currentResponse(run, ctx.registry.get(run.id)));
+    // A fresh acceptance answers `queued` (it has produced nothing yet), whatever its run is doing by now.
+    res.json(currentResponse(run, accepted.replayed ? ctx.registry.get(run.id) : undefined));
     return;
   }
   const gone = closedSignal(res);

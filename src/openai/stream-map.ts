@@ -48,6 +48,9 @@ export function preludeEvents(row: RunRow): ResponseStreamEvent[] {
   ];
 }
 
+/** The `sequence_number` of a token event's `response.output_text.delta`. */
+export const tokenSequence = (e: RunEvent) => TOKEN_BASE + e.seq;
+
 /** The Response events one run event becomes. */
 export function responseEventsOf(row: RunRow, e: RunEvent): ResponseStreamEvent[] {
   const item_id = outputItemId(row.id);

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { and, eq, inArray } from 'drizzle-orm';
+import type pg from 'pg';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
 import { runs, sessions, type RunFace } from '../db/schema.js';
-import { AppError, conflict } from '../http/errors.js';
+import { AppError, conflict, overloaded } from '../http/errors.js';
 import type { Principal } from '../http/principal.js';
 import { debitSession } from '../ledger/ledger.js';
 import { costSats, priceSnapshot } from '../ledger/pricing.js';
@@ -12,7 +13,8 @@ import type { Models } from '../models/providers.js';
 import type { AiMessage } from '../providers/ai/types.js';
 import { carryOver, composeInput, conversationHistory, isChainable } from './context.js';
 import type { ConversationStore } from './conversations.js';
-import type { Executor } from './executor.js';
+import { acceptPlain } from './accept-statement.js';
+import type { Admission, Executor, Refusal } from './executor.js';
 import { claimKey, recordAnswer, type IdempotencyClaim } from './idempotency.js';
 import { LIVE_STATES, type RunRow, type RunStore } from './store.js';
 
@@ -56,6 +58,7 @@ const CARRIED_TOKENS_PER_OUTPUT_TOKEN = 3;
 export interface AcceptDeps {
   config: Config;
   db: Db;
+  pool: pg.Pool;
   store: RunStore;
   conversations: ConversationStore;
   executor: Executor;
@@ -64,11 +67,21 @@ export interface AcceptDeps {
   models: Pick<Models, 'tokenizer'>;
 }
 
+/** A request refused before any money moved: the server is shutting down, or its queue is full. */
+export function refusalError(why: Refusal): AppError {
+  if (why === 'shutting_down') return new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
+  return overloaded();
+}
+
 /**
- * The one place work is accepted, for every front door: in ONE transaction, the idempotency key, the
- * conversation's turn (its row lock serialises a conversation's acceptances), the context, the debit with its
- * ledger row, and the run row — so a request either took its sats and exists as a run, or did neither. Only
- * after commit is the run handed to the executor. Refusals are AppErrors that doors translate.
+ * The one place work is accepted, for every front door, so a request either took its sats and exists as a run,
+ * or did neither. Only after commit is the run handed to the executor. Refusals are AppErrors that doors translate.
+ *
+ * - A plain request (no idempotency key, conversation or previous response) is ONE statement
+ *   (accept-statement.ts): budget count, token check, debit, ledger row and run row, claimed at once when a slot
+ *   is free. Its refusals are worked out after it, off the hot path.
+ * - The rest is ONE transaction: the idempotency key, the conversation's turn (its row lock serialises a
+ *   conversation's acceptances), the context, the debit with its ledger row, and the run row.
  */
 export function createAccept(deps: AcceptDeps) {
   const { config, db, store } = deps;
@@ -84,15 +97,65 @@ export function createAccept(deps: AcceptDeps) {
     });
   }
 
+  /**
+   * Refuse before or after the accept's statement: the door's authentication answers first, if it has not yet
+   * (then `err` is given the session it found).
+   */
+  async function refuse(principal: Principal, err: (sessionId: string | null) => AppError | Promise<AppError>): Promise<never> {
+    const sessionId = principal.credential ? await principal.credential.verify() : principal.sessionId;
+    throw await err(sessionId);
+  }
+
+  /** A plain request in one statement (see accept-statement.ts). */
+  async function acceptPlainRequest(principal: Principal & { credential: NonNullable<Principal['credential']> }, spec: AcceptSpec, admission: Admission): Promise<Acceptance> {
+    const input = composeInput(spec.instructions, [], spec.turn);
+    // The model's tokenizer bounds the input (never below the provider's count).
+    const inputTokens = deps.models.tokenizer(spec.model.name).contextBound(input);
+    if (inputTokens + spec.maxTokens > spec.model.contextTokens) return refuse(principal, () => contextTooLong(spec, inputTokens));
+    const prices = priceSnapshot(config, spec.model);
+    const required = costSats(prices, inputTokens, spec.maxTokens);
+    const out = await acceptPlain(deps.pool, {
+      runId: randomUUID(),
+      sessionId: principal.sessionId,
+      tokenHash: principal.credential.tokenHash,
+      amountSats: required,
+      expiryHours: config.SESSION_EXPIRY_HOURS,
+      claim: admission.claim,
+      request: spec.request,
+      model: spec.model.name,
+      instructions: spec.instructions ?? null,
+      turn: spec.turn,
+      input,
+      maxTokens: spec.maxTokens,
+      pricing: prices,
+      face: spec.face,
+      faceData: spec.faceData ?? null,
+      ephemeral: spec.ephemeral ?? false,
+      owner: deps.instanceId,
+      leaseTtlS: config.LEASE_TTL_S,
+      window: deps.executor.window,
+      count: principal.count,
+    });
+    // A spent budget is a 429 (the statement then took nothing); any other refusal is the door's or the money's.
+    if (out.counted) principal.count!.settle(out.counted);
+    if (!out.run) return refuse(principal, (sessionId) => refusal(sessionId!, required));
+    deps.executor.accept(out.run);
+    const run = asAccepted(out.run);
+    return { replayed: false, run, balance: out.balance!, answer: spec.answer?.(run, out.balance!) };
+  }
+
   async function accept(principal: Principal, spec: AcceptSpec): Promise<Acceptance> {
     const tokenizer = deps.models.tokenizer(spec.model.name);
     if (spec.previousRunId && spec.conversation) {
-      throw new AppError(400, 'invalid_request', 'a request continues either a previous run or a conversation, not both');
+      return refuse(principal, () => new AppError(400, 'invalid_request', 'a request continues either a previous run or a conversation, not both'));
     }
-    const release = deps.executor.admit();
-    if (!release) throw new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
+    const plain = !spec.idempotency && !spec.conversation && !spec.previousRunId;
+    const admission = deps.executor.admit(!spec.conversation);
+    if (typeof admission === 'string') return refuse(principal, () => refusalError(admission));
     try {
-      const sessionId = principal.sessionId;
+      if (plain && principal.credential) return await acceptPlainRequest(principal as Parameters<typeof acceptPlainRequest>[0], spec, admission);
+      // The rest authenticates first (a statement that also takes the budget count), then runs its transaction.
+      const sessionId = principal.credential ? await principal.credential.verify() : principal.sessionId!;
       const runId = randomUUID();
       const prices = priceSnapshot(config, spec.model);
       // Count this turn's messages now, outside the transaction: the tokenizer remembers long messages, so the
@@ -143,17 +206,20 @@ export function createAccept(deps: AcceptDeps) {
         // plus every token the reply may have.
         const input = composeInput(spec.instructions, history, spec.turn);
         const inputTokens = tokenizer.contextBound(input) + pendingTokens;
-        if (inputTokens + spec.maxTokens > spec.model.contextTokens) {
-          throw new AppError(400, 'context_length_exceeded', `the input (about ${inputTokens} tokens) and max tokens (${spec.maxTokens}) exceed the ${spec.model.contextTokens}-token context of ${spec.model.name}`, {
-            inputTokens,
-            maxTokens: spec.maxTokens,
-            contextTokens: spec.model.contextTokens,
-          });
-        }
+        if (inputTokens + spec.maxTokens > spec.model.contextTokens) throw contextTooLong(spec, inputTokens);
         const required = costSats(prices, inputTokens, spec.maxTokens);
-        // 4. The money and the run.
+        // 4. `interrupt`: the active runs are asked to stop in this same transaction (whichever process holds them
+        // reads the flag); this run starts once they have ended. Before the money: every transaction here locks a
+        // run's row before its session's (a finish updates the run, then credits the session), so an accept that
+        // locked the session first and then an interrupted run could deadlock with that run's finish.
+        if (interrupted.length > 0) {
+          await tx.update(runs).set({ cancelRequested: true }).where(and(inArray(runs.id, interrupted), inArray(runs.state, [...LIVE_STATES])));
+        }
+        // 5. The money and the run.
         const balance = await debitSession(tx, { sessionId, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
         if (balance === null) return { kind: 'unpaid' as const, required };
+        // Claimed in this same transaction when a slot is held and it waits for no earlier turn.
+        const claimNow = admission.claim && !waitsFor;
         const run = await store.insert(tx, {
           id: runId,
           kind: 'session',
@@ -177,13 +243,9 @@ export function createAccept(deps: AcceptDeps) {
           ephemeral: spec.ephemeral ?? false,
           leaseOwner: deps.instanceId,
           leaseTtlS: config.LEASE_TTL_S,
+          ...(claimNow ? { claimWindow: deps.executor.window } : {}),
         });
-        // 5. `interrupt`: the active runs are asked to stop in this same transaction (whichever process holds
-        // them reads the flag); this run starts once they have ended.
-        if (interrupted.length > 0) {
-          await tx.update(runs).set({ cancelRequested: true }).where(and(inArray(runs.id, interrupted), inArray(runs.state, [...LIVE_STATES])));
-        }
-        const answer = spec.answer?.(run, balance);
+        const answer = spec.answer?.(asAccepted(run), balance);
         if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);
         return { kind: 'accepted' as const, run, balance, answer };
       });
@@ -197,13 +259,28 @@ export function createAccept(deps: AcceptDeps) {
       deps.executor.accept(out.run);
       // Runs held here stop now; the others at their owner's next flush or heartbeat.
       for (const id of interrupted) deps.executor.stop(id, 'cancelled');
-      return { replayed: false, run: out.run, balance: out.balance, answer: out.answer };
+      return { replayed: false, run: asAccepted(out.run), balance: out.balance, answer: out.answer };
     } finally {
-      release();
+      admission.release();
     }
   }
 
   return { accept };
+}
+
+/**
+ * A run as its acceptance answers it: `queued`, not started. One claimed in the accepting statement is already
+ * `executing` in Postgres (its provider may already have been asked), but it has produced nothing, and the answer
+ * to an acceptance is what it always was: accepted, waiting for its first token.
+ */
+const asAccepted = (run: RunRow): RunRow => (run.state === 'executing' ? { ...run, state: 'queued', startedAt: null, seqCeiling: 0 } : run);
+
+function contextTooLong(spec: AcceptSpec, inputTokens: number): AppError {
+  return new AppError(400, 'context_length_exceeded', `the input (about ${inputTokens} tokens) and max tokens (${spec.maxTokens}) exceed the ${spec.model.contextTokens}-token context of ${spec.model.name}`, {
+    inputTokens,
+    maxTokens: spec.maxTokens,
+    contextTokens: spec.model.contextTokens,
+  });
 }
 
 export type Accept = ReturnType<typeof createAccept>['accept'];

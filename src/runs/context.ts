@@ -1,8 +1,8 @@
 import { and, desc, eq, lt, sql } from 'drizzle-orm';
-import type { DbOrTx } from '../db/pool.js';
+import type { Db, DbOrTx } from '../db/pool.js';
 import { conversations, runs } from '../db/schema.js';
 import type { AiMessage } from '../providers/ai/types.js';
-import type { RunRow } from './store.js';
+import type { RunRow, RunStore } from './store.js';
 
 /**
  * What a provider is given: a run's instructions first, then the history it carries over, then its own turn.
@@ -56,4 +56,13 @@ export async function conversationTurns(tx: DbOrTx, conversationId: string) {
     .from(runs)
     .where(and(eq(runs.conversationId, conversationId), chainable))
     .orderBy(runs.conversationTurn);
+}
+
+/** A run enqueued behind another resolves its context when it starts, now that the runs before it have ended. */
+export async function resolveInput(deps: { db: Db; store: RunStore; owner: string }, run: RunRow): Promise<RunRow> {
+  if (run.input) return run;
+  const history = run.conversationId !== null && run.conversationTurn !== null ? await conversationHistory(deps.db, run.conversationId, run.conversationTurn) : [];
+  const input = composeInput(run.instructions, history, run.turn ?? [{ role: 'user', content: run.request }]);
+  await deps.store.setInput(run.id, deps.owner, input);
+  return { ...run, input };
 }

@@ -3,9 +3,13 @@ import type { Registry, RunEvent } from './registry.js';
 import type { RunStore } from './store.js';
 
 /**
- * Writes a run's token events to Postgres in small batches, off the token path: `add` only queues, a timer
- * flushes at most every `flushMs`, one write at a time. Subscribers never wait for it (they read the registry's
- * buffer); the buffer keeps every event until it is written, so a late reader can always find it somewhere.
+ * Writes a run's token events to Postgres in small batches, off the token path: `add` only queues; one write at a
+ * time. A token is written at once when the last write began at least `flushMs` ago and none is in flight — so the
+ * first token always goes at once, and a model slower than one token per `flushMs` has each token in Postgres (and,
+ * through the write's NOTIFY, in every other process) a round trip after it was made — else it goes with the tokens
+ * after it, `flushMs` after the last write began (or as soon as that write is done). Subscribers never wait for it
+ * (they read the registry's buffer); the buffer keeps every event until it is written, so a late reader can always
+ * find it somewhere.
  *
  * It also keeps the run's **seq ceiling**: the highest seq Postgres has reserved for this owner (the claim sets it,
  * every flush raises it to `window` past the last event written, in the same statement). The executor publishes
@@ -45,7 +49,8 @@ export function createEventWriter(deps: {
   onCancelRequested: () => void;
 }): EventWriter {
   let pending: RunEvent[] = [];
-  let writing: Promise<void> | null = null;
+  let chain: Promise<void> = Promise.resolve();
+  let busy = false;
   let inFlight = 0;
   let timer: NodeJS.Timeout | null = null;
   let closed = false;
@@ -53,16 +58,25 @@ export function createEventWriter(deps: {
   let failures = 0;
   let tokensWritten = 0;
   let ceiling = deps.ceiling;
+  /** When the last write began (performance.now()); the first write may go at once. */
+  let lastStart = -Infinity;
 
+  /** Start the next write when its time comes: none in flight, `flushMs` since the last began (backing off on failures). */
   const schedule = () => {
-    if (!timer && !closed) timer = setTimeout(() => void flush(), deps.flushMs);
+    if (closed || busy || timer || pending.length === 0 || leaseLost) return;
+    const spacing = failures === 0 ? deps.flushMs : Math.min(1_000, deps.flushMs * 2 ** failures);
+    const wait = lastStart + spacing - performance.now();
+    if (wait <= 0) void flush();
+    else timer = setTimeout(() => void flush(), wait);
   };
 
   async function writeBatch(): Promise<void> {
     const batch = pending;
     if (batch.length === 0 || leaseLost) return;
     pending = [];
+    busy = true;
     inFlight = batch.length;
+    lastStart = performance.now();
     const text = batch.map((e) => (e.data as { content: string }).content).join('');
     const last = batch[batch.length - 1]!.seq;
     try {
@@ -78,12 +92,13 @@ export function createEventWriter(deps: {
       ceiling = Math.max(ceiling, last + deps.window);
       deps.registry.markPersisted(deps.runId, last);
     } catch (err) {
-      // Postgres hiccup: keep the events (in order) and try again on the next tick.
+      // Postgres hiccup: keep the events (in order) and try again, a little later each time.
       pending = batch.concat(pending);
       if (failures++ === 0) deps.log.warn({ err }, 'writing run events failed; will retry');
-      schedule();
     } finally {
+      busy = false;
       inFlight = 0;
+      schedule();
     }
   }
 
@@ -92,8 +107,8 @@ export function createEventWriter(deps: {
       clearTimeout(timer);
       timer = null;
     }
-    writing = (writing ?? Promise.resolve()).then(writeBatch);
-    return writing;
+    chain = chain.then(writeBatch);
+    return chain;
   }
 
   return {
@@ -129,7 +144,7 @@ export function createEventWriter(deps: {
       closed = true;
       if (timer) clearTimeout(timer);
       timer = null;
-      await writing;
+      await chain;
       return pending;
     },
   };

@@ -1,14 +1,15 @@
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
-import { toStorable } from '../http/validate.js';
 import type { Models } from '../models/providers.js';
-import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
-import { composeInput, conversationHistory } from './context.js';
+import { resolveInput } from './context.js';
+import { retried } from './retry.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
 import { createTurnWait } from './turn-wait.js';
-import { finishRun, type Finished, type Outcome, type Settlers, type Usage } from './finish.js';
+import { createAdmission } from './admission.js';
+import { generate } from './generate.js';
+import { createFinisher, type Finished, type Outcome, type Settlers } from './finish.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
 
@@ -25,6 +26,11 @@ export interface ExecutorOptions {
   instanceId: string;
   /** Runs executing at once (default 32); the rest wait in order. */
   maxConcurrent: number;
+  /**
+   * Runs waiting for a slot (queued here, or parked behind an earlier turn of their conversation) before a new
+   * request is refused `503 overloaded` (default: unbounded; the config's MAX_QUEUED_RUNS).
+   */
+  maxQueued?: number;
   leaseTtlS: number;
   flushMs: number;
   /**
@@ -50,21 +56,8 @@ export interface RunMetrics {
 /** Why a run's AbortController was aborted. */
 export type StopReason = 'cancelled' | 'interrupted';
 
-/**
- * Retries of a claim or a finish before the run is left to recovery (backoff 100 ms · 2^n: about 3 s in all, so a
- * Postgres restart or a storm of killed connections is ridden out, and a longer outage is not waited on).
- */
-const RETRIES = 5;
+export type { Admission, Refusal } from './admission.js';
 
-/**
- * Failures after which the text the client already received is charged (estimated by the model's tokenizer,
- * never more than the debit): the provider's connection broke mid-reply. Timeouts and every other failure refund
- * in full.
- */
-const CHARGE_PRODUCED = new Set(['provider_disconnected']);
-
-/** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
-const clean = toStorable;
 
 /**
  * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
@@ -105,21 +98,31 @@ export function createExecutor(opts: ExecutorOptions) {
   const window = Math.max(1, opts.maxBacklog ?? 2048);
   /** Runs whose claim or end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
-  let accepting = true;
-  /** Requests between the accepting check and `accept` (their debit is in flight); drain waits for them. */
-  let admitting = 0;
+  const admission = createAdmission({
+    maxConcurrent: opts.maxConcurrent,
+    maxQueued: opts.maxQueued ?? Infinity,
+    waiting: () => waiting.length,
+    running: () => running.size,
+    parked: () => turns.size,
+    // A slot held for a run that was refused (or that queued after all) may now be taken by a waiting one.
+    slotFreed: () => {
+      if (waiting.length > 0) setImmediate(pump);
+    },
+  });
+  const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId, models: opts.models });
+
+  function start(runId: string) {
+    const p = execute(runId)
+      .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
+      .finally(() => {
+        running.delete(runId);
+        pump();
+      });
+    running.set(runId, p);
+  }
 
   function pump() {
-    while (running.size < opts.maxConcurrent && waiting.length > 0) {
-      const runId = waiting.shift()!;
-      const p = execute(runId)
-        .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
-        .finally(() => {
-          running.delete(runId);
-          pump();
-        });
-      running.set(runId, p);
-    }
+    while (running.size + admission.reserved < opts.maxConcurrent && waiting.length > 0) start(waiting.shift()!);
   }
 
   /**
@@ -148,18 +151,7 @@ export function createExecutor(opts: ExecutorOptions) {
     }
   }
 
-  /** `fn`, retried while it throws (Postgres unwell); the last error is thrown after `RETRIES` retries. */
-  async function retrying<T>(what: string, runId: string, fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await fn();
-      } catch (err) {
-        if (attempt >= RETRIES) throw err;
-        opts.log.warn({ err, runId, attempt }, `${what} failed; retrying`);
-        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
-      }
-    }
-  }
+  const retrying = <T>(what: string, runId: string, fn: () => Promise<T>) => retried(opts.log, what, runId, fn);
 
   /**
    * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
@@ -176,11 +168,20 @@ export function createExecutor(opts: ExecutorOptions) {
     opts.bus.emit('run:abandoned', { runId });
   }
 
-  /** Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run. */
+  /**
+   * Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run.
+   * With `published` (the owner finishing its own run: it knows everything the finish needs) the finish is one
+   * statement; without it, a locked read first (finish.ts).
+   */
   async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
     let fin: Finished | undefined;
+    const own = entry && published !== undefined && entry.row.leaseOwner === opts.instanceId ? entry : undefined;
     try {
-      fin = await retrying('finishing a run', runId, () => finishRun(opts, runId, outcome, pending, published));
+      fin = await retrying('finishing a run', runId, () =>
+        own
+          ? finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result)
+          : finisher.any(runId, outcome, pending, published),
+      );
     } catch (err) {
       abandon(runId, err);
       return undefined;
@@ -209,8 +210,12 @@ export function createExecutor(opts: ExecutorOptions) {
       await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
       return;
     }
+    // Claimed at acceptance (the usual case: the accept statement inserted it executing under our lease), or now.
     // A claim that keeps failing throws out of here: `execute` abandons the run.
-    const claimed = await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
+    const claimed =
+      entry.row.state === 'executing' && entry.row.leaseOwner === opts.instanceId
+        ? entry.row
+        : await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
     if (claimed && 'blockedBy' in claimed) {
       // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
       turns.park(runId, claimed.blockedBy);
@@ -222,11 +227,13 @@ export function createExecutor(opts: ExecutorOptions) {
       await finishAndAnnounce(entry, runId, { state: 'interrupted' });
       return;
     }
-    let run: RunRow = claimed;
+    let run: RunRow = { ...entry.row, ...claimed, state: 'executing', leaseOwner: opts.instanceId };
     entry.state = 'executing';
     entry.row = run;
     if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
-    log.info(runLogFields(run), 'run started');
+    // Logged in the next turn: the provider is asked first (the time to the first token waits for nothing else).
+    const started = run;
+    setImmediate(() => log.info(runLogFields(started), 'run started'));
 
     const writer = createEventWriter({
       store: opts.store,
@@ -247,9 +254,9 @@ export function createExecutor(opts: ExecutorOptions) {
     });
     let outcome: Outcome;
     try {
-      run = await resolveInput(run);
-      entry.row = run;
-      outcome = await stream(run, entry, writer, log);
+      // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
+      if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId }, run);
+      outcome = await generate(opts, run, entry, writer, log);
     } catch (err) {
       // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
       log.warn({ err }, 'could not resolve the context of a run');
@@ -260,68 +267,19 @@ export function createExecutor(opts: ExecutorOptions) {
     await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
   }
 
-  /** A run enqueued behind another resolves its context now that the runs before it have ended. */
-  async function resolveInput(run: RunRow): Promise<RunRow> {
-    if (run.input) return run;
-    const history = run.conversationId !== null && run.conversationTurn !== null ? await conversationHistory(opts.db, run.conversationId, run.conversationTurn) : [];
-    const input = composeInput(run.instructions, history, run.turn ?? [{ role: 'user', content: run.request }]);
-    await opts.store.setInput(run.id, opts.instanceId, input);
-    return { ...run, input };
-  }
-
-  async function stream(run: RunRow, entry: RunEntry, writer: ReturnType<typeof createEventWriter>, log: Logger): Promise<Outcome> {
-    const signal = entry.controller.signal;
-    const model = opts.models.get(run.model ?? opts.models.default.entry.name);
-    if (!model) {
-      // The catalogue changed between acceptance and now (a restart with another configuration).
-      return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
-    }
-    const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
-    if (model.tokenizer.contextBound(messages) + run.maxTokens > model.entry.contextTokens) {
-      return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
-    }
-    const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
-    // The provider's counts so far (a count it never sent is estimated by the finish, from the text).
-    let usage: Partial<Usage> | undefined;
-    let stopReason: AiStopReason = 'stop';
-    try {
-      for await (const chunk of model.provider.stream(req, signal)) {
-        if (chunk.type === 'usage') {
-          usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
-          continue;
-        }
-        if (chunk.type === 'finish') {
-          stopReason = chunk.reason;
-          continue;
-        }
-        // Never publish an id Postgres has not reserved (the seq ceiling): should this process die now, whoever
-        // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
-        // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
-        const seq = entry.lastSeq + 1;
-        if (seq > writer.ceiling) await writer.reserve(seq, signal);
-        if (signal.aborted) break;
-        writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
-        if (entry.outputTokens === 1) opts.metrics?.firstToken(entry);
-      }
-      if (signal.aborted) throw signal.reason;
-      return { state: 'complete', usage, stopReason };
-    } catch (err) {
-      if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted', usage };
-      log.warn({ err }, 'run failed');
-      const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
-      // A reply cut after text reached the client: that text is charged (issue #8), the rest refunded.
-      return { state: 'failed', error: { code: e.code, message: e.message }, chargeProduced: CHARGE_PRODUCED.has(e.code), usage };
-    }
-  }
-
   return {
-    /** Take an accepted run (already inserted `queued` with our lease) and execute it in the background. */
+    /**
+     * Take an accepted run (inserted with our lease: `executing` when its admission held a slot, else `queued`) and
+     * execute it in the background. A claimed run starts now, in this call: its provider is asked before the
+     * request that accepted it has even answered.
+     */
     accept(run: RunRow): RunEntry {
       const entry = opts.registry.open(run);
       opts.metrics?.accepted(entry);
       if (run.waitsFor) turns.park(run.id, run.waitsFor);
+      else if (run.state === 'executing' && admission.accepting) start(run.id);
       else waiting.push(run.id);
-      if (accepting) setImmediate(pump);
+      if (admission.accepting) setImmediate(pump);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
       else this.stop(run.id, 'interrupted');
       return entry;
@@ -333,21 +291,25 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     get accepting() {
-      return accepting;
+      return admission.accepting;
+    },
+
+    /** No slot is free and MAX_QUEUED_RUNS runs wait: new work is refused `503 overloaded` before anything is paid. */
+    get overloaded() {
+      return admission.overloaded;
+    },
+
+    /** How many events a run may publish ahead of Postgres: the seq ceiling a run claimed at acceptance starts with. */
+    get window() {
+      return window;
     },
 
     /**
-     * Reserve the right to accept one run (call before its debit transaction; release after `accept`).
-     * Throws-free: returns null once shutdown has begun, so the caller answers 503 before taking any money.
+     * Reserve the right to accept one run before its debit (release after `accept`), or why not (admission.ts).
+     * `claimable`: the run may start at once (it waits for no earlier turn).
      */
-    admit(): (() => void) | null {
-      if (!accepting) return null;
-      admitting++;
-      let released = false;
-      return () => {
-        if (!released) admitting--;
-        released = true;
-      };
+    admit(claimable = true) {
+      return admission.admit(claimable);
     },
 
     /** Runs this process has given up on, for the sweeper to hand to recovery. */
@@ -400,7 +362,7 @@ export function createExecutor(opts: ExecutorOptions) {
      * its seq ceiling. Readers here (of an abandoned run) get that event; the rest read it from Postgres.
      */
     async interruptOrphan(runId: string): Promise<boolean> {
-      const fin = await finishRun(opts, runId, { state: 'interrupted' });
+      const fin = await finisher.any(runId, { state: 'interrupted' });
       abandoned.delete(runId);
       announce(opts.registry.get(runId), fin, false);
       return Boolean(fin?.won);
@@ -411,10 +373,10 @@ export function createExecutor(opts: ExecutorOptions) {
      * rest and wait for their finish transactions.
      */
     async drain(graceMs: number): Promise<{ interrupted: number }> {
-      accepting = false;
+      admission.close();
       // Requests already past the accepting check finish their debit and hand us their run first.
       const admitDeadline = Date.now() + 5_000;
-      while (admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
+      while (admission.admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
       for (const id of [...waiting]) this.stop(id, 'interrupted');
       for (const id of turns.runs()) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;
@@ -428,7 +390,7 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     stats() {
-      return { running: running.size, waiting: waiting.length, blocked: turns.runs().length };
+      return { running: running.size, waiting: waiting.length, blocked: turns.size };
     },
   };
 }

@@ -18,6 +18,17 @@ export interface FeedOptions {
   pollMs: number;
   /** Subscribe to "the run has news in Postgres" (the bus, bridged across processes); returns the unsubscribe. */
   onNews?: (wake: () => void) => () => void;
+  /**
+   * When no entry here drives the run: start following it (follow.ts: one reader of Postgres per process and run,
+   * publishing into the registry) from `after`, so this feed attaches to that like to a live run.
+   */
+  follow?: (after: number) => void;
+  /**
+   * The direct path: called synchronously from `publish` with the next event while this feed is caught up (parked
+   * waiting for live events, nothing queued). True: it was written, the feed moves on without yielding it. False:
+   * it is queued and yielded as usual (the socket is full, or it is an event the consumer must see).
+   */
+  direct?: (event: RunEvent) => boolean;
 }
 
 const PAGE = 1000;
@@ -43,46 +54,68 @@ const MAX_BACKOFF_MS = 2_000;
  *
  * A reader that falls `maxQueue` events behind stops receiving (so it cannot grow memory or skip an event
  * silently): it gets what it had queued, then a resync hint naming the last id it was sent.
+ *
+ * The direct path, and why it cannot race with the queued one. A caught-up reader of a live run costs no promise per
+ * event: while this generator is parked waiting for live events with nothing queued (`parked`), `onEvent` — called
+ * synchronously by `publish` — hands the next event (seq = last + 1) to `direct`, which writes the shared frame to the
+ * socket, and moves `last` on. Everything here happens in synchronous steps: `publish` never runs while this
+ * generator runs, and vice versa. `parked` is set just before the generator awaits the live wait and cleared by
+ * the very wake-up that ends it, so an event is handled by exactly one path: written directly (then it is never
+ * queued), or queued (then it is yielded in order after everything queued before it). Once one event is queued
+ * (a full socket, a final event, an event out of order), every later one is queued behind it until the generator
+ * has drained the queue and parks again — so a reader moves between the paths without a gap or a duplicate, and
+ * the resync rules (maxQueue) see every event that was not written.
  */
 export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   const { registry, store, runId, signal } = opts;
   const queue: RunEvent[] = [];
   let overflow = false;
   let wake: (() => void) | null = null;
+  let parked = false;
+  let last = opts.after;
+  const direct = opts.direct;
   const onEvent = (e: RunEvent) => {
     if (overflow) return;
+    if (parked && direct && queue.length === 0 && e.seq === last + 1 && !isTerminalEvent(e) && direct(e)) {
+      last = e.seq;
+      return;
+    }
     if (queue.length >= opts.maxQueue) overflow = true;
     else queue.push(e);
     wake?.();
   };
 
-  const live = registry.get(runId);
+  if (!registry.source(runId)) opts.follow?.(opts.after);
+  const live = registry.source(runId);
   const snap = registry.snapshot(runId, opts.after);
   const detach = live ? registry.attach(runId, onEvent) : registry.watch(runId, onEvent);
-  let last = opts.after;
   const onAbort = () => wake?.();
   signal.addEventListener('abort', onAbort);
   // News from another process: re-read Postgres now rather than at the next poll. `news` catches one that
-  // lands while we are reading, so it is never slept through.
+  // lands while we are reading, so it is never slept through. Only a feed that follows Postgres itself listens
+  // (subscribed when it first must: an entry here publishes everything else).
   let news = false;
-  const offNews = opts.onNews?.(() => {
-    news = true;
-    wake?.();
-  });
-  /** An entry here that will still publish events (an ended one stays while we are subscribed, but is silent). */
-  const drivenHere = () => {
-    const e = registry.get(runId);
-    return e !== undefined && !e.ended;
+  let offNews: (() => void) | undefined;
+  const listen = () => {
+    offNews ??= opts.onNews?.(() => {
+      news = true;
+      wake?.();
+    });
   };
-  /** Sleep up to `ms`, woken early by a live event, news or the reader leaving. */
-  const nap = (ms: number | null) =>
+  /** An entry here that will still publish events (an ended one stays while we are subscribed, but is silent). */
+  const drivenHere = () => registry.delivering(runId);
+  /** Sleep up to `ms`, woken early by a live event, news or the reader leaving; `live`: caught up, direct writes on. */
+  const nap = (ms: number | null, live = false) =>
     new Promise<void>((resolve) => {
       const timer = ms === null ? null : setTimeout(resolve, ms);
+      parked = live;
       wake = () => {
+        parked = false;
         if (timer) clearTimeout(timer);
         resolve();
       };
     }).finally(() => {
+      parked = false;
       wake = null;
     });
 
@@ -140,6 +173,8 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
       yield { kind: 'event', event: e };
       if (isTerminalEvent(e)) return;
     }
+    // The snapshot is a copy of the buffer: a reader that stays live for hours need not keep it.
+    snap.events.length = 0;
     for (;;) {
       while (queue.length > 0) {
         const e = queue.shift()!;
@@ -170,9 +205,12 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
         yield { kind: 'resync', lastEventId: last };
         return;
       }
-      // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it.
+      // A live entry here pushes every event to us; otherwise Postgres is the only source, so poll it (at once the
+      // first time: the entry that drove it may have just stopped).
       const here = drivenHere();
-      if (!news || here) await nap(here ? null : opts.pollMs);
+      const first = !here && !offNews;
+      if (!here) listen();
+      if (!first && (!news || here)) await nap(here ? null : opts.pollMs, here);
       news = false;
       if (!drivenHere() && queue.length === 0 && !signal.aborted) {
         let got = 0;

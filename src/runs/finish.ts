@@ -1,12 +1,15 @@
-import { eq, sql } from 'drizzle-orm';
-import type { Db, Tx } from '../db/pool.js';
+import { eq } from 'drizzle-orm';
+import type pg from 'pg';
+import { BUS_CHANNEL, busMessage } from '../bus-bridge.js';
+import { clientOf, type Db } from '../db/pool.js';
 import { runs, type RunKind, type RunState } from '../db/schema.js';
+import { ISO_MS, run, statement, type Queryable, type Statement } from '../db/statements.js';
 import { settle } from '../ledger/pricing.js';
 import type { Models } from '../models/providers.js';
 import type { AiStopReason } from '../providers/ai/types.js';
 import { inputOf } from './context.js';
 import type { RunEvent } from './registry.js';
-import { isLive, type RunRow, type RunStore } from './store.js';
+import { isLive, type RunRow } from './store.js';
 
 export interface Usage {
   inputTokens: number;
@@ -25,10 +28,15 @@ export type Outcome =
   | { state: 'failed'; error: { code: string; message: string }; chargeProduced?: boolean; usage?: Partial<Usage> };
 
 /**
- * Moves the money of a finished run for its front door, inside the finish transaction:
- * a session gets its refund credited, a job records what it owes back.
+ * How a front door moves the money of a finished run, as SQL that runs inside the finish statement itself: CTEs
+ * (comma-separated, each named after its door) that read `fin`, the finished run (`id, kind, state, session_id,
+ * job_id, refunded_sats, error`), and act only on runs of their `kind`. A session gets its refund credited; a job
+ * records what it owes back. Being part of the statement that moves the run's state, the money cannot move without
+ * it, or it without the money.
  */
-export type Settler = (tx: Tx, run: RunRow) => Promise<void>;
+export interface Settler {
+  sql: string;
+}
 export type Settlers = Record<RunKind, Settler>;
 
 export interface Finished {
@@ -38,78 +46,179 @@ export interface Finished {
   won: boolean;
 }
 
-/**
- * Finish a run once: in one transaction, write the token events not yet persisted, the final event, the run's
- * state, usage and money, and the front door's settlement. The row lock plus the state check make it a
- * compare-and-set: whoever comes second (a stop racing a completion, two processes recovering one orphan)
- * reads the winner's final event instead of writing its own.
- *
- * The final event's seq is never one a reader already holds. The owner passes `published`, the highest seq it
- * handed to readers (all of them are in the log or in `pending`), and the final event comes right after it: the
- * log stays gapless. Anyone else (recovery, or an owner that no longer knows) cannot know what was published, so
- * it numbers the final event after the run's seq ceiling, the most the owner was ever allowed to publish: the log
- * then has a gap before its final event, which every reader accepts (see feed.ts).
- */
-export async function finishRun(
-  deps: { db: Db; store: RunStore; settlers: Settlers; models: Pick<Models, 'tokenizer'> },
-  runId: string,
-  outcome: Outcome,
-  pending: RunEvent[] = [],
-  published?: number,
-): Promise<Finished | undefined> {
-  return deps.db.transaction(async (tx) => {
-    const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
-    if (!row) return undefined;
-    if (!isLive(row.state)) {
-      const [final] = await tx.execute<{ seq: number; type: 'done' | 'error'; data: unknown }>(
-        sql`select seq, type, data from run_events where run_id = ${runId} order by seq desc limit 1`,
-      ).then((r) => r.rows);
-      return { run: row, final: final ?? finalEvent(row, row.lastSeq + 1), won: false };
-    }
-    const fresh = pending.filter((e) => e.seq > row.lastSeq && e.type === 'token');
-    await deps.store.insertEvents(tx, runId, fresh);
-    const text = fresh.map((e) => (e.data as { content: string }).content).join('');
-    const tokensSeen = row.outputTokens + fresh.length;
-    // The provider's counts are charged. One it never sent (a stream stopped before its usage, a server that
-    // sends none) is estimated by the model's tokenizer: the input it was given, and the text it visibly produced
-    // — a token event is a chunk of text, not one token. The charge never exceeds the debit (`settle`).
-    const reported = outcome.usage;
-    const tokenizer = deps.models.tokenizer(row.model);
-    const usage: Usage = {
-      inputTokens: reported?.inputTokens ?? (row.startedAt ? tokenizer.contextEstimate(inputOf(row)) : 0),
-      outputTokens: reported?.outputTokens ?? tokenizer.textEstimate(row.result + text),
-    };
-    // Complete work is charged; a stop, or a reply cut mid-stream, is charged for what it produced; other failures
-    // and interruptions refund all.
-    const producedCharged = outcome.state === 'cancelled' || (outcome.state === 'failed' && outcome.chargeProduced === true);
-    const chargeable = outcome.state === 'complete' || (producedCharged && tokensSeen > 0);
-    const money = settle(row.pricing, row.debitedSats, usage, chargeable);
-    const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
-
-    const [updated] = await tx
-      .update(runs)
-      .set({
-        state: outcome.state,
-        result: sql`${runs.result} || ${text}`,
-        inputTokens: usage.inputTokens,
-        outputTokens: usage.outputTokens,
-        chargedSats: money.chargedSats,
-        refundedSats: money.refundedSats,
-        error: outcome.state === 'failed' ? outcome.error : null,
-        stopReason: outcome.state === 'complete' ? (outcome.stopReason ?? 'stop') : null,
-        lastSeq,
-        completedAt: sql`now()`,
-        leaseOwner: null,
-        leaseExpiresAt: null,
-      })
-      .where(eq(runs.id, runId))
-      .returning();
-    const final = finalEvent(updated!, lastSeq);
-    await deps.store.insertEvents(tx, runId, [final]);
-    await deps.settlers[updated!.kind](tx, updated!);
-    return { run: updated!, final, won: true };
-  });
+export interface FinishDeps {
+  db: Db;
+  pool: pg.Pool;
+  settlers: Settlers;
+  /** This process's bus origin: the finish NOTIFYs every other process itself (bus-bridge.ts). */
+  origin: string;
+  /** Each model's tokenizer: the estimate of a count the provider never sent. */
+  models: Pick<Models, 'tokenizer'>;
 }
+
+/**
+ * The finish of a run, in ONE statement: the token events not yet in the log (those past the row's `last_seq`,
+ * so a batch whose commit we never heard of is not written twice), the final event (its `completedAt` from the
+ * same `now()` as the row's), the state with its usage and money, the front doors' settlement CTEs, and the
+ * NOTIFYs of `run:finish` and `session:request:complete`. It is a compare-and-set: only a live run, and, when
+ * `$11` names an owner, only while that owner holds its lease (#11's attempt fence goes there too).
+ */
+function finishStatement(settlers: Settlers): Statement {
+  const parts = Object.values(settlers).map((s) => s.sql.trim()).filter(Boolean);
+  return statement(`
+    with old as (select last_seq from runs where id = $1),
+    tok as (
+      select e.seq, e.type, e.data from jsonb_to_recordset($3::jsonb) as e(seq int, type text, data jsonb)
+      where e.seq > (select last_seq from old)
+    ),
+    fin as (
+      update runs set state = $2, result = result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok), ''),
+        input_tokens = $4, output_tokens = $5, charged_sats = $6, refunded_sats = $7, error = $8::jsonb, stop_reason = $9,
+        last_seq = $10::int, completed_at = now(), lease_owner = null, lease_expires_at = null
+      where id = $1 and state in ('queued','executing') and ($11::text is null or lease_owner = $11)
+      returning id, kind, state, session_id, job_id, refunded_sats, error, completed_at
+    ),
+    ev as (
+      insert into run_events (run_id, seq, type, data)
+      select fin.id, tok.seq, tok.type, tok.data from fin, tok
+      union all
+      select fin.id, $10::int, $12::text, $13::jsonb || jsonb_build_object('completedAt', to_char(fin.completed_at at time zone 'UTC', ${ISO_MS})) from fin
+    )${parts.length ? `,\n    ${parts.join(',\n    ')}` : ''}
+    select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14),
+      case when $15::text is not null then pg_notify('${BUS_CHANNEL}', $15) end
+    from fin`);
+}
+
+/** What a finish writes, worked out from what the finisher knows of the run. */
+interface Plan {
+  runId: string;
+  owner: string | null;
+  fresh: RunEvent[];
+  updated: RunRow;
+}
+
+async function write(on: Queryable, st: Statement, origin: string, p: Plan): Promise<Finished | undefined> {
+  const u = p.updated;
+  const final = finalEvent(u, u.lastSeq);
+  const finish = busMessage(origin, 'run:finish', { runId: u.id, kind: u.kind, state: u.state, sessionId: u.sessionId, jobId: u.jobId });
+  const complete = u.kind === 'session' && u.sessionId ? busMessage(origin, 'session:request:complete', { sessionId: u.sessionId, requestId: u.id, state: u.state }) : null;
+  const res = await run<{ completed_at: Date }>(on, st, [
+    p.runId,
+    u.state,
+    JSON.stringify(p.fresh.map((e) => ({ seq: e.seq, type: e.type, data: e.data }))),
+    u.inputTokens,
+    u.outputTokens,
+    u.chargedSats,
+    u.refundedSats,
+    u.error === null ? null : JSON.stringify(u.error),
+    u.stopReason,
+    u.lastSeq,
+    p.owner,
+    final.type,
+    JSON.stringify(final.data),
+    finish,
+    complete,
+  ]);
+  const done = res.rows[0];
+  if (!done) return undefined;
+  const finished = { ...u, completedAt: done.completed_at };
+  return { run: finished, final: finalEvent(finished, u.lastSeq), won: true };
+}
+
+/** The row a finish produces, from the row before it, the events it adds, and the outcome. */
+function plan(models: FinishDeps['models'], row: RunRow, runId: string, owner: string | null, outcome: Outcome, fresh: RunEvent[], lastSeq: number, tokensSeen: number, result: string): Plan {
+  // The provider's counts are charged. One it never sent (a stream stopped before its usage, a server that sends
+  // none) is estimated by the model's tokenizer: the input it was given, and the text it visibly produced — a token
+  // event is a chunk of text, not one token. The charge never exceeds the debit (`settle`).
+  const reported = outcome.usage;
+  const usage: Usage =
+    reported?.inputTokens !== undefined && reported.outputTokens !== undefined
+      ? { inputTokens: reported.inputTokens, outputTokens: reported.outputTokens }
+      : {
+          inputTokens: reported?.inputTokens ?? (row.startedAt ? models.tokenizer(row.model).contextEstimate(inputOf(row)) : 0),
+          outputTokens: reported?.outputTokens ?? models.tokenizer(row.model).textEstimate(result),
+        };
+  // Complete work is charged; a stop, or a reply cut mid-stream, is charged for what it produced; other failures
+  // and interruptions refund all.
+  const producedCharged = outcome.state === 'cancelled' || (outcome.state === 'failed' && outcome.chargeProduced === true);
+  const chargeable = outcome.state === 'complete' || (producedCharged && tokensSeen > 0);
+  const money = settle(row.pricing, row.debitedSats, usage, chargeable);
+  const updated: RunRow = {
+    ...row,
+    state: outcome.state,
+    result,
+    inputTokens: usage.inputTokens,
+    outputTokens: usage.outputTokens,
+    chargedSats: money.chargedSats,
+    refundedSats: money.refundedSats,
+    error: outcome.state === 'failed' ? outcome.error : null,
+    stopReason: outcome.state === 'complete' ? (outcome.stopReason ?? 'stop') : null,
+    lastSeq,
+    completedAt: null,
+    leaseOwner: null,
+    leaseExpiresAt: null,
+  };
+  return { runId, owner, fresh, updated };
+}
+
+const tokenText = (events: RunEvent[]) => events.map((e) => (e.data as { content: string }).content).join('');
+
+export function createFinisher(deps: FinishDeps) {
+  const st = finishStatement(deps.settlers);
+
+  /** Whoever finished first: its row and final event (the loser of a race reads and delivers them). */
+  async function winner(runId: string): Promise<Finished | undefined> {
+    const [row] = await deps.db.select().from(runs).where(eq(runs.id, runId));
+    if (!row) return undefined;
+    if (isLive(row.state)) return undefined;
+    const res = await deps.pool.query<RunEvent>('select seq, type, data from run_events where run_id = $1 order by seq desc limit 1', [runId]);
+    return { run: row, final: res.rows[0] ?? finalEvent(row, row.lastSeq + 1), won: false };
+  }
+
+  return {
+    /**
+     * The owner's finish: everything it needs is in memory (the row it accepted or claimed, what it published, the
+     * events the writer still holds), so the finish is the one statement, no read first. The final event comes
+     * right after `published`, the highest seq it handed to readers: the log stays gapless. If the statement finds
+     * the run no longer live or no longer ours, the general finish below decides (and reads the winner).
+     */
+    async owned(row: RunRow, owner: string, outcome: Outcome, pending: RunEvent[], published: number, tokensSeen: number, result: string): Promise<Finished | undefined> {
+      const fresh = pending.filter((e) => e.type === 'token');
+      // `result`: the text of every token it published (in the log or in `pending`), which is what the row holds after.
+      const p = plan(deps.models, row, row.id, owner, outcome, fresh, Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0) + 1, tokensSeen, result);
+      const done = await write(deps.pool, st, deps.origin, p);
+      return done ?? this.any(row.id, outcome, pending, published);
+    },
+
+    /**
+     * Finish a run whoever holds it (recovery, a stop of a queued run, an owner that lost track): in one transaction,
+     * the row is read and locked, then the finish statement runs. The row lock plus the state check make it a
+     * compare-and-set: whoever comes second reads the winner's final event instead of writing its own.
+     *
+     * The final event's seq is never one a reader already holds. An owner passes `published`, the highest seq it
+     * handed to readers (all of them are in the log or in `pending`), and the final event comes right after it.
+     * Anyone else (recovery, or an owner that no longer knows) cannot know what was published, so it numbers the
+     * final event after the run's seq ceiling, the most the owner was ever allowed to publish: the log then has a
+     * gap before its final event, which every reader accepts (see feed.ts).
+     */
+    async any(runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number): Promise<Finished | undefined> {
+      const out = await deps.db.transaction(async (tx) => {
+        const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
+        if (!row) return { none: true as const };
+        if (!isLive(row.state)) return { lost: true as const };
+        const fresh = pending.filter((e) => e.seq > row.lastSeq && e.type === 'token');
+        const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
+        const p = plan(deps.models, row, runId, null, outcome, fresh, lastSeq, row.outputTokens + fresh.length, row.result + tokenText(fresh));
+        return { done: await write(clientOf(tx), st, deps.origin, p) };
+      });
+      if ('none' in out) return undefined;
+      if ('lost' in out) return winner(runId);
+      return out.done;
+    },
+  };
+}
+
+export type Finisher = ReturnType<typeof createFinisher>;
 
 /**
  * The last event of every stream: `done` with the money, or `error` for a failure. Both carry what a reader

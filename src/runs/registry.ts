@@ -1,4 +1,5 @@
 import type { RunEventType, RunKind, RunState } from '../db/schema.js';
+import { eventBytes } from './frames.js';
 import type { RunRow } from './store.js';
 
 /** One event of a run's log. `seq` starts at 1, grows by 1, and is the SSE `id:`. */
@@ -10,7 +11,11 @@ export interface RunEvent {
 
 export const isTerminalEvent = (e: RunEvent) => e.type === 'done' || e.type === 'error';
 
-/** Called synchronously, in order, for every event published after it attached. Must not throw or block. */
+/**
+ * Called in order for every event published after it attached: in the turn after the event was published, all the
+ * turn's events one after the other (so a subscriber attached in between also finds them in `snapshot`, and drops
+ * them by seq). Must not throw or block.
+ */
 export type Subscriber = (event: RunEvent) => void;
 
 /** What the registry knows of a live run in this process. */
@@ -35,58 +40,148 @@ export interface RunEntry {
 
 interface Internal extends RunEntry {
   buffer: RunEvent[];
+  /** Events published but not yet handed to the subscribers (they are, in the next turn of the event loop). */
+  outbox: RunEvent[];
+  /** What `buffer` costs (eventBytes). */
+  bytes: number;
   subscribers: Set<Subscriber>;
+  /** Set on an entry that follows a run driven by another process (follow.ts): how to stop following it. */
+  follower?: { stop(): void };
 }
 
 export interface RegistryOptions {
-  /** Events kept per run for replay (default 512). Events not yet in Postgres are never dropped. */
+  /**
+   * Events always kept per run for replay, whatever they cost (default 512). Events not yet in Postgres are never
+   * dropped.
+   */
   bufferSize?: number;
+  /** Bytes of log a run keeps in memory while live (default: unbounded): past it, its oldest persisted events go. */
+  runMaxBytes?: number;
 }
 
 export type Registry = ReturnType<typeof createRegistry>;
 
 /**
  * The in-process registry of live runs: an AbortController, a bounded replay buffer and the live subscribers
- * of each. An entry exists from acceptance to the end of the run, and until its last subscriber leaves.
+ * of each. An entry exists from acceptance to the end of the run, and until its last subscriber leaves. A run keeps
+ * its whole log here while it fits `runMaxBytes`, so a reader resuming from anywhere is served from memory.
  *
- * Why subscribing cannot miss or double an event: everything here is synchronous, so `snapshot()` and
- * `attach()` called in the same tick see one consistent point of the stream — the buffer holds every event up
- * to that point that Postgres may not have yet (unpersisted events are never trimmed), and the subscriber gets
- * every event after it. A reader without an entry `watch()`es the run first, then reads Postgres: an entry
+ * Besides the runs this process drives, an entry may *follow* a run driven elsewhere (follow.ts): it has
+ * subscribers, a buffer and a publisher like any other, but `get` does not return it (it drives nothing here:
+ * stops, lookups and the executor see only the runs this process executes). It lives while it has subscribers.
+ *
+ * Why subscribing cannot miss an event: `snapshot()` and `attach()` called in the same tick see one consistent
+ * point of the stream — the buffer holds every event published up to that point that Postgres may not have yet
+ * (unpersisted events are never trimmed), and the subscriber gets every event published after it. Events published
+ * but not yet delivered (the outbox, handed out in the next turn) are in both: a reader drops the second by seq. A reader without an entry `watch()`es the run first, then reads Postgres: an entry
  * opened later adopts the watchers before its first event; an entry that already ended flushed everything.
  */
 export function createRegistry(opts: RegistryOptions = {}) {
   const bufferSize = opts.bufferSize ?? 512;
+  const runMaxBytes = opts.runMaxBytes ?? Infinity;
   const entries = new Map<string, Internal>();
   const watchers = new Map<string, Set<Subscriber>>();
+  let bytes = 0;
 
   function drop(entry: Internal) {
-    if (entry.ended && entry.subscribers.size === 0 && entries.get(entry.runId) === entry) entries.delete(entry.runId);
+    if (entries.get(entry.runId) !== entry || entry.subscribers.size > 0) return;
+    if (entry.follower) {
+      entry.ended = true;
+      entry.follower.stop();
+    } else if (!entry.ended) return;
+    entries.delete(entry.runId);
+    bytes -= entry.bytes;
+    entry.bytes = 0;
+  }
+
+  function create(row: RunRow, subscribers: Set<Subscriber>): Internal {
+    return {
+      runId: row.id,
+      kind: row.kind,
+      sessionId: row.sessionId,
+      jobId: row.jobId,
+      state: row.state,
+      lastSeq: row.lastSeq,
+      row,
+      controller: new AbortController(),
+      result: '',
+      outputTokens: 0,
+      persistedSeq: row.lastSeq,
+      ended: false,
+      buffer: [],
+      outbox: [],
+      bytes: 0,
+      subscribers,
+    };
+  }
+
+  /** Hand what was published since the last turn to every subscriber, in order. */
+  function deliver(entry: Internal) {
+    const batch = entry.outbox;
+    entry.outbox = [];
+    for (const event of batch) for (const sub of entry.subscribers) sub(event);
   }
 
   return {
-    /** Register a run accepted by this process. Watchers waiting for it become its subscribers. */
+    /**
+     * Register a run accepted by this process. Watchers waiting for it become its subscribers, and so do the
+     * subscribers of an entry that followed it (a run this process now drives: its log is empty, nothing was
+     * published, so they miss nothing and get nothing twice).
+     */
     open(row: RunRow): RunEntry {
-      if (entries.has(row.id)) throw new Error(`run ${row.id} is already registered`);
-      const info = { runId: row.id, kind: row.kind, sessionId: row.sessionId, jobId: row.jobId, state: row.state, lastSeq: row.lastSeq };
-      const entry: Internal = {
-        ...info,
-        row,
-        controller: new AbortController(),
-        result: '',
-        outputTokens: 0,
-        persistedSeq: info.lastSeq,
-        ended: false,
-        buffer: [],
-        subscribers: watchers.get(info.runId) ?? new Set(),
-      };
-      watchers.delete(info.runId);
-      entries.set(info.runId, entry);
+      const prior = entries.get(row.id);
+      if (prior && !prior.follower) throw new Error(`run ${row.id} is already registered`);
+      const subscribers = watchers.get(row.id) ?? new Set();
+      if (prior) {
+        for (const sub of prior.subscribers) subscribers.add(sub);
+        prior.subscribers.clear();
+        prior.follower!.stop();
+        bytes -= prior.bytes;
+      }
+      const entry = create(row, subscribers);
+      watchers.delete(row.id);
+      entries.set(row.id, entry);
       return entry;
     },
 
+    /**
+     * Follow a run driven by another process, from `lastSeq` on (follow.ts publishes what it reads). Returns the
+     * entry, or the one already here (driving or following it).
+     */
+    follow(runId: string, lastSeq: number, stop: () => void): RunEntry {
+      const prior = entries.get(runId);
+      if (prior) return prior;
+      // A followed run's row is not known here (nothing reads it: `get` never returns this entry).
+      const row = { id: runId, kind: 'session', sessionId: null, jobId: null, state: 'executing', lastSeq } as RunRow;
+      const entry = create(row, watchers.get(runId) ?? new Set());
+      let stopped = false;
+      entry.follower = {
+        stop() {
+          if (stopped) return;
+          stopped = true;
+          stop();
+        },
+      };
+      watchers.delete(runId);
+      entries.set(runId, entry);
+      return entry;
+    },
+
+    /** The run as this process drives it (never a followed one). */
     get(runId: string): RunEntry | undefined {
+      const e = entries.get(runId);
+      return e && !e.follower ? e : undefined;
+    },
+
+    /** The entry a reader attaches to: the run driven here, or followed here. */
+    source(runId: string): RunEntry | undefined {
       return entries.get(runId);
+    },
+
+    /** An entry here will still hand its readers events: it has not ended, or has published ones not yet delivered. */
+    delivering(runId: string): boolean {
+      const e = entries.get(runId);
+      return e !== undefined && (!e.ended || e.outbox.length > 0);
     },
 
     /** Append the next event (seq = lastSeq + 1) and hand it to every subscriber. */
@@ -109,8 +204,15 @@ export function createRegistry(opts: RegistryOptions = {}) {
         entry.outputTokens += 1;
       }
       entry.buffer.push(event);
+      const size = eventBytes(event);
+      entry.bytes += size;
+      bytes += size;
+      if (entry.follower) entry.persistedSeq = Math.max(entry.persistedSeq, event.seq);
       trim(entry);
-      for (const sub of entry.subscribers) sub(event);
+      // The subscribers get it in the next turn of the event loop, with whatever else is published before then:
+      // the publisher (the provider's loop) is never held up by a thousand socket writes, and what a burst
+      // publishes in one turn reaches each reader together.
+      if (entry.subscribers.size > 0 && entry.outbox.push(event) === 1) setImmediate(deliver, entry);
       return event;
     },
 
@@ -133,14 +235,17 @@ export function createRegistry(opts: RegistryOptions = {}) {
       return { events: entry.buffer.filter((e) => e.seq > after), complete: first <= after + 1 };
     },
 
-    /** Attach to a live entry; returns the detach function. */
+    /** Attach to a live (or followed) entry; returns the detach function. */
     attach(runId: string, sub: Subscriber): () => void {
       const entry = entries.get(runId);
       if (!entry) throw new Error(`run ${runId} is not registered`);
       entry.subscribers.add(sub);
       return () => {
+        // The run may since have been adopted by an entry of this process (`open`): detach from whichever holds it.
+        const now = entries.get(runId) ?? entry;
+        now.subscribers.delete(sub);
         entry.subscribers.delete(sub);
-        drop(entry);
+        drop(now);
       };
     },
 
@@ -165,29 +270,44 @@ export function createRegistry(opts: RegistryOptions = {}) {
       };
     },
 
-    /** The run has published its final event: forget it as soon as nobody watches. */
+    /** The run has published its final event (or this process gave it up): forget it as soon as nobody watches. */
     end(runId: string) {
       const entry = entries.get(runId);
       if (!entry) return;
       entry.ended = true;
+      if (entry.follower) entry.follower.stop();
       drop(entry);
+    },
+
+    /** Bytes of log held by the entries here (the memory tier counts them against RUN_MEMORY_MAX_BYTES). */
+    get bytes() {
+      return bytes;
     },
 
     stats() {
       let subscribers = 0;
-      for (const e of entries.values()) subscribers += e.subscribers.size;
+      let followed = 0;
+      for (const e of entries.values()) {
+        subscribers += e.subscribers.size;
+        if (e.follower) followed++;
+      }
       let watching = 0;
       for (const w of watchers.values()) watching += w.size;
-      return { entries: entries.size, subscribers, watchers: watching };
+      return { entries: entries.size, subscribers, watchers: watching, followed, bytes };
     },
   };
 
   function trim(entry: Internal) {
-    // Drop the oldest events beyond the bound, but never one Postgres does not have yet.
-    const excess = entry.buffer.length - bufferSize;
-    if (excess <= 0) return;
+    // Past the run's share of memory, drop the oldest events — never one Postgres does not have yet, and never
+    // below the `bufferSize` newest.
+    if (entry.bytes <= runMaxBytes) return;
+    const buf = entry.buffer;
     let n = 0;
-    while (n < excess && entry.buffer[n]!.seq <= entry.persistedSeq) n++;
-    if (n > 0) entry.buffer.splice(0, n);
+    let freed = 0;
+    while (entry.bytes - freed > runMaxBytes && buf.length - n > bufferSize && buf[n]!.seq <= entry.persistedSeq) freed += eventBytes(buf[n++]!);
+    if (n === 0) return;
+    buf.splice(0, n);
+    entry.bytes -= freed;
+    bytes -= freed;
   }
 }

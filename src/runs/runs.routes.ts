@@ -47,7 +47,11 @@ function decodeCursor(cursor: string, sessionId: string): { ts: string; id: stri
 export function runRoutes(ctx: AppContext): Router {
   const r = Router();
 
-  const auth = async (req: Request, allowQuery = false) => sessionPrincipal(await ctx.sessions.authenticate(bearerToken(req, allowQuery)));
+  // The request's budget count (and a stream's slot) ride on the authenticating statement.
+  const auth = async (req: Request, allowQuery = false) => {
+    const session = await ctx.sessions.authenticate(bearerToken(req, allowQuery), undefined, req);
+    return { ...sessionPrincipal(session), sessionId: session.id };
+  };
 
   async function ownRun(principal: Principal, runId: string | undefined): Promise<FoundRun> {
     const found = isUuid(runId) ? await findRun(ctx, runId) : undefined;
@@ -63,13 +67,14 @@ export function runRoutes(ctx: AppContext): Router {
   r.get('/runs', async (req, res) => {
     const principal = await auth(req);
     const q = parse(runsListQuery, req.query, 'query');
-    const before = q.cursor ? decodeCursor(q.cursor, principal.sessionId) : undefined;
-    const rows = await ctx.store.listForSession(principal.sessionId, { state: q.state, limit: q.limit + 1, before });
+    const sessionId = principal.sessionId;
+    const before = q.cursor ? decodeCursor(q.cursor, sessionId) : undefined;
+    const rows = await ctx.store.listForSession(sessionId, { state: q.state, limit: q.limit + 1, before });
     const page = rows.slice(0, q.limit);
     const last = page.at(-1);
     res.json({
       data: page.map(({ run }) => view({ row: run, live: ctx.registry.get(run.id) })),
-      nextCursor: rows.length > q.limit && last ? encodeCursor(principal.sessionId, last.cursorTs, last.run.id) : null,
+      nextCursor: rows.length > q.limit && last ? encodeCursor(sessionId, last.cursorTs, last.run.id) : null,
     });
   });
 

@@ -2,8 +2,10 @@ import type { Request, Response } from 'express';
 import type { Config } from '../config.js';
 import { AppError, badRequest } from '../http/errors.js';
 import type { StreamLimiter } from '../http/stream-limit.js';
-import { openSse, readCursor, type SseStream } from '../http/sse.js';
+import { readCursor, type SseHub, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
+import type { Followers } from './follow.js';
+import { nativeFrame } from './frames.js';
 import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
 import { findRun, type FoundRun } from './lookup.js';
 import type { RecentRuns } from './recent.js';
@@ -17,6 +19,10 @@ export interface StreamDeps {
   news: RunNews;
   /** Open streams per client IP (SSE_MAX_STREAMS_PER_IP). */
   streams: StreamLimiter;
+  /** Every open SSE stream, pinged by one timer. */
+  sse: SseHub;
+  /** Runs driven by another process, each read from Postgres once here for all its readers. */
+  followers: Followers;
 }
 
 /** The resume cursor of a stream request, or 400 for a malformed one. */
@@ -33,14 +39,16 @@ export function openStream(deps: StreamDeps, req: Request, res: Response): SseSt
     const limit = deps.config.SSE_MAX_STREAMS_PER_IP;
     throw new AppError(429, 'too_many_streams', `at most ${limit} streams may be open at once from one client; close one first`, { limit });
   }
-  res.once('close', release);
-  // The client may have gone while the route was still authorising: 'close' has then fired already.
-  if (res.destroyed || req.socket.destroyed) release();
-  return openSse(req, res, { retryMs: deps.config.SSE_RETRY_MS, pingMs: deps.config.SSE_PING_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS });
+  // Given back when the stream closes (at once, if the client went while the route was still authorising).
+  return deps.sse.open(req, res, { retryMs: deps.config.SSE_RETRY_MS, writeTimeoutMs: deps.config.SSE_WRITE_TIMEOUT_MS, onClose: release });
 }
 
-/** A run's feed (every event after `after`, then live ones, ending with the final one) as configured here. */
-export function feedFor(deps: StreamDeps, runId: string, after: number, signal: AbortSignal) {
+/**
+ * A run's feed (every event after `after`, then live ones, ending with the final one) as configured here. A run
+ * no entry here drives is followed (one reader of Postgres for every reader here) unless `follow` is false; with
+ * `direct`, a caught-up reader's events are written from `publish` itself (see feed.ts).
+ */
+export function feedFor(deps: StreamDeps, runId: string, after: number, signal: AbortSignal, opts: { direct?: (e: RunEvent) => boolean; follow?: boolean } = {}) {
   return runFeed({
     registry: deps.registry,
     store: deps.store,
@@ -50,6 +58,8 @@ export function feedFor(deps: StreamDeps, runId: string, after: number, signal: 
     maxQueue: deps.config.SSE_MAX_QUEUE,
     pollMs: deps.config.SSE_POLL_MS,
     onNews: (wake) => deps.news.on(runId, wake),
+    follow: opts.follow === false ? undefined : (from) => deps.followers.follow(runId, from),
+    direct: opts.direct,
   });
 }
 
@@ -68,8 +78,9 @@ export async function finalOf(deps: StreamDeps & { recent: RecentRuns }, runId: 
       return last ?? null;
     }
     // A cursor past any token: the feed skips the tokens and still delivers the final event, whatever its seq.
-    // (Should the feed end without it — a reader cut loose — we look again rather than give up.)
-    for await (const item of feedFor(deps, runId, FINAL_ONLY, signal)) {
+    // (Should the feed end without it — a reader cut loose — we look again rather than give up.) It reads Postgres
+    // itself rather than following: a follower is for readers of the tokens.
+    for await (const item of feedFor(deps, runId, FINAL_ONLY, signal, { follow: false })) {
       if (item.kind === 'event' && isTerminalEvent(item.event)) return item.event;
     }
   }
@@ -82,15 +93,20 @@ const FINAL_ONLY = 2 ** 31 - 1;
  * A reader too slow to keep up gets `event: resync` with the last id it was sent and is cut loose; it can
  * reconnect from there. Leaving early only detaches this reader: the run goes on.
  */
-export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, after: number): Promise<void> {
-  const feed = feedFor(deps, runId, after, sse.signal);
+export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, after: number, follow = true): Promise<void> {
+  // Caught up and the socket has room: the event's shared frame goes out from `publish` itself.
+  const direct = (e: RunEvent) => {
+    if (!sse.ready) return false;
+    sse.write(nativeFrame(e));
+    return true;
+  };
+  const feed = feedFor(deps, runId, after, sse.signal, { direct, follow });
   for await (const item of feed) {
     if (item.kind === 'resync') {
       await sse.send({ event: 'resync', data: { lastEventId: item.lastEventId, message: 'the reader fell behind; reconnect with Last-Event-ID to resume' } });
       break;
     }
-    const { seq, type, data } = item.event;
-    if (!(await sse.send({ id: seq, event: type, data }))) break;
+    if (!(await sse.send(nativeFrame(item.event)))) break;
   }
   sse.end();
 }
@@ -114,9 +130,23 @@ export async function streamRun(deps: StreamDeps, req: Request, res: Response, f
     // end (tokens another process never persisted) still gets the final event.
     const tail = found.events.filter((e) => e.seq > after);
     for (const e of tail.length > 0 ? tail : found.events.slice(-1)) {
-      if (!(await sse.send({ id: e.seq, event: e.type, data: e.data }))) break;
+      if (!(await sse.send(nativeFrame(e)))) break;
     }
     return sse.end();
   }
-  await pipeRun(deps, sse, run.id, after);
+  // A run that has ended is read from Postgres by this reader alone; a live one is followed if another process drives it.
+  pipeDetached(req, deps, sse, run.id, after, Boolean(found.live) || isLive(run.state));
+}
+
+/**
+ * `pipeRun` without the route awaiting it: the handler returns, and the stream goes on by itself, driven by the run's
+ * events. An awaited stream kept the whole chain of the request alive for as long as it lasted (Express's router
+ * closures, every async frame down to the feed); a stream that waits for hours holds only what it needs. Its
+ * failures are its own: logged, and the response ended (its headers are long sent).
+ */
+export function pipeDetached(req: Request, deps: StreamDeps, sse: SseStream, runId: string, after: number, follow = true): void {
+  pipeRun(deps, sse, runId, after, follow).catch((err: unknown) => {
+    req.log.error({ err, runId }, 'a stream failed');
+    sse.end();
+  });
 }

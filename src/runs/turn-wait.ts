@@ -13,11 +13,13 @@ import type { RunStore } from './store.js';
  */
 export function createTurnWait(deps: { store: RunStore; log: Logger; release: (runIds: string[]) => void }) {
   const parked = new Map<string, Set<string>>();
+  let count = 0;
 
   function finished(predecessor: string) {
     const set = parked.get(predecessor);
     if (!set) return;
     parked.delete(predecessor);
+    count -= set.size;
     deps.release([...set]);
   }
 
@@ -28,6 +30,7 @@ export function createTurnWait(deps: { store: RunStore; log: Logger; release: (r
     park(runId: string, predecessor: string) {
       let set = parked.get(predecessor);
       if (!set) parked.set(predecessor, (set = new Set()));
+      if (!set.has(runId)) count++;
       set.add(runId);
       deps.store.liveAmong([predecessor]).then(
         (live) => {
@@ -41,6 +44,7 @@ export function createTurnWait(deps: { store: RunStore; log: Logger; release: (r
     unpark(runId: string): boolean {
       for (const [pred, set] of parked) {
         if (set.delete(runId)) {
+          count--;
           if (set.size === 0) parked.delete(pred);
           return true;
         }
@@ -54,6 +58,11 @@ export function createTurnWait(deps: { store: RunStore; log: Logger; release: (r
       if (preds.length === 0) return;
       const live = await deps.store.liveAmong(preds);
       for (const p of preds) if (!live.has(p)) finished(p);
+    },
+
+    /** How many runs are parked. */
+    get size() {
+      return count;
     },
 
     /** Every parked run. */

@@ -1,15 +1,21 @@
 import { randomUUID } from 'node:crypto';
 import { and, desc, eq, inArray, sql } from 'drizzle-orm';
+import type { Request, Response } from 'express';
+import type pg from 'pg';
 import type { Config } from '../config.js';
+import { run, variants } from '../db/statements.js';
+import type { Limits } from '../http/limits.js';
+import { countSql, countValues } from '../limits/session-budget.js';
+import { liveSlotsSql, slotSql } from '../limits/stream-slots.js';
 import type { Db, DbOrTx, Tx } from '../db/pool.js';
 import { invoices, sessions } from '../db/schema.js';
 import { AppError, conflict, notFound, unauthorized } from '../http/errors.js';
-import { hashToken, newToken, tokenMatches } from '../http/auth.js';
+import { hashToken, newToken, tokenHashOf, tokenMatches } from '../http/auth.js';
 import { isUuid } from '../http/validate.js';
-import { creditSession, refundRun } from '../ledger/ledger.js';
+import { creditSession, SESSION_REFUND_SQL } from '../ledger/ledger.js';
 import type { InvoiceRow, Settlement } from '../ledger/settlement.js';
 import type { Models } from '../models/providers.js';
-import { sessionPrincipal } from '../http/principal.js';
+import type { Principal } from '../http/principal.js';
 import type { Accept } from '../runs/accept.js';
 import type { IdempotencyClaim } from '../runs/idempotency.js';
 import type { Settler } from '../runs/finish.js';
@@ -19,15 +25,51 @@ export type SessionRow = typeof sessions.$inferSelect;
 export interface SessionsDeps {
   config: Config;
   db: Db;
+  pool: pg.Pool;
+  /** The request's budget count and stream slot are taken into the authenticating statement (http/limits.ts). */
+  limits?: Limits;
   settlement: Settlement;
   accept: Accept;
   models: Models;
 }
 
 /** A session's money after its run finished: the unused part of the debit goes back to the balance. */
-export const settleSessionRun: Settler = async (tx, run) => {
-  if (run.sessionId) await refundRun(tx, { sessionId: run.sessionId, runId: run.id, amountSats: run.refundedSats });
-};
+export const settleSessionRun: Settler = { sql: SESSION_REFUND_SQL };
+
+const SESSION_COLUMNS = 'id, token_hash, state, balance_sats, created_at, last_used_at, expires_at';
+
+/**
+ * The statement that authenticates a request: the session of a token hash (`$1`), and in the same statement the
+ * request's count against its session's budget (`c`) and its stream slot (`s`), when it has them pending. One
+ * round trip for what used to be up to six (the count, the slot's transaction of four, the session).
+ */
+const AUTH = variants((k: '' | 'c' | 's' | 'cs') => {
+  let p = 2;
+  const ctes: string[] = [];
+  const cols: string[] = [];
+  if (k.includes('c')) {
+    ctes.push(`rl as (${countSql(p)})`);
+    cols.push('(select points from rl) as rl_points', '(select expire from rl) as rl_expire');
+    p += 3;
+  }
+  if (k.includes('s')) {
+    ctes.push(`slot as (${slotSql(p)})`);
+    cols.push('(select id from slot) as slot_id', `${liveSlotsSql(p)} as slots_live`);
+  }
+  if (ctes.length === 0) return `select ${SESSION_COLUMNS} from sessions where token_hash = $1`;
+  return `with ${ctes.join(', ')}
+    select s.*, ${cols.join(', ')} from (select 1) as one left join (select ${SESSION_COLUMNS} from sessions where token_hash = $1) s on true`;
+});
+
+export const sessionOf = (r: Record<string, any>): SessionRow => ({
+  id: r.id,
+  tokenHash: r.token_hash,
+  state: r.state,
+  balanceSats: r.balance_sats,
+  createdAt: r.created_at,
+  lastUsedAt: r.last_used_at,
+  expiresAt: r.expires_at,
+});
 
 const expired = (s: SessionRow) => (s.state === 'active' || s.state === 'awaiting_payment') && s.expiresAt.getTime() <= Date.now();
 
@@ -67,11 +109,31 @@ export function createSessionsService(deps: SessionsDeps) {
   /**
    * The session a bearer token opens, if it is `sessionId`. No token, or one that opens nothing: 401.
    * A good token for another session, or an unknown id: 404 — the same answer, so ids cannot be probed.
+   * With `req`, the request's pending budget count and stream slot are taken into the same statement: a spent
+   * budget is a 429 first, then a full set of stream slots, then the token's answer.
    */
-  async function authenticate(token: string | undefined, sessionId?: string): Promise<SessionRow> {
+  async function authenticate(token: string | undefined, sessionId?: string, req?: Request): Promise<SessionRow> {
     if (!token) throw unauthorized();
-    const [row] = await db.select().from(sessions).where(eq(sessions.tokenHash, hashToken(token)));
-    if (!row || !tokenMatches(token, row.tokenHash)) throw unauthorized('the bearer token is not valid');
+    const count = deps.limits?.takeCount(req);
+    const slot = deps.limits?.takeSlot(req);
+    const tokenHash = tokenHashOf(req, token);
+    const values: unknown[] = [tokenHash];
+    if (count) values.push(...countValues(count));
+    const slotId = randomUUID();
+    if (slot) values.push(...deps.limits!.slotValues(slot, slotId));
+    const res = await run(deps.pool, AUTH(`${count ? 'c' : ''}${slot ? 's' : ''}` as '' | 'c' | 's' | 'cs'), values);
+    const r = res.rows[0] ?? {};
+    if (count && req?.res) {
+      try {
+        deps.limits!.settleCount(req.res, count, { points: r.rl_points, expire: Number(r.rl_expire) });
+      } catch (err) {
+        deps.limits!.dropSlot(r.slot_id ?? null);
+        throw err;
+      }
+    }
+    if (slot && req?.res) await deps.limits!.settleSlot(req, req.res, slot, r.slot_id ?? null, r.slots_live);
+    const row = r.id ? sessionOf(r) : undefined;
+    if (!row || !tokenMatches(token, row.tokenHash, tokenHash)) throw unauthorized('the bearer token is not valid');
     if (sessionId !== undefined && (!isUuid(sessionId) || row.id !== sessionId)) throw notFound('session');
     return expired(row) ? await markExpired(row) : row;
   }
@@ -103,8 +165,8 @@ export function createSessionsService(deps: SessionsDeps) {
     },
 
     /** The session, after asking the provider about its unpaid invoices (a missed settlement only delays). */
-    async get(token: string | undefined, sessionId: string): Promise<SessionRow> {
-      let session = await authenticate(token, sessionId);
+    async get(token: string | undefined, sessionId: string, req?: Request): Promise<SessionRow> {
+      let session = await authenticate(token, sessionId, req);
       const pending = await db
         .select({ hash: invoices.paymentHash })
         .from(invoices)
@@ -131,31 +193,66 @@ export function createSessionsService(deps: SessionsDeps) {
     },
 
     /**
-     * Take a request: debit and accept it through the engine's one accepting transaction. Returns at once: the
-     * work happens in the background. With an idempotency key, a repeat returns the first answer, never a second debit.
+     * The principal of a request whose session is authenticated by the statement that accepts its work (one round
+     * trip): the token's hash, the request's pending budget count, and `authenticate`, the door's own answer for
+     * when the engine refuses (it resolves with the session when there is nothing to refuse). A count the accept
+     * never got to make goes back to the request, so that answer counts it.
      */
-    async request(session: SessionRow, input: { request: string; maxTokens?: number; model?: string; idempotency?: IdempotencyClaim | null }) {
-      if (session.state !== 'active') {
-        throw conflict('session_not_active', `the session is ${session.state}`, { state: session.state });
-      }
+    principalOf(req: Request, res: Response, token: string, sessionId: string | null, authenticateNow: () => Promise<SessionRow>): Principal {
+      const count = deps.limits?.takeCount(req);
+      let unspent = count;
+      return {
+        kind: 'session',
+        sessionId,
+        credential: {
+          tokenHash: tokenHashOf(req, token),
+          verify: async () => {
+            if (unspent) deps.limits!.restoreCount(req, unspent);
+            unspent = undefined;
+            return (await authenticateNow()).id;
+          },
+        },
+        count: count && {
+          ...count,
+          settle(counted) {
+            unspent = undefined;
+            deps.limits!.settleCount(res, count, counted);
+          },
+        },
+      };
+    },
+
+    /**
+     * Take a request: debit and accept it through the engine (one statement, or its transaction with an
+     * idempotency key). Returns at once: the work happens in the background. With an idempotency key, a repeat
+     * returns the first answer, never a second debit. A refusal of what was asked (an unknown model) comes after
+     * the session's own answer, as when the session was authenticated first.
+     */
+    async request(principal: Principal, input: { request: string; maxTokens?: number; model?: string; idempotency?: IdempotencyClaim | null }) {
+      const refuse = async (err: AppError): Promise<never> => {
+        await principal.credential?.verify();
+        throw err;
+      };
       const model = deps.models.get(input.model ?? deps.models.default.entry.name);
       if (!model) {
-        throw new AppError(400, 'model_not_found', `there is no model ${JSON.stringify(input.model)}; GET /v1/models lists them`, {
-          models: deps.models.list().map((m) => m.name),
-        });
+        return refuse(
+          new AppError(400, 'model_not_found', `there is no model ${JSON.stringify(input.model)}; GET /v1/models lists them`, {
+            models: deps.models.list().map((m) => m.name),
+          }),
+        );
       }
       const maxTokens = input.maxTokens ?? Math.min(config.DEFAULT_MAX_TOKENS, model.entry.maxOutputTokens);
       if (maxTokens > model.entry.maxOutputTokens) {
-        throw new AppError(400, 'invalid_request', `max_tokens must be at most ${model.entry.maxOutputTokens} for ${model.entry.name}`);
+        return refuse(new AppError(400, 'invalid_request', `max_tokens must be at most ${model.entry.maxOutputTokens} for ${model.entry.name}`));
       }
-      const answer = (run: { id: string; state: string; debitedSats: number }, balance: number) => ({
+      const answer = (run: { id: string; sessionId: string | null; state: string; debitedSats: number }, balance: number) => ({
         requestId: run.id,
-        sessionId: session.id,
+        sessionId: run.sessionId,
         state: run.state,
         debitedSats: run.debitedSats,
         balanceRemaining: balance,
       });
-      return deps.accept(sessionPrincipal(session), {
+      return deps.accept(principal, {
         model: model.entry,
         request: input.request,
         turn: [{ role: 'user', content: input.request }],

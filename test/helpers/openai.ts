@@ -13,7 +13,7 @@ export interface V1Server extends ServerProcess {
   /** Native API calls. */
   api(method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; body: any; headers: Headers }>;
   /**
-   * How many requests the server has logged for `method path` (pino-http's completion lines), once every
+   * How many requests the server has logged for `method path` (the request log's completion lines), once every
    * request sent before this call is in the log: a sentinel request is logged after them, so we wait for it.
    */
   requestsTo(method: string, path: string): Promise<number>;

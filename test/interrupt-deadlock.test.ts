@@ -1,16 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestServer, type TestServer } from '../helpers/context.js';
-import { expectLedgerBalanced, paidSession } from '../helpers/sessions.js';
-import { waitFor } from '../helpers/wait.js';
+import { startTestServer, type TestServer } from './helpers/context.js';
+import { expectLedgerBalanced, paidSession } from './helpers/sessions.js';
+import { waitFor } from './helpers/wait.js';
 
 /**
- * PENDING THE ENGINE WORK (src/runs/accept.ts, src/runs/finish.ts): concurrent `interrupt` turns of one
- * conversation deadlock in Postgres, and one of them is answered 500.
- *
- * The accept transaction locks the session row (debitSession) and then the interrupted runs' rows (`update runs
- * set cancel_requested = true where id in (…)`); a finish transaction of one of those runs locks its run row and
- * then the session row (refundRun). Opposite orders: Postgres kills one of them with `deadlock detected` — the
- * accept (a 500 to the client, which the openai SDK then retries) or the finish (retried by the executor).
+ * Concurrent `interrupt` turns of one conversation (the lead's finding, once pending the engine work): the accept
+ * transaction locked the session row (the debit) and then the interrupted runs' rows (their stop flag), while a
+ * finish of one of those runs locks its run row and then the session row (the refund). Opposite orders: Postgres
+ * killed one with `deadlock detected`, and an accept was answered 500. The accept now flags the runs first.
  */
 let t: TestServer;
 beforeAll(async () => {
@@ -18,7 +15,7 @@ beforeAll(async () => {
 });
 afterAll(() => t.close());
 
-describe('multitask_strategy interrupt under concurrency (pending the engine work)', () => {
+describe('multitask_strategy interrupt under concurrency', () => {
   it('several interrupting turns at once: each is accepted (or refused with a 4xx), never a 500', async () => {
     const s = await paidSession(t, 10_000);
     const statuses: number[] = [];

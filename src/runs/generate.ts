@@ -1,0 +1,75 @@
+import type { Logger } from 'pino';
+import { toStorable } from '../http/validate.js';
+import type { Models } from '../models/providers.js';
+import { AiError, type AiRequest, type AiStopReason } from '../providers/ai/types.js';
+import type { EventWriter } from './event-writer.js';
+import type { RunMetrics } from './executor.js';
+import type { Outcome, Usage } from './finish.js';
+import type { Registry, RunEntry } from './registry.js';
+import type { RunRow } from './store.js';
+
+export interface GenerateDeps {
+  models: Models;
+  registry: Registry;
+  metrics?: RunMetrics;
+}
+
+/** Postgres cannot store NUL or a lone surrogate; a provider that sends one must not wedge the run. */
+const clean = toStorable;
+
+/**
+ * Failures after which the text the client already received is charged (estimated by the model's tokenizer,
+ * never more than the debit): the provider's connection broke mid-reply. Timeouts and every other failure refund
+ * in full.
+ */
+const CHARGE_PRODUCED = new Set(['provider_disconnected']);
+
+/**
+ * A claimed run's work: its model's provider streams, each token is published to the registry (its readers) and
+ * queued for the event writer (Postgres), and the outcome is returned for the finish. Stopping is the entry's
+ * AbortController: the provider call is aborted and the outcome says why.
+ */
+export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry, writer: EventWriter, log: Logger): Promise<Outcome> {
+  const signal = entry.controller.signal;
+  const model = opts.models.get(run.model ?? opts.models.default.entry.name);
+  if (!model) {
+    // The catalogue changed between acceptance and now (a restart with another configuration).
+    return { state: 'failed', error: { code: 'model_unavailable', message: `the model ${run.model} is no longer served here; the request was refunded in full` } };
+  }
+  const messages = run.input ?? [{ role: 'user' as const, content: run.request }];
+  if (model.tokenizer.contextBound(messages) + run.maxTokens > model.entry.contextTokens) {
+    return { state: 'failed', error: { code: 'context_length_exceeded', message: `the conversation no longer fits the ${model.entry.contextTokens}-token context of ${model.entry.name}; the request was refunded in full` } };
+  }
+  const req: AiRequest = { model: model.entry.upstreamModel, messages, maxTokens: run.maxTokens };
+  // The provider's counts so far (a count it never sent is estimated by the finish, from the text).
+  let usage: Partial<Usage> | undefined;
+  let stopReason: AiStopReason = 'stop';
+  try {
+    for await (const chunk of model.provider.stream(req, signal)) {
+      if (chunk.type === 'usage') {
+        usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
+        continue;
+      }
+      if (chunk.type === 'finish') {
+        stopReason = chunk.reason;
+        continue;
+      }
+      // Never publish an id Postgres has not reserved (the seq ceiling): should this process die now, whoever
+      // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
+      // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
+      const seq = entry.lastSeq + 1;
+      if (seq > writer.ceiling) await writer.reserve(seq, signal);
+      if (signal.aborted) break;
+      writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
+      if (entry.outputTokens === 1) opts.metrics?.firstToken(entry);
+    }
+    if (signal.aborted) throw signal.reason;
+    return { state: 'complete', usage, stopReason };
+  } catch (err) {
+    if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted', usage };
+    log.warn({ err }, 'run failed');
+    const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
+    // A reply cut after text reached the client: that text is charged (issue #8), the rest refunded.
+    return { state: 'failed', error: { code: e.code, message: e.message }, chargeProduced: CHARGE_PRODUCED.has(e.code), usage };
+  }
+}
