@@ -58,14 +58,18 @@ export const ServerMessages = {
     })
     .meta({ id: 'WsEvent', description: 'An event of the run’s log: `seq` is its SSE `id`. After `done` or `error` the subscription ends by itself.' }),
   resync: z
-    .object({ type: z.literal('resync'), runId: z.string().meta({ format: 'uuid' }), lastSeq: z.int() })
-    .meta({ id: 'WsResync', description: 'The socket fell behind (WS_MAX_BUFFERED_BYTES unread, or SSE_MAX_QUEUE events): the subscription is dropped. Subscribe again with `after: lastSeq`.' }),
+    .object({ type: z.literal('resync'), runId: z.string().meta({ format: 'uuid' }).optional(), session: z.literal(true).optional(), lastSeq: z.int() })
+    .meta({
+      id: 'WsResync',
+      description:
+        'The socket fell behind (WS_MAX_BUFFERED_BYTES unread, or SSE_MAX_QUEUE events of one run): that subscription is dropped. Subscribe again with `after: lastSeq`. With `session: true`, the session notices were dropped (re-subscribe, and list the runs to catch up).',
+    }),
   unsubscribed: z
     .object({ type: z.literal('unsubscribed'), runId: z.string().meta({ format: 'uuid' }).optional(), session: z.literal(true).optional() })
     .meta({ id: 'WsUnsubscribed', description: 'The answer to `unsubscribe`.' }),
   stopping: z
-    .object({ type: z.literal('stopping'), runId: z.string().meta({ format: 'uuid' }), state: state })
-    .meta({ id: 'WsStopping', description: 'The answer to `stop`: `cancelling` is not a state, so `state` is the run’s state now (its final event tells how it ended).' }),
+    .object({ type: z.literal('stopping'), runId: z.string().meta({ format: 'uuid' }), state: z.enum([...RUN_STATES, 'cancelling']) })
+    .meta({ id: 'WsStopping', description: 'The answer to `stop`: `cancelling` (it will end `cancelled`: its final event says so), or the state of a run that had already ended.' }),
   run: z
     .object({ type: z.literal('run'), runId: z.string().meta({ format: 'uuid' }), state })
     .meta({ id: 'WsRunNotice', description: 'A session notice: a run of the session was created, started, or ended in `state`.' }),
