@@ -1,28 +1,381 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestServer, type TestServer } from './helpers/context.js';
-import { expectNoLeaks, paidSession, postRequest, type PaidSession } from './helpers/sessions.js';
-import { idsOf, readSse } from './helpers/sse.js';
+import { createSafeLogger } from '../src/log-safety.js';
+import { useTestServers, type TestServer } from './helpers/context.js';
+import { bigTokens } from './helpers/providers.js';
+import { expectNoLeaks, paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
+import { readSse } from './helpers/sse.js';
+import { waitFor } from './helpers/wait.js';
 import { authed, range, seqs, WsClient } from './helpers/ws.js';
 
+/**
+ * `GET /api/ws` over a real socket with the `ws` client, against the real server and Postgres: the protocol,
+ * authentication, resume, caps, backpressure, liveness, another process's runs, shutdown.
+ */
+const { server, track } = useTestServers();
 let t: TestServer;
 let s: PaidSession;
 beforeAll(async () => {
-  t = await startTestServer();
+  t = await server({ WS_AUTH_TIMEOUT_MS: 300 });
   s = await paidSession(t, 5000);
 });
-afterAll(() => t.close());
 
-describe('smoke', () => {
-  it('subscribes to a run', async () => {
-    const c = await authed(t.url, s.token);
-    const r = await postRequest(t, s, 'hello [stub:tokens=10] [stub:delay=5]');
-    c.send({ type: 'subscribe', runId: r.requestId });
-    const fin = await c.final(r.requestId);
-    expect(fin.event).toBe('done');
-    expect(seqs(c.events(r.requestId))).toEqual(range(1, 11));
-    const sse = await readSse(`${t.url}/api/runs/${r.requestId}/stream`, { headers: s.auth });
-    expect(idsOf(sse.events)).toEqual(range(1, 11));
+const isError = (runId?: string) => (m: Record<string, any>) => m.type === 'error' && (runId === undefined || m.runId === runId);
+const noLeaks = async (x: TestServer) => {
+  await expectNoLeaks(x);
+  await waitFor(() => x.ctx.sockets.size === 0, { what: 'no open socket' });
+};
+
+describe('the protocol', () => {
+  it('carries several runs on one socket, joined at different points, each exactly once and in order, as their SSE streams', async () => {
+    const c = await WsClient.open(t.url, { token: s.token });
+    expect(await c.wait((m) => m.type === 'authenticated')).toEqual({ type: 'authenticated', sessionId: s.id, maxSubscriptions: 64 });
+    const [a, b, d] = await Promise.all([
+      postRequest(t, s, 'one [stub:tokens=30] [stub:delay=8]'),
+      postRequest(t, s, 'two [stub:tokens=20] [stub:delay=10]'),
+      postRequest(t, s, 'three [stub:tokens=5] [stub:delay=1]'),
+    ]);
+    // a from its first event, live; b once it is under way, resuming after its 4th event; d after it has ended.
+    c.send({ type: 'subscribe', runId: a.requestId });
+    await waitFor(async () => (await t.http.get(`/api/runs/${b.requestId}`).set(s.auth)).body.usage.outputTokens >= 8, { what: 'b under way' });
+    c.send({ type: 'subscribe', runId: b.requestId, after: 4 });
+    await waitFinal(t, s, d.requestId);
+    c.send({ type: 'subscribe', runId: d.requestId, after: 2 });
+    const subscribed = await c.wait((m) => m.type === 'subscribed' && m.runId === d.requestId);
+    expect(subscribed.state).toBe('complete');
+    for (const r of [a, b, d]) await c.final(r.requestId);
+    expect(seqs(c.events(a.requestId))).toEqual(range(1, 31));
+    expect(seqs(c.events(b.requestId))).toEqual(range(5, 21));
+    expect(seqs(c.events(d.requestId))).toEqual(range(3, 6));
+    // Exactly the SSE stream's events: the same ids, names and data.
+    for (const [r, after] of [[a, 0], [b, 4], [d, 2]] as const) {
+      const sse = await readSse(`${t.url}/api/runs/${r.requestId}/stream?starting_after=${after}`, { headers: s.auth });
+      const fromSse = sse.events.filter((e) => e.id !== undefined).map((e) => ({ seq: Number(e.id), event: e.event, data: e.data }));
+      expect(c.events(r.requestId).map(({ seq, event, data }) => ({ seq, event, data }))).toEqual(fromSse);
+    }
+    // The subscriptions ended with their final events; the socket is still open and usable.
+    expect((await c.ask({ type: 'subscribe', runId: a.requestId, after: 30 }, (m) => m.runId === a.requestId && m.type === 'event')).event).toBe('done');
     await c.close();
-    await expectNoLeaks(t);
+    await noLeaks(t);
+  });
+
+  it('answers a cursor already at the final event with subscribed, then unsubscribed (nothing to send)', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'short [stub:tokens=3] [stub:delay=0]');
+    await waitFinal(t, s, r.requestId);
+    c.send({ type: 'subscribe', runId: r.requestId, after: 4 });
+    await c.wait((m) => m.type === 'unsubscribed' && m.runId === r.requestId);
+    expect(c.events(r.requestId)).toEqual([]);
+    await c.close();
+  });
+
+  it('unsubscribing detaches only: the run goes on, and a later subscription resumes where the first stopped', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'long [stub:tokens=60] [stub:delay=10]');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    await c.wait((m) => m.type === 'event' && m.runId === r.requestId && m.seq === 5);
+    await c.ask({ type: 'unsubscribe', runId: r.requestId }, (m) => m.type === 'unsubscribed');
+    const got = seqs(c.events(r.requestId));
+    expect(got).toEqual(range(1, got.length));
+    c.send({ type: 'subscribe', runId: r.requestId, after: got.at(-1) });
+    const fin = await c.final(r.requestId);
+    expect(fin.data.state).toBe('complete');
+    expect(seqs(c.events(r.requestId))).toEqual(range(1, 61));
+    await c.close();
+    await noLeaks(t);
+  });
+
+  it('stops a run over the socket', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'stop me [stub:tokens=500] [stub:delay=10]');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    await c.wait((m) => m.type === 'event' && m.runId === r.requestId && m.seq === 3);
+    expect(await c.ask({ type: 'stop', runId: r.requestId }, (m) => m.type === 'stopping')).toEqual({ type: 'stopping', runId: r.requestId, state: 'cancelling' });
+    const fin = await c.final(r.requestId);
+    expect(fin).toMatchObject({ event: 'done', data: { state: 'cancelled' } });
+    expect(fin.data.refundedSats).toBeGreaterThan(0);
+    // Stopping an ended run is harmless: its state.
+    expect((await c.ask({ type: 'stop', runId: r.requestId }, (m) => m.type === 'stopping')).state).toBe('cancelled');
+    await c.close();
+    await noLeaks(t);
+  });
+
+  it('answers another session’s run exactly as a missing one: not_found, for subscribe and stop alike', async () => {
+    const other = await paidSession(t, 1000);
+    const theirs = await postRequest(t, other, 'theirs [stub:tokens=50] [stub:delay=10]');
+    const c = await authed(t.url, s.token);
+    const missing = '00000000-0000-4000-8000-000000000000';
+    const answers = [];
+    for (const runId of [theirs.requestId, missing]) {
+      for (const type of ['subscribe', 'stop']) {
+        const e = await c.ask({ type, runId }, isError(runId));
+        answers.push({ ...e, runId: 'x' });
+      }
+    }
+    expect(new Set(answers.map((a) => JSON.stringify(a))).size).toBe(1);
+    expect(answers[0]).toEqual({ type: 'error', code: 'not_found', message: 'run not found', runId: 'x' });
+    expect((await waitFinal(t, other, theirs.requestId)).state).toBe('complete');
+    await c.close();
+  });
+
+  it('delivers session notices: a run created, and its end, from the bus', async () => {
+    const c = await authed(t.url, s.token);
+    expect(await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed')).toEqual({ type: 'subscribed', session: true });
+    const r = await postRequest(t, s, 'noticed [stub:tokens=3] [stub:delay=1]');
+    await c.wait((m) => m.type === 'run' && m.runId === r.requestId && m.state === 'complete');
+    expect(c.messages.filter((m) => m.type === 'run' && m.runId === r.requestId).map((m) => m.state)).toEqual(['executing', 'complete']);
+    // Another session's runs say nothing here.
+    const other = await paidSession(t, 1000);
+    const theirs = await postRequest(t, other, 'quiet [stub:tokens=1]');
+    await waitFinal(t, other, theirs.requestId);
+    const mine = await postRequest(t, s, 'mine [stub:tokens=1]');
+    await c.wait((m) => m.type === 'run' && m.runId === mine.requestId && m.state === 'complete');
+    expect(c.messages.some((m) => m.runId === theirs.requestId)).toBe(false);
+    await c.ask({ type: 'unsubscribe', session: true }, (m) => m.type === 'unsubscribed' && m.session === true);
+    await c.close();
+  });
+
+  it('answers bad messages with the HTTP API’s codes and keeps the socket open', async () => {
+    const c = await authed(t.url, s.token);
+    const cases: Array<[unknown, string, RegExp]> = [
+      ['not json', 'invalid_json', /not valid JSON/],
+      ['[1,2]', 'invalid_json', /JSON object/],
+      ['null', 'invalid_json', /JSON object/],
+      [{ type: 'dance' }, 'invalid_request', /type must be one of auth, subscribe, unsubscribe, stop/],
+      [{ nothing: 1 }, 'invalid_request', /type must be one of/],
+      [{ type: 'subscribe' }, 'invalid_request', /invalid subscribe message/],
+      [{ type: 'subscribe', runId: 'abc' }, 'invalid_request', /runId must be a run id/],
+      [{ type: 'subscribe', runId: '00000000-0000-4000-8000-000000000000', after: -1 }, 'invalid_request', /after must be at least 0/],
+      [{ type: 'subscribe', runId: '00000000-0000-4000-8000-000000000000', after: 1.5 }, 'invalid_request', /whole number/],
+      [{ type: 'stop' }, 'invalid_request', /invalid stop message/],
+      [{ type: 'auth', token: 'sk_again' }, 'invalid_request', /already authenticated/],
+    ];
+    for (const [m, code, message] of cases) {
+      const e = await c.ask(m, isError());
+      expect(e.code, JSON.stringify(m)).toBe(code);
+      expect(e.message).toMatch(message);
+    }
+    const bin = c.messages.length;
+    c.ws.send(Buffer.from('{"type":"stop"}'), { binary: true });
+    expect((await c.wait(isError(), { from: bin })).message).toMatch(/text frames/);
+    // Still open and working.
+    const r = await postRequest(t, s, 'after the noise [stub:tokens=2]');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    await c.final(r.requestId);
+    // A message over WS_MAX_MESSAGE_BYTES closes the socket with 1009.
+    c.send({ type: 'auth', token: 'x'.repeat(20_000) });
+    expect((await c.closed).code).toBe(1009);
+    await noLeaks(t);
   });
 });
+
+describe('authentication', () => {
+  it('takes the token as ?access_token=, as a Bearer header, or as the first message', async () => {
+    for (const c of [await WsClient.open(t.url, { token: s.token }), await WsClient.open(t.url, { header: s.token })]) {
+      expect((await c.wait((m) => m.type === 'authenticated')).sessionId).toBe(s.id);
+      await c.close();
+    }
+    const c = await WsClient.open(t.url);
+    expect(c.messages).toEqual([]);
+    expect((await c.ask({ type: 'subscribe', session: true }, isError())).code).toBe('unauthorized');
+    expect((await c.ask({ type: 'auth', token: s.token }, (m) => m.type === 'authenticated')).sessionId).toBe(s.id);
+    await c.close();
+  });
+
+  it('refuses a bad token on the upgrade over HTTP, with the error envelope, and a bad first message with 4401', async () => {
+    const err = await WsClient.open(t.url, { token: 'sk_nope' }).catch((e) => e);
+    expect(err.status).toBe(401);
+    expect(err.body).toEqual({ error: { code: 'unauthorized', message: 'the bearer token is not valid' } });
+    const c = await WsClient.open(t.url);
+    expect((await c.ask({ type: 'auth', token: 'sk_nope' }, isError())).code).toBe('unauthorized');
+    expect(await c.closed).toEqual({ code: 4401, reason: 'unauthorized' });
+    await noLeaks(t);
+  });
+
+  it('closes a socket that does not authenticate in time (WS_AUTH_TIMEOUT_MS)', async () => {
+    const c = await WsClient.open(t.url);
+    const closed = await c.closed;
+    expect(closed).toEqual({ code: 1008, reason: 'authentication timeout' });
+    expect(c.messages).toEqual([expect.objectContaining({ type: 'error', code: 'unauthorized' })]);
+    await noLeaks(t);
+  });
+
+  it('answers a plain GET with 426 and Upgrade, and a page of an origin CORS_ORIGINS does not list with 403', async () => {
+    const res = await t.http.get('/api/ws').set(s.auth).expect(426);
+    expect(res.headers.upgrade).toBe('websocket');
+    expect(res.body.error.code).toBe('upgrade_required');
+    const err = await WsClient.open(t.url, { token: s.token, headers: { origin: 'https://evil.example' } }).catch((e) => e);
+    expect(err.status).toBe(403);
+    expect(err.body.error.code).toBe('origin_not_allowed');
+    const own = await WsClient.open(t.url, { token: s.token, headers: { origin: t.url } });
+    await own.wait((m) => m.type === 'authenticated');
+    await own.close();
+  });
+
+  it('never logs the token of ?access_token=, and logs the socket as one request with status 101', async () => {
+    const lines: string[] = [];
+    const x = await server({}, { log: createSafeLogger({ level: 'info', destination: { write: (l: string) => void lines.push(l) } }) });
+    const xs = await paidSession(x, 1000);
+    const c = await WsClient.open(x.url, { token: xs.token });
+    await c.wait((m) => m.type === 'authenticated');
+    await c.close();
+    const line = await waitFor(() => lines.map((l) => JSON.parse(l)).find((l) => l.req?.url?.startsWith('/api/ws')), { what: 'the log line of the socket' });
+    expect(line).toMatchObject({ msg: 'request completed', res: { statusCode: 101 }, req: { url: '/api/ws?access_token=[redacted]' } });
+    expect(lines.join('')).not.toContain(xs.token);
+  });
+});
+
+describe('limits', () => {
+  it('caps subscriptions per socket (WS_MAX_SUBSCRIPTIONS) and sockets per session with the SSE streams (SESSION_MAX_STREAMS)', async () => {
+    const x = await server({ WS_MAX_SUBSCRIPTIONS: 2, SESSION_MAX_STREAMS: 2 });
+    const xs = await paidSession(x, 5000);
+    const runs = await Promise.all([1, 2, 3].map((i) => postRequest(x, xs, `cap ${i} [stub:tokens=100] [stub:delay=10]`)));
+    const c = await authed(x.url, xs.token);
+    for (const r of runs.slice(0, 2)) await c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed');
+    const e = await c.ask({ type: 'subscribe', runId: runs[2]!.requestId }, isError());
+    expect(e).toMatchObject({ code: 'too_many_streams', runId: runs[2]!.requestId, details: { limit: 2 } });
+    await c.ask({ type: 'unsubscribe', runId: runs[0]!.requestId }, (m) => m.type === 'unsubscribed');
+    await c.ask({ type: 'subscribe', runId: runs[2]!.requestId }, (m) => m.type === 'subscribed' && m.runId === runs[2]!.requestId);
+    // The session's second stream is an SSE one; a third — a socket — is refused, over HTTP or after its first message.
+    const sse = readSse(`${x.url}/api/runs/${runs[1]!.requestId}/stream`, { headers: xs.auth });
+    await waitFor(() => x.ctx.limits.streamSlotsHeld === 2, { what: 'two slots held' });
+    const refused = await WsClient.open(x.url, { token: xs.token }).catch((err) => err);
+    expect(refused.status).toBe(429);
+    expect(refused.body.error).toMatchObject({ code: 'rate_limited', details: { limit: 'streams' } });
+    const late = await WsClient.open(x.url);
+    expect((await late.ask({ type: 'auth', token: xs.token }, isError())).code).toBe('rate_limited');
+    expect((await late.closed).code).toBe(4429);
+    // Closing the socket gives its slot back.
+    await c.close();
+    const live = async () => (await x.ctx.database.pool.query<{ n: number }>('select count(*)::int as n from stream_slots where expires_at > now()')).rows[0]!.n;
+    await waitFor(async () => (await live()) === 1, { what: 'the slot given back' });
+    await (await authed(x.url, xs.token)).close();
+    await sse;
+  });
+
+  it('counts a socket as one of its client IP’s streams, with the SSE ones (SSE_MAX_STREAMS_PER_IP)', async () => {
+    const x = await server({ SSE_MAX_STREAMS_PER_IP: 2 });
+    const xs = await paidSession(x, 5000);
+    const r = await postRequest(x, xs, 'ip [stub:tokens=50] [stub:delay=10]');
+    const c = await authed(x.url, xs.token);
+    const sse = readSse(`${x.url}/api/runs/${r.requestId}/stream`, { headers: xs.auth });
+    await waitFor(() => x.ctx.sse.size === 1, { what: 'the SSE stream open' });
+    const refused = await WsClient.open(x.url, { token: xs.token }).catch((err) => err);
+    expect(refused.status).toBe(429);
+    expect(refused.body.error.code).toBe('too_many_streams');
+    await c.close();
+    await waitFor(() => x.ctx.streams.size === 1, { what: 'one stream left' });
+    await (await authed(x.url, xs.token)).close();
+    await sse;
+  });
+
+  it('counts subscribe and stop messages against the session’s budget (SESSION_RATE_LIMIT_PER_MIN)', async () => {
+    const x = await server({ SESSION_RATE_LIMIT_PER_MIN: 4 });
+    const xs = await paidSession(x, 5000);
+    const r = await postRequest(x, xs, 'budget [stub:tokens=2]'); // 1 (creating and paying the session are not the session's)
+    const c = await WsClient.open(x.url, { token: xs.token }); // 2
+    await c.wait((m) => m.type === 'authenticated');
+    await c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed'); // 3
+    await c.ask({ type: 'stop', runId: r.requestId }, (m) => m.type === 'stopping'); // 4
+    const e = await c.ask({ type: 'subscribe', session: true }, (m) => m.type !== 'event');
+    expect(e.type).toBe('subscribed'); // notices cost nothing
+    const limited = await c.ask({ type: 'stop', runId: r.requestId }, isError(r.requestId));
+    expect(limited).toMatchObject({ code: 'rate_limited', details: { limit: 'session_requests', retryAfterSeconds: expect.any(Number) } });
+    await c.close();
+  });
+});
+
+describe('backpressure and liveness', () => {
+  it('a reader that stops reading gets resync for the run that filled its socket, never a gap, and resumes by after', async () => {
+    const x = await server({ WS_MAX_BUFFERED_BYTES: 256 * 1024, MAX_TOKENS_LIMIT: 4096, SSE_PING_MS: 60_000 }, { ai: bigTokens(150, 64 * 1024) });
+    const xs = await paidSession(x, 10_000);
+    const c = await authed(x.url, xs.token);
+    await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed');
+    const r = await postRequest(x, xs, 'big');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    await c.wait((m) => m.type === 'event' && m.runId === r.requestId);
+    c.ws.pause();
+    // The run is not held up by its reader.
+    expect((await waitFinal(x, xs, r.requestId, 20_000)).state).toBe('complete');
+    c.ws.resume();
+    const resync = await c.wait((m) => m.type === 'resync' && m.runId === r.requestId, { timeoutMs: 20_000 });
+    const got = seqs(c.events(r.requestId));
+    expect(got).toEqual(range(1, got.length));
+    expect(resync.lastSeq).toBe(got.at(-1));
+    expect(got.length).toBeLessThan(151);
+    // The session notices were held up too (the run's end came while the socket was behind): dropped, and said so.
+    await c.wait((m) => m.type === 'resync' && m.session === true);
+    expect(c.messages.some((m) => m.type === 'run' && m.state === 'complete')).toBe(false);
+    // The socket is still open: resume the run after the last event it got.
+    c.send({ type: 'subscribe', runId: r.requestId, after: resync.lastSeq });
+    await c.final(r.requestId, 20_000);
+    expect(seqs(c.events(r.requestId))).toEqual(range(1, 151));
+    await c.close();
+    await noLeaks(x);
+  });
+
+  it('a peer that answers no ping is closed and leaves no subscriber, while the run goes on', async () => {
+    const x = await server({ SSE_PING_MS: 100 });
+    const xs = await paidSession(x, 5000);
+    const r = await postRequest(x, xs, 'long [stub:tokens=150] [stub:delay=10]');
+    const c = await authed(x.url, xs.token);
+    await c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed');
+    await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed' && m.session);
+    // A live peer answers pings (the client does it by itself) and stays.
+    await new Promise((resolve) => setTimeout(resolve, 350));
+    expect(x.ctx.sockets.size).toBe(1);
+    // A dead one — it reads nothing, so it never sees a ping — is closed by the sweep.
+    c.ws.pause();
+    await waitFor(() => x.ctx.sockets.size === 0, { what: 'the dead socket closed', timeoutMs: 3000 });
+    expect(x.ctx.registry.stats().subscribers).toBe(0);
+    expect(x.ctx.streams.size).toBe(0);
+    expect((await x.http.get(`/api/runs/${r.requestId}`).set(xs.auth)).body.state).toBe('executing');
+    c.ws.terminate();
+    await waitFinal(x, xs, r.requestId);
+    await noLeaks(x);
+  });
+});
+
+describe('several processes', () => {
+  let a: TestServer;
+  let b: TestServer;
+  let as: PaidSession;
+  afterAll(async () => {
+    await b?.close();
+  });
+
+  it('a socket on B follows a run executing on A, live, and hears of its end', async () => {
+    a = await server();
+    b = await a.sibling({ SSE_POLL_MS: 60_000 });
+    as = await paidSession(a, 5000);
+    const c = await authed(b.url, as.token);
+    await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed');
+    const r = await postRequest(a, as, 'cross [stub:tokens=40] [stub:delay=15]');
+    const started = Date.now();
+    c.send({ type: 'subscribe', runId: r.requestId });
+    const fin = await c.final(r.requestId);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(seqs(c.events(r.requestId))).toEqual(range(1, 41));
+    expect(fin.data.result).toBe(c.events(r.requestId).filter((e) => e.event === 'token').map((e) => e.data.content).join(''));
+    await c.wait((m) => m.type === 'run' && m.runId === r.requestId && m.state === 'complete');
+    // A stop sent to B reaches the run on A.
+    const long = await postRequest(a, as, 'stop across [stub:tokens=500] [stub:delay=10]');
+    c.send({ type: 'subscribe', runId: long.requestId });
+    await c.wait((m) => m.type === 'event' && m.runId === long.requestId && m.seq >= 3);
+    await c.ask({ type: 'stop', runId: long.requestId }, (m) => m.type === 'stopping');
+    expect((await c.final(long.requestId)).data.state).toBe('cancelled');
+    await c.close();
+    await noLeaks(b);
+  });
+});
+
+describe('shutdown', () => {
+  it('closes every socket with 1001 (going away)', async () => {
+    const x = await server();
+    const xs = await paidSession(x, 1000);
+    const c = await authed(x.url, xs.token);
+    await x.close();
+    expect((await c.closed).code).toBe(1001);
+  });
+});
+
+void track;

@@ -27,17 +27,31 @@ export const SubscribeSession = z
   .object({ type: z.literal('subscribe'), session: z.literal(true) })
   .meta({ id: 'WsSubscribeSession', description: 'Session notices: a `run` message whenever a run of the session is created, starts or ends.' });
 
-export const Unsubscribe = z
-  .union([z.object({ type: z.literal('unsubscribe'), runId }), z.object({ type: z.literal('unsubscribe'), session: z.literal(true) })])
-  .meta({ id: 'WsUnsubscribe', description: 'Stop following a run (or the session notices). The run goes on.' });
+export const UnsubscribeRun = z
+  .object({ type: z.literal('unsubscribe'), runId })
+  .meta({ id: 'WsUnsubscribeRun', description: 'Stop following a run. The run goes on; subscribe again with `after` to resume.' });
+
+export const UnsubscribeSession = z.object({ type: z.literal('unsubscribe'), session: z.literal(true) }).meta({ id: 'WsUnsubscribeSession', description: 'Stop the session notices.' });
 
 export const StopRun = z.object({ type: z.literal('stop'), runId }).meta({ id: 'WsStop', description: 'Stop a run, as `POST /api/runs/{runId}/stop`.' });
 
-export const ClientMessage = z.union([AuthMessage, SubscribeRun, SubscribeSession, Unsubscribe, StopRun]);
+export const ClientMessage = z.union([AuthMessage, SubscribeRun, SubscribeSession, UnsubscribeRun, UnsubscribeSession, StopRun]);
 export type ClientMessage = z.infer<typeof ClientMessage>;
 
 /** The client's message types, for a clear answer to an unknown one. */
 export const CLIENT_TYPES = ['auth', 'subscribe', 'unsubscribe', 'stop'] as const;
+
+/**
+ * The schema of a message by its type (and, for the two that have two forms, by whether it names the session): so
+ * a bad field is reported as itself, not as "matches none of six shapes".
+ */
+export function schemaOf(type: (typeof CLIENT_TYPES)[number], raw: object): z.ZodType<ClientMessage> {
+  const session = 'session' in raw;
+  if (type === 'auth') return AuthMessage;
+  if (type === 'subscribe') return session ? SubscribeSession : SubscribeRun;
+  if (type === 'unsubscribe') return session ? UnsubscribeSession : UnsubscribeRun;
+  return StopRun;
+}
 
 const state = z.enum(RUN_STATES);
 

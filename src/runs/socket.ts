@@ -10,7 +10,7 @@ import { findRun } from './lookup.js';
 import type { RecentRuns } from './recent.js';
 import { isTerminalEvent, type RunEvent } from './registry.js';
 import type { SessionNotices } from './session-notices.js';
-import { CLIENT_TYPES, ClientMessage } from './socket-messages.js';
+import { CLIENT_TYPES, schemaOf, type ClientMessage } from './socket-messages.js';
 import { isLive } from './store.js';
 import { feedFor, type StreamDeps } from './stream.js';
 
@@ -136,7 +136,7 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
     const type = (raw as { type?: unknown } | null)?.type;
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new AppError(400, 'invalid_json', 'a message is a JSON object');
     if (!CLIENT_TYPES.includes(type as never)) throw badRequest(`type must be one of ${CLIENT_TYPES.join(', ')}`, [{ path: 'type', message: `got ${JSON.stringify(type)}`, code: 'invalid_value' }]);
-    const parsed = ClientMessage.safeParse(raw);
+    const parsed = schemaOf(type as (typeof CLIENT_TYPES)[number], raw).safeParse(raw);
     if (parsed.success) return parsed.data;
     const details = parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message, code: i.code }));
     const first = details.find((d) => d.path !== 'type' && d.path !== '') ?? details[0];

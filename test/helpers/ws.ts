@@ -2,6 +2,9 @@ import WebSocket from 'ws';
 
 export type WsMessage = Record<string, any>;
 
+/** The last few messages, each cut short (an error message must stay readable). */
+const tail = (ms: WsMessage[]) => ms.slice(-5).map((m) => JSON.stringify(m).slice(0, 200));
+
 /**
  * A `ws` client for the tests: every message it received, in order, and waits on them with a deadline (never a
  * sleep). `open` resolves once the socket is open, or rejects with the HTTP status of a refused upgrade.
@@ -50,9 +53,9 @@ export class WsClient {
     let from = opts.from ?? 0;
     for (;;) {
       for (; from < this.messages.length; from++) if (pred(this.messages[from]!)) return this.messages[from]!;
-      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`the socket closed before ${opts.what ?? 'the message'} came: ${JSON.stringify(this.messages.slice(-5))}`);
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`the socket closed before ${opts.what ?? 'the message'} came: ${tail(this.messages)}`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${opts.what ?? 'a message'}; last: ${JSON.stringify(this.messages.slice(-5))}`);
+      if (left <= 0) throw new Error(`timed out waiting for ${opts.what ?? 'a message'}; last: ${tail(this.messages)}`);
       await new Promise<void>((resolve) => {
         const w = () => {
           clearTimeout(t);
