@@ -8,6 +8,7 @@ import { describeJobs } from '../jobs/jobs.openapi.js';
 import { describeOpenAi } from '../openai/openai.openapi.js';
 import { describePayments } from '../payments/payments.openapi.js';
 import { describeRuns } from '../runs/runs.openapi.js';
+import { describeSocket } from '../runs/socket.openapi.js';
 import { describeSessions } from '../sessions/sessions.openapi.js';
 import { apiErrors, json, ok, registerCommon, type DocContext, type Registry } from './registry.js';
 
@@ -91,6 +92,7 @@ export function describeApi(d: DocContext & { optional: OptionalRoutes }): OpenA
   describeService(r);
   describeSessions(r, d);
   describeRuns(r);
+  describeSocket(r, d);
   describeJobs(r, d);
   describePayments(r, { lnbitsWebhook: d.optional.lnbitsWebhook });
   describeDemo(r, d);
