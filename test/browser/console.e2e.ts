@@ -2,8 +2,8 @@
 /**
  * The browser console for real: headless Chromium (Debian's `chromium` package, driven by playwright-core)
  * against the real server process. A session flow, stopping a run, a reload mid-stream, a network cut
- * mid-stream, the job flow with its refund, a page on another origin streaming through CORS (and using the openai SDK), and the API reference
- * at `/docs`. Screenshots go to test/browser/screenshots/.
+ * mid-stream, the job flow with its refund, a page on another origin streaming through CORS (and using the openai SDK), the API reference
+ * at `/docs`, and eight runs watched at once over one WebSocket (where eight SSE streams stall on HTTP/1.1). Screenshots go to test/browser/screenshots/.
  *
  *   apt-get install -y chromium && npm run test:browser      (CHROMIUM_PATH to use another binary)
  */
@@ -13,6 +13,7 @@ import { freePort } from '../helpers/global-setup.js';
 import { crossOrigin } from './cross-origin.js';
 import { docsPage } from './docs.js';
 import { openAiSdkPage } from './openai-sdk.js';
+import { manyRuns } from './websocket.js';
 import { assertWhole, lastStream, sessionOf, shot, startHarness, until, type Harness } from './harness.js';
 import { decodeInvoice } from '../../src/providers/payments/bolt11.js';
 
@@ -197,6 +198,7 @@ try {
   await crossOrigin(h, otherOrigin, log);
   await openAiSdkPage(h, sdkOrigin, log);
   await docsPage(h, log);
+  await manyRuns(h, log);
   log('all passed; screenshots in test/browser/screenshots/');
 } finally {
   await h.close();
