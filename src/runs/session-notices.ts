@@ -1,6 +1,7 @@
 import type { Bus } from '../bus.js';
 import type { RunState } from '../db/schema.js';
 import type { RunMetrics } from './executor.js';
+import { keyedListeners } from './listeners.js';
 import type { RunEntry } from './registry.js';
 
 /** A session notice: a run of the session was created, started, or ended in `state`. */
@@ -36,25 +37,13 @@ export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
  * change costs O(sockets of that session), not O(every socket) as a listener per socket would.
  */
 export function createSessionNotices(bus: Bus) {
-  const listeners = new Map<string, Set<(n: SessionNotice) => void>>();
-  const tell = (sessionId: string | null, n: SessionNotice) => {
-    const set = sessionId ? listeners.get(sessionId) : undefined;
-    if (set) for (const fn of set) fn(n);
-  };
-  bus.on('run:state', (e) => tell(e.sessionId, { runId: e.runId, state: e.state }));
+  const listeners = keyedListeners<SessionNotice>();
+  bus.on('run:state', (e) => listeners.tell(e.sessionId, { runId: e.runId, state: e.state }));
   // From any process: the finish statement NOTIFYs it (bus-bridge.ts).
-  bus.on('session:request:complete', (e) => tell(e.sessionId, { runId: e.requestId, state: e.state }));
+  bus.on('session:request:complete', (e) => listeners.tell(e.sessionId, { runId: e.requestId, state: e.state }));
   return {
     /** Call `fn` with every notice of `sessionId`; returns the unsubscribe. */
-    on(sessionId: string, fn: (n: SessionNotice) => void): () => void {
-      let set = listeners.get(sessionId);
-      if (!set) listeners.set(sessionId, (set = new Set()));
-      set.add(fn);
-      return () => {
-        set.delete(fn);
-        if (set.size === 0 && listeners.get(sessionId) === set) listeners.delete(sessionId);
-      };
-    },
+    on: (sessionId: string, fn: (n: SessionNotice) => void) => listeners.on(sessionId, fn),
     get size() {
       return listeners.size;
     },
