@@ -5,13 +5,7 @@
  */
 export class Frame {
   #chunk: Buffer | undefined;
-  #bytes: Buffer | undefined;
   constructor(readonly text: string) {}
-
-  /** The frame's text as UTF-8 (made on first use): a WebSocket message, one buffer for every socket. */
-  get bytes(): Buffer {
-    return (this.#bytes ??= Buffer.from(this.text));
-  }
 
   /** The frame as a chunk of a `Transfer-Encoding: chunked` body (made on first use). */
   get chunk(): Buffer {

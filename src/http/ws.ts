@@ -55,6 +55,14 @@ export class Peer implements KeepAlive {
     return this.ws.bufferedAmount > this.opts.maxBufferedBytes;
   }
 
+  /**
+   * Twice WS_MAX_BUFFERED_BYTES unread: past the point where every subscription was dropped, only answers to the
+   * client's own messages can pile up so far — it sends and does not read.
+   */
+  get flooded(): boolean {
+    return this.ws.bufferedAmount > 2 * this.opts.maxBufferedBytes;
+  }
+
   /** Write one message now (a text frame). */
   send(data: Buffer | string): void {
     if (this.open) this.ws.send(data, { binary: false });

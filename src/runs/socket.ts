@@ -5,7 +5,6 @@ import { isDatabaseUnavailable } from '../db/errors.js';
 import { AppError, badRequest, notFound } from '../http/errors.js';
 import { CLOSE, type Peer } from '../http/ws.js';
 import { stopRun, type ControlDeps } from './control.js';
-import { faceFrame } from './frames.js';
 import { findRun } from './lookup.js';
 import type { RecentRuns } from './recent.js';
 import { isTerminalEvent, type RunEvent } from './registry.js';
@@ -39,15 +38,17 @@ interface Subscription {
 }
 
 const WS = Symbol('sluice.ws');
+type WithMessage = RunEvent & { [WS]?: Buffer };
 /** Messages read but not yet handled, before the socket stops reading. */
 const MAX_PENDING = 32;
 
 /**
  * The `event` message of a run's event, serialised once per event and shared, as bytes, by every socket that sends
- * it (frames.ts keeps it on the event, like the SSE frame). Its `data` is the SSE event's `data`, byte for byte.
+ * it: kept on the event, as frames.ts keeps the SSE frame (only the bytes: `ws` writes a Buffer as it is). Its `data`
+ * is the SSE event's `data`, byte for byte. (`runId` is a UUID: nothing in it needs escaping.)
  */
 export function eventMessage(runId: string, e: RunEvent): Buffer {
-  return faceFrame(e, WS, (ev) => `{"type":"event","runId":"${runId}","seq":${ev.seq},"event":${JSON.stringify(ev.type)},"data":${JSON.stringify(ev.data)}}`)!.bytes;
+  return ((e as WithMessage)[WS] ??= Buffer.from(`{"type":"event","runId":"${runId}","seq":${e.seq},"event":${JSON.stringify(e.type)},"data":${JSON.stringify(e.data)}}`));
 }
 
 /**
@@ -103,8 +104,8 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
   // is answered is held back by TCP rather than by our memory.
   let pending = 0;
   peer.ws.on('message', (data: RawData, isBinary: boolean) => {
-    // A client that keeps sending but reads nothing (its answers pile up past WS_MAX_BUFFERED_BYTES) is cut.
-    if (peer.behind) return peer.close(CLOSE.policy, 'not reading');
+    // A client that keeps sending but reads nothing (its answers pile up far past WS_MAX_BUFFERED_BYTES) is cut.
+    if (peer.flooded) return peer.close(CLOSE.policy, 'not reading');
     const text = isBinary ? null : data.toString();
     if (++pending >= MAX_PENDING) peer.ws.pause();
     chain = chain
