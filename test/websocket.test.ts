@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import WebSocket from 'ws';
 import { createSafeLogger } from '../src/log-safety.js';
 import { useTestServers, type TestServer } from './helpers/context.js';
 import { bigTokens } from './helpers/providers.js';
@@ -56,6 +57,27 @@ describe('the protocol', () => {
     expect((await c.ask({ type: 'subscribe', runId: a.requestId, after: 30 }, (m) => m.runId === a.requestId && m.type === 'event')).event).toBe('done');
     await c.close();
     await noLeaks(t);
+  });
+
+  it('serialises each event once: every socket of a run is sent the very same bytes', async () => {
+    const send = vi.spyOn(WebSocket.prototype, 'send');
+    try {
+      const r = await postRequest(t, s, 'shared [stub:tokens=8] [stub:delay=150]');
+      const clients = await Promise.all([1, 2, 3, 4, 5].map(() => authed(t.url, s.token)));
+      await Promise.all(clients.map((c) => c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed')));
+      for (const c of clients) expect(seqs(c.events((await c.final(r.requestId)).runId))).toEqual(range(1, 9));
+      const bySeq = new Map<number, Set<unknown>>();
+      for (const [data] of send.mock.calls) {
+        if (!Buffer.isBuffer(data)) continue;
+        const m = JSON.parse(data.toString());
+        if (m.runId === r.requestId) bySeq.set(m.seq, (bySeq.get(m.seq) ?? new Set()).add(data));
+      }
+      // Those after every socket was subscribed went out live: one Buffer for all five.
+      for (let seq = 3; seq <= 9; seq++) expect(bySeq.get(seq)?.size, `event ${seq}`).toBe(1);
+      await Promise.all(clients.map((c) => c.close()));
+    } finally {
+      send.mockRestore();
+    }
   });
 
   it('answers a cursor already at the final event with subscribed, then unsubscribed (nothing to send)', async () => {
