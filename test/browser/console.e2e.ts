@@ -38,6 +38,9 @@ async function ask(page: Page, request: string): Promise<string> {
   return page.evaluate(() => JSON.parse(localStorage.getItem('sluice.viewer')!));
 }
 
+/** What the console's session-notices socket did (public/console/notices.js). */
+const noticesOf = (page: Page) => page.evaluate(() => (window as unknown as { sluiceConsole: { notices: { opens: number; notices: string[] } } }).sluiceConsole.notices);
+
 const tokensShown = (page: Page) => page.$$eval('#run-viewer .out .tok', (els) => els.length);
 const viewerEnded = (page: Page) => until(page, () => document.querySelector('#run-viewer .streamline')?.getAttribute('data-state') === 'ended', 'the run to end', 30_000);
 
@@ -73,6 +76,9 @@ async function sessionFlow(): Promise<Page> {
   assert.match((await page.textContent('#ledger-sum'))!, /= balance ✓/);
   assert.equal(await page.getAttribute('#balance', 'data-sats'), String(ledger.balanceSats));
   await until(page, () => document.querySelector('#runs .run-row')?.getAttribute('data-state') === 'complete', 'the run complete in the list');
+  // The list follows the session's notices over a WebSocket, rather than polling for them.
+  const notices = await noticesOf(page);
+  assert.ok(notices.opens >= 1 && notices.notices.includes(`${runId.slice(0, 8)}:complete`), `the run's end came as a notice: ${JSON.stringify(notices)}`);
   log(`session flow: paid 200 sats, 40 tokens streamed, charged ${run.chargedSats}, refunded ${run.refundedSats}`);
   await shot(page, 'session');
   return page;
@@ -144,6 +150,8 @@ async function cutNetwork(page: Page) {
   assertWhole(stream.received, 151, 'after a network cut');
   assert.equal(stream.duplicates, 0, 'no event was sent twice');
   assert.ok(stream.reconnects >= 1, 'it reconnected');
+  // The notices socket was cut too, and came back by itself.
+  await page.waitForFunction(() => (window as unknown as { sluiceConsole: { notices: { opens: number } } }).sluiceConsole.notices.opens >= 2, undefined, { timeout: 20_000, polling: 100 });
   log(`network cut at ${before} tokens: resumed with Last-Event-ID; 150 tokens, each once (indicator: ${states.join(' → ')})`);
 }
 
