@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { createSafeLogger } from '../src/log-safety.js';
@@ -243,6 +244,51 @@ describe('authentication', () => {
     const line = await waitFor(() => lines.map((l) => JSON.parse(l)).find((l) => l.req?.url?.startsWith('/api/ws')), { what: 'the log line of the socket' });
     expect(line).toMatchObject({ msg: 'request completed', res: { statusCode: 101 }, req: { url: '/api/ws?access_token=[redacted]' } });
     expect(lines.join('')).not.toContain(xs.token);
+  });
+});
+
+describe('other upgrade requests', () => {
+  /** Send raw bytes (in pieces, a turn apart) and read until the server closes the connection. */
+  const raw = (...pieces: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      const u = new URL(t.url);
+      let text = '';
+      const sock = net.connect(Number(u.port), u.hostname, async () => {
+        for (const p of pieces) {
+          sock.write(p);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      });
+      sock.setEncoding('utf8');
+      sock.on('data', (d) => (text += d));
+      sock.on('close', () => resolve(text));
+      sock.on('error', reject);
+    });
+  const h2c = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n';
+  const bodyOf = (res: string) => JSON.parse(res.slice(res.indexOf('\r\n\r\n') + 4));
+
+  it('answers an offer of another protocol (curl --http2: Upgrade: h2c) as the HTTP/1.1 request it also is, body included', async () => {
+    const got = await raw(`GET /api/healthz HTTP/1.1\r\nHost: x\r\n${h2c}\r\n`);
+    expect(got).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(bodyOf(got).status).toBe('ok');
+    const json = '{"amount_sats":300}';
+    // The body arrives after the headers, in a packet of its own.
+    const created = await raw(`POST /api/sessions HTTP/1.1\r\nHost: x\r\n${h2c}Content-Type: application/json\r\nContent-Length: ${json.length}\r\n\r\n`, json);
+    expect(created).toMatch(/^HTTP\/1\.1 201 Created/);
+    expect(bodyOf(created).invoice.amountSats).toBe(300);
+    const chunked = await raw(`POST /api/sessions HTTP/1.1\r\nHost: x\r\n${h2c}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n13\r\n${json}\r\n0\r\n\r\n`);
+    expect(chunked).toMatch(/^HTTP\/1\.1 400 Bad Request/);
+    expect(bodyOf(chunked).error.message).toMatch(/without the Upgrade header/);
+  });
+
+  it('answers a WebSocket upgrade of any other path as the app would (404 in the envelope), and a bad handshake with 400', async () => {
+    const ws = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n';
+    const missing = await raw(`GET /api/nope HTTP/1.1\r\nHost: x\r\n${ws}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+    expect(missing).toMatch(/^HTTP\/1\.1 404 Not Found/);
+    expect(bodyOf(missing).error.code).toBe('not_found');
+    const noKey = await raw(`GET /api/ws?access_token=${s.token} HTTP/1.1\r\nHost: x\r\n${ws}\r\n`);
+    expect(noKey).toMatch(/^HTTP\/1\.1 400 Bad Request/);
+    await noLeaks(t);
   });
 });
 
