@@ -1,4 +1,7 @@
 import WebSocket from 'ws';
+import type { TestServer } from './context.js';
+import { expectNoLeaks } from './sessions.js';
+import { waitFor } from './wait.js';
 
 export type WsMessage = Record<string, any>;
 
@@ -101,3 +104,12 @@ export async function authed(base: string, token: string): Promise<WsClient> {
 
 export const seqs = (events: WsMessage[]) => events.map((e) => e.seq as number);
 export const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** An `error` message (of `runId`, if given). */
+export const isError = (runId?: string) => (m: WsMessage) => m.type === 'error' && (runId === undefined || m.runId === runId);
+
+/** Nothing left behind: no registry entry or subscriber, no stream counted, no socket open. */
+export async function noSocketLeaks(t: TestServer) {
+  await expectNoLeaks(t);
+  await waitFor(() => t.ctx.sockets.size === 0, { what: 'no open socket' });
+}
