@@ -39,7 +39,7 @@ export function registerCommon(r: Registry): void {
     type: 'apiKey',
     in: 'query',
     name: 'access_token',
-    description: 'The session token as a query parameter, on SSE streams only: a browser’s `EventSource` cannot send an `Authorization` header. Never logged.',
+    description: 'The session token as a query parameter, on SSE streams and the WebSocket (`GET /api/ws`) only: a browser’s `EventSource` and `WebSocket` cannot send an `Authorization` header. Never logged.',
   });
   const integer = { type: 'integer' as const };
   const headers: Record<string, { description: string; schema: object }> = {

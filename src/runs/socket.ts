@@ -225,13 +225,15 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
       }
       // Caught up and the socket not behind: the shared message goes out from `publish` itself.
       const direct = (e: RunEvent) => {
-        if (!peer.open || peer.behind) return false;
+        if (signal.aborted || !peer.open || peer.behind) return false;
         peer.send(eventMessage(runId, e));
         sub.last = e.seq;
         return true;
       };
       const follow = Boolean(found.live) || isLive(found.row.state);
       for await (const item of feedFor(deps, runId, after, signal, { direct, follow })) {
+        // Unsubscribed (or the socket closed) while this item was on its way: nothing after `unsubscribed`.
+        if (signal.aborted) return;
         if (item.kind === 'resync' || peer.behind) {
           send({ type: 'resync', runId, lastSeq: sub.last });
           ended = true;
