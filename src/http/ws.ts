@@ -150,6 +150,11 @@ export function createSocketHub(opts: SocketHubOptions) {
       for (const p of open) p.ws.terminate();
     },
 
+    /** Shutting down: no new socket is accepted. */
+    get closing() {
+      return closing;
+    },
+
     /** Open WebSockets. */
     get size() {
       return open.size;

@@ -49,8 +49,9 @@ export function socketRoutes(ctx: AppContext): Router {
     res.statusCode = 101;
     const peer = await ctx.sockets.accept(req, takeUpgrade(req)!);
     if (!peer) {
+      // Not a valid WebSocket handshake (`ws` answered 400), or the server is shutting down (503): for the log line.
       release();
-      res.statusCode = 400;
+      res.statusCode = ctx.sockets.closing ? 503 : 400;
       return;
     }
     peer.ws.once('close', release);

@@ -2,7 +2,7 @@ import type { Request } from 'express';
 import type { Logger } from 'pino';
 import type { RawData } from 'ws';
 import { isDatabaseUnavailable } from '../db/errors.js';
-import { AppError, badRequest, notFound } from '../http/errors.js';
+import { AppError, DATABASE_RETRY_AFTER_S, badRequest, notFound } from '../http/errors.js';
 import { CLOSE, type Peer } from '../http/ws.js';
 import { stopRun, type ControlDeps } from './control.js';
 import { findRun } from './lookup.js';
@@ -78,7 +78,7 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
   const refuse = (err: unknown, runId?: string) => {
     let e: AppError;
     if (err instanceof AppError) e = err;
-    else if (isDatabaseUnavailable(err)) e = new AppError(503, 'database_unavailable', 'the database is not reachable; try again shortly');
+    else if (isDatabaseUnavailable(err)) e = new AppError(503, 'database_unavailable', 'the database is not reachable; try again shortly', { retryAfterSeconds: DATABASE_RETRY_AFTER_S });
     else {
       deps.log.error({ err, runId }, 'a WebSocket message failed');
       e = new AppError(500, 'internal', 'internal server error');
