@@ -193,6 +193,8 @@ describe('authentication', () => {
     }
     const c = await WsClient.open(t.url);
     expect(c.messages).toEqual([]);
+    // Counted as open (the metrics read the hub) before it has even authenticated.
+    await waitFor(async () => /^sluice_websockets_open 1$/m.test((await t.http.get('/metrics').expect(200)).text), { what: 'sluice_websockets_open 1' });
     expect((await c.ask({ type: 'subscribe', session: true }, isError())).code).toBe('unauthorized');
     expect((await c.ask({ type: 'auth', token: s.token }, (m) => m.type === 'authenticated')).sessionId).toBe(s.id);
     await c.close();
