@@ -124,6 +124,20 @@ describe('backpressure and liveness', () => {
   });
 });
 
+describe('the HTTP server’s timeouts', () => {
+  it('do not cut a socket: once upgraded it is not a request in progress', async () => {
+    const x = await server({ HTTP_REQUEST_TIMEOUT_MS: 200, HTTP_HEADERS_TIMEOUT_MS: 100 });
+    const xs = await paidSession(x, 1000);
+    const c = await authed(x.url, xs.token);
+    // Nothing happens here but time: three request timeouts pass (checked every 50 ms).
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    const r = await postRequest(x, xs, 'late [stub:tokens=3]');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    expect((await c.final(r.requestId)).event).toBe('done');
+    await c.close();
+  });
+});
+
 describe('several processes', () => {
   let a: TestServer;
   let b: TestServer;
