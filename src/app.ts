@@ -11,6 +11,7 @@ import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
 import { demoRoutes } from './demo/demo.routes.js';
 import { runRoutes } from './runs/runs.routes.js';
+import { socketRoutes } from './runs/socket.routes.js';
 import { invoiceRoutes } from './payments/invoices.routes.js';
 import { lnbitsWebhookRoutes } from './payments/lnbits-webhook.routes.js';
 import { openAiRoutes } from './openai/openai.routes.js';
@@ -58,12 +59,14 @@ export function createApp(ctx: AppContext): express.Express {
   api.use(limits.sessionRequests);
   api.post('/sessions', limits.sessionCreate);
   api.post('/jobs', limits.jobCreate);
-  api.get(['/sessions/:id/requests/:requestId/stream', '/runs/:runId/stream'], limits.sessionStreams);
+  api.get(['/sessions/:id/requests/:requestId/stream', '/runs/:runId/stream', '/ws'], limits.sessionStreams);
   api.get('/jobs/:id/stream', limits.jobStreams);
   api.post('/sessions/:id/request', metrics.acceptTimer('session_request'));
   api.use(sessionRoutes(ctx));
   api.use(jobRoutes(ctx));
   api.use(runRoutes(ctx));
+  // `GET /api/ws`: the runs over a WebSocket (upgrade requests come through here too: http/upgrade.ts).
+  api.use(socketRoutes(ctx));
   api.use(invoiceRoutes(ctx));
   api.use(demoRoutes(ctx));
   if (optional.stubPay && ctx.stubPayments) api.use(stubPayRoutes(ctx.stubPayments, ctx.config.LIGHTNING_NETWORK));

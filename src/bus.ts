@@ -8,6 +8,11 @@ import type { JobState, RunEventType, RunKind, RunState } from './db/schema.js';
 export interface BusEvents {
   /** A session request reached a final state (complete, failed, cancelled, interrupted). */
   'session:request:complete': (e: { sessionId: string; requestId: string; state: RunState }) => void;
+  /**
+   * A session run was accepted here (`queued` or `executing`), or one accepted `queued` started (its first token).
+   * Local to the process, and emitted only while someone listens (runs/session-notices.ts): it costs no statement.
+   */
+  'run:state': (e: { runId: string; kind: RunKind; sessionId: string | null; state: RunState }) => void;
   /** Any run reached a final state. */
   'run:finish': (e: { runId: string; kind: RunKind; state: RunState; sessionId: string | null; jobId: string | null }) => void;
   /**

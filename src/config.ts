@@ -175,6 +175,17 @@ export const configSchema = z
     /** SSE: streams one client IP may hold open at once in this process; the next is `429 too_many_streams`. */
     SSE_MAX_STREAMS_PER_IP: int(32, 1, 100_000),
 
+    /**
+     * WebSocket (`GET /api/ws`): a socket is one stream against SSE_MAX_STREAMS_PER_IP and SESSION_MAX_STREAMS, and is
+     * pinged every SSE_PING_MS (a peer that has not answered the last ping by the next is closed). Subscriptions one
+     * socket may hold at once; bytes it may have queued unread before the subscriptions that have more to send get
+     * `resync` and are dropped; how long it has to authenticate; the largest message a client may send.
+     */
+    WS_MAX_SUBSCRIPTIONS: int(64, 1, 10_000),
+    WS_MAX_BUFFERED_BYTES: int(1_048_576, 1_024),
+    WS_AUTH_TIMEOUT_MS: int(5_000, 50, 600_000),
+    WS_MAX_MESSAGE_BYTES: int(16_384, 256, 1_048_576),
+
     /** Jobs: evaluation fee, request length limit, and how long a stream waits for the work to start. */
     JOB_EVAL_FEE_SATS: int(10, 1),
     JOB_REQUEST_MAX_CHARS: int(500, 1),

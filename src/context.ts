@@ -21,6 +21,8 @@ import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
 import { createFollowers, type Followers } from './runs/follow.js';
 import { createSseHub, type SseHub } from './http/sse.js';
+import { createSocketHub, type SocketHub } from './http/ws.js';
+import { withRunStates } from './runs/session-notices.js';
 import { createAccept, type Accept } from './runs/accept.js';
 import { createConversationStore, type ConversationStore } from './runs/conversations.js';
 import { sweepKeys } from './runs/idempotency.js';
@@ -48,6 +50,8 @@ export interface AppContext {
   followers: Followers;
   /** Every open SSE stream of this process, pinged by one timer. */
   sse: SseHub;
+  /** Every open WebSocket of this process (`GET /api/ws`), pinged by the same timer; closed at shutdown. */
+  sockets: SocketHub;
   store: RunStore;
   conversations: ConversationStore;
   executor: Executor;
@@ -131,7 +135,8 @@ export function createContext(opts: ContextOptions): AppContext {
       metrics.runFinished(run);
       log.info({ runId: run.id, ...runLogFields(run) }, 'run finished');
     },
-    metrics: metrics.runs,
+    // The metrics' hooks, which also announce new and started runs to the session notices of `GET /api/ws`.
+    metrics: withRunStates(bus, metrics.runs),
   });
   const limits = createLimits({ config, pool: database.pool, log, onLimited: (limit) => metrics.rateLimited(limit) });
   const conversations = createConversationStore(db);
@@ -169,8 +174,14 @@ export function createContext(opts: ContextOptions): AppContext {
   const news = createRunNews(bus);
   const followers = createFollowers({ registry, store, bus, pollMs: config.SSE_POLL_MS, log });
   const sse = createSseHub({ pingMs: config.SSE_PING_MS });
-  metrics.bind({ executor, registry, pool: database.pool, streams: sse });
+  const sockets = createSocketHub({
+    maxMessageBytes: config.WS_MAX_MESSAGE_BYTES,
+    maxBufferedBytes: config.WS_MAX_BUFFERED_BYTES,
+    writeTimeoutMs: config.SSE_WRITE_TIMEOUT_MS,
+    keepAlive: (s) => sse.keepAlive(s),
+  });
+  metrics.bind({ executor, registry, pool: database.pool, streams: sse, sockets });
   const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
   const jobWaits = createJobWaits({ bus, jobs, config, db, log });
-  return { jobWaits, streams, news, followers, sse, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
+  return { jobWaits, streams, news, followers, sse, sockets, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

@@ -74,6 +74,9 @@ export async function start(config: Config, log: Logger, catalogue?: Catalogue):
       await bounded(log, 'waiting for job evaluations', 5_000, ctx.jobs.drain());
       await bounded(log, 'stopping maintenance', 5_000, ctx.maintenance.stop());
       await bounded(log, 'stopping the bus bridge', 2_000, ctx.bridge.stop());
+      // WebSockets are not the server's HTTP connections: each is closed with 1001 (going away), so its client
+      // reconnects elsewhere; they stayed open through the drain, so their readers got the runs' final events.
+      await bounded(log, 'closing WebSockets', 5_000, ctx.sockets.closeAll('server shutting down'));
       server.closeAllConnections();
       await bounded(log, 'closing the database pool', 5_000, database.close());
       if (embedded) await bounded(log, 'stopping the embedded Postgres', 45_000, embedded.stop());

@@ -1,7 +1,9 @@
 import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs as jobsTable } from '../src/db/schema.js';
-import { contractChecker } from './helpers/contract.js';
+import { ServerMessage } from '../src/runs/socket-messages.js';
+import { contractChecker, mismatch } from './helpers/contract.js';
+import { WsClient } from './helpers/ws.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { routeConfigs } from './helpers/openapi.js';
 import { client, poll, type Client } from './testkit/client.js';
@@ -73,6 +75,30 @@ async function theRest(api: Client) {
   await api.post(`/api/invoices/${paymentHash}/refund`, { body: { preimage: paid.body.preimage, invoice: wallet.body.paymentRequest }, expect: 200 });
   await api.get(`/api/invoices/${paymentHash}`, { expect: 200 });
   await api.post(`/api/invoices/${created.body.invoice.paymentHash}/refund`, { body: { preimage: 'ab'.repeat(32), invoice: wallet.body.paymentRequest }, expect: 409 });
+
+  // The WebSocket: the handshake (101) and its refusals, and every message the server sends, against the document.
+  await api.get('/api/ws', { token, expect: 426 });
+  const ws = await WsClient.open(t.url, { token });
+  checker.check({ method: 'GET', path: '/api/ws', status: 101, contentType: null });
+  await ws.wait((m) => m.type === 'authenticated');
+  await ws.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed');
+  const watched = await api.post(`/api/sessions/${sessionId}/request`, { token, body: { request: 'socket [stub:tokens=30] [stub:delay=5]' }, expect: 202 });
+  ws.send({ type: 'subscribe', runId: watched.body.requestId, after: 1 });
+  await ws.wait((m) => m.type === 'event' && m.seq === 3);
+  await ws.ask({ type: 'stop', runId: watched.body.requestId }, (m) => m.type === 'stopping');
+  const last = await ws.final(watched.body.requestId);
+  await ws.wait((m) => m.type === 'run' && m.state === 'cancelled');
+  await ws.ask({ type: 'subscribe', runId: failed.body.requestId }, (m) => m.type === 'event' && m.event === 'error');
+  await ws.ask({ type: 'subscribe', runId: watched.body.requestId, after: last.seq }, (m) => m.type === 'unsubscribed');
+  await ws.ask({ type: 'subscribe', runId: '00000000-0000-4000-8000-000000000000' }, (m) => m.type === 'error');
+  await ws.ask({ type: 'unsubscribe', session: true }, (m) => m.type === 'unsubscribed');
+  const kinds = new Set(ws.messages.map((m) => m.type));
+  expect([...kinds].sort()).toEqual(['authenticated', 'error', 'event', 'run', 'stopping', 'subscribed', 'unsubscribed']);
+  for (const m of ws.messages) {
+    const why = mismatch(ServerMessage, m);
+    if (why) checker.problems.push(`GET /api/ws → message ${JSON.stringify(m).slice(0, 200)}: ${why}`);
+  }
+  await ws.close();
 
   // The OpenAI face's other routes.
   const model = (await api.get('/v1/models', { token, expect: 200 })).body.data[0].id as string;

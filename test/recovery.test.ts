@@ -7,6 +7,7 @@ import { startServerProcess } from './helpers/process.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { idsOf, readSse, tokensOf } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
+import { WsClient } from './helpers/ws.js';
 
 let t: TestServer;
 let databaseUrl: string;
@@ -138,7 +139,12 @@ describe('graceful shutdown', () => {
     const short = await post('short [stub:tokens=5] [stub:delay=50]');
     const long = await post('long [stub:tokens=500] [stub:delay=50]');
     await waitFor(async () => (await runRow(long.requestId)).state === 'executing', { what: 'long run executing' });
+    // A WebSocket following the long run stays open through the drain, gets its final event, then 1001 (going away).
+    const ws = await WsClient.open(p.url, { token: s.token });
+    await ws.ask({ type: 'subscribe', runId: long.requestId }, (m) => m.type === 'event');
     p.proc.kill('SIGTERM');
+    expect((await ws.final(long.requestId)).data.state).toBe('interrupted');
+    expect((await ws.closed).code).toBe(1001);
     expect(await p.exited).toBe(0);
     expect((await runRow(short.requestId)).state).toBe('complete');
     expect(await runRow(long.requestId)).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: long.debitedSats });

@@ -1,5 +1,6 @@
 // Asking, and the session's runs: newest first, live ones with their progress and a stop button.
 import { api, store } from './api.js';
+import { watchSession } from './notices.js';
 import { createViewer } from './viewer.js';
 import { ago, badge, button, fill, h, problem, sats, short, toast } from './ui.js';
 
@@ -11,6 +12,10 @@ export function createRunsPanel({ askCard, viewerCard, listCard, session, onSpen
   let runs = [];
   let cursor = null;
   let timer = null;
+  // The session's notices (a WebSocket): the list follows runs as they start and end, without polling for them.
+  let notices = null;
+  let noticesToken = null;
+  let soon = null;
   const viewer = createViewer(viewerCard, {
     title: 'Run',
     placeholder: 'Send a request: its tokens stream in here, and a reload or a dropped connection picks up exactly where it was.',
@@ -86,9 +91,10 @@ export function createRunsPanel({ askCard, viewerCard, listCard, session, onSpen
     } catch (err) {
       if (err.status !== 401 && err.status !== 404 && err.status !== 429 && err.status !== 0) toast(problem(err), 'bad');
     } finally {
-      // Quick while something runs (its progress moves), slow otherwise.
+      // Quick while something runs (its progress moves), slow otherwise — and slow whenever the notices are live:
+      // they tell of every start and end, and this poll only moves the progress bars along.
       clearTimeout(timer);
-      timer = setTimeout(refresh, runs.some((r) => LIVE.has(r.state)) ? 1500 : 10_000);
+      timer = setTimeout(refresh, runs.some((r) => LIVE.has(r.state)) ? (notices?.live ? 5000 : 1500) : 10_000);
     }
   }
 
@@ -116,9 +122,25 @@ export function createRunsPanel({ askCard, viewerCard, listCard, session, onSpen
     );
   }
 
+  /** Follow the notices of the session with this token (or none): a run's news refreshes the list, and its end the balance. */
+  function listen(token) {
+    if (token === noticesToken) return;
+    notices?.close();
+    notices = null;
+    noticesToken = token;
+    if (!token) return;
+    notices = watchSession(token, (n) => {
+      // Several notices in a burst cost one read of the list.
+      clearTimeout(soon);
+      soon = setTimeout(() => refresh(), 50);
+      if (n && !LIVE.has(n.state)) onSpent();
+    });
+  }
+
   return {
     /** The session changed (or is gone): enable asking, reattach the remembered run, load the list. */
     sessionChanged(s) {
+      listen(s ? session()?.creds?.token ?? null : null);
       const ok = s?.state === 'active';
       send.disabled = !ok;
       document.getElementById('ask-hint').textContent = !s ? 'Create and pay a session first.' : ok ? 'Ctrl+Enter sends.' : `The session is ${s.state.replaceAll('_', ' ')}.`;

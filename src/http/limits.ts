@@ -82,7 +82,7 @@ export function createLimits(deps: LimitsDeps) {
     };
 
   /** Routes whose first statement authenticates a session, and so takes the request's count and slot into it. */
-  const folds = (req: Request) => req.baseUrl === '/v1' || /^\/(sessions\/[^/]+|runs)(\/|$)/.test(req.path);
+  const folds = (req: Request) => req.baseUrl === '/v1' || /^\/(sessions\/[^/]+|runs|ws)(\/|$)/.test(req.path);
 
   /**
    * Hold one of the key's stream slots for as long as the response is open. The close listener is attached
@@ -176,6 +176,36 @@ export function createLimits(deps: LimitsDeps) {
       if (token) pendingSlots.set(req, { key: `session:${tokenHashOf(req, token)}`, max: c.SESSION_MAX_STREAMS });
       next();
     }) as RequestHandler,
+
+    /**
+     * A WebSocket that authenticates by its first message (its upgrade carried no token): the count and the stream
+     * slot an SSE stream's request takes, left pending for that authentication's statement. The slot is held until
+     * the upgrade's response — bound to the socket — closes.
+     */
+    pendSocket(req: Request, token: string) {
+      const hash = tokenHashOf(req, token);
+      if (sessionRequests) pending.defer(req, { key: `${SESSION_BUDGET_NAME}:${hash}`, limit: c.SESSION_RATE_LIMIT_PER_MIN, windowMs: 60_000 });
+      if (c.SESSION_MAX_STREAMS > 0) pendingSlots.set(req, { key: `session:${hash}`, max: c.SESSION_MAX_STREAMS });
+    },
+
+    /**
+     * A socket message that does work (subscribe, stop) is a request of its session: counted against its budget (a
+     * statement of its own; a budget found spent is refused from memory). Throws the `429 rate_limited` it would get.
+     */
+    async countMessage(tokenHash: string): Promise<void> {
+      if (!sessionRequests) return;
+      const key = `${SESSION_BUDGET_NAME}:${tokenHash}`;
+      const until = spent.get(key);
+      const d =
+        until !== undefined && until > Date.now()
+          ? { ok: false, limit: c.SESSION_RATE_LIMIT_PER_MIN, resetMs: until - Date.now() }
+          : await sessionRequests.hit(tokenHash);
+      if (d.ok) return;
+      if (until === undefined || until <= Date.now()) spent.set(key, Date.now() + d.resetMs);
+      const s = Math.max(1, Math.ceil(d.resetMs / 1000));
+      deps.onLimited?.(SESSION_BUDGET_NAME);
+      throw new AppError(429, 'rate_limited', budgetMessage({ limit: d.limit } as RateDecision, s), { limit: SESSION_BUDGET_NAME, retryAfterSeconds: s });
+    },
 
     /** The request's pending stream slot (once), for its authentication's statement. */
     takeSlot(req: Request | undefined): PendingSlot | undefined {

@@ -72,7 +72,9 @@ export function requestLogging(app: Express, log: Logger): RequestHandler {
         return;
       }
       const level = res.statusCode >= 400 ? 'warn' : 'info';
-      log[level]({ ...fields, responseTime }, !req.readableAborted && res.writableEnded ? 'request completed' : 'request aborted');
+      // An upgraded request (101: a WebSocket) completes when its socket closes; its response is never ended.
+      const completed = res.statusCode === 101 || (!req.readableAborted && res.writableEnded);
+      log[level]({ ...fields, responseTime }, completed ? 'request completed' : 'request aborted');
     });
     next();
   };

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { RequestListener } from 'node:http';
 import type { Config } from '../config.js';
+import { routeUpgrades } from './upgrade.js';
 
 /**
  * The HTTP server, bounded against slow and many clients. Each connection costs a file descriptor, and so does
@@ -24,6 +25,8 @@ export function createServer(app: RequestListener, config: Pick<Config, 'HTTP_HE
     app,
   );
   server.maxConnections = config.MAX_CONNECTIONS > 0 ? config.MAX_CONNECTIONS : defaultMaxConnections();
+  // Upgrade requests (`GET /api/ws`) go through the app too.
+  routeUpgrades(server, app);
   return server;
 }
 

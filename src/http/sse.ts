@@ -43,32 +43,47 @@ type NodeSocket = Socket & { _httpMessage?: unknown };
 
 const PING = new Frame(': ping\n\n');
 
+/** Something the shared keep-alive sweep visits: an SSE stream (a `: ping` comment), a WebSocket (a ping frame). */
+export interface KeepAlive {
+  ping(): void;
+}
+
 /**
- * Every open SSE stream of the app, and the one timer that pings them all: a stream costs no timer of its own.
- * The sweep writes a `: ping` comment to each stream whose socket has room (a full one needs no more bytes).
+ * Every open stream of the app — SSE responses and WebSockets — and the one timer that pings them all: a stream
+ * costs no timer of its own. The sweep writes a `: ping` comment to each SSE stream whose socket has room (a full
+ * one needs no more bytes) and pings each WebSocket (ws.ts: one that has not answered the last ping is closed).
  */
 export function createSseHub(opts: { pingMs: number }) {
-  const open = new Set<Stream>();
+  const open = new Set<KeepAlive>();
+  let streams = 0;
   let timer: NodeJS.Timeout | null = null;
 
   function sweep() {
-    for (const s of open) if (s.ready) s.write(PING);
+    for (const s of open) s.ping();
   }
 
+  function add(s: KeepAlive) {
+    open.add(s);
+    if (!timer) {
+      timer = setInterval(sweep, opts.pingMs);
+      timer.unref();
+    }
+  }
+  function remove(s: KeepAlive) {
+    open.delete(s);
+    if (open.size === 0 && timer) {
+      clearInterval(timer);
+      timer = null;
+    }
+  }
   const hub: Hub = {
     add(s) {
-      open.add(s);
-      if (!timer) {
-        timer = setInterval(sweep, opts.pingMs);
-        timer.unref();
-      }
+      streams++;
+      add(s);
     },
     remove(s) {
-      open.delete(s);
-      if (open.size === 0 && timer) {
-        clearInterval(timer);
-        timer = null;
-      }
+      streams--;
+      remove(s);
     },
   };
 
@@ -77,8 +92,14 @@ export function createSseHub(opts: { pingMs: number }) {
     open(req: Request, res: Response, o: SseOptions): SseStream {
       return new Stream(req, res, o, hub);
     },
+    /** Visit `s` on every sweep from now on (another kind of stream: a WebSocket); returns the function that stops it. */
+    keepAlive(s: KeepAlive): () => void {
+      add(s);
+      return () => remove(s);
+    },
+    /** Open SSE streams. */
     get size() {
-      return open.size;
+      return streams;
     },
   };
 }
@@ -154,6 +175,10 @@ class Stream implements SseStream {
 
   get ready() {
     return !this.#closed && !this.#full;
+  }
+
+  ping() {
+    if (this.ready) this.write(PING);
   }
 
   write(frame: Frame) {

@@ -11,6 +11,8 @@ export interface MetricSources {
   pool: { totalCount: number; idleCount: number; waitingCount: number };
   /** The open SSE streams (http/sse.ts). */
   streams: { size: number };
+  /** The open WebSockets (http/ws.ts). */
+  sockets: { size: number };
 }
 
 export interface MetricsOptions {
@@ -59,6 +61,14 @@ export function createMetrics(opts: MetricsOptions = {}) {
     registers,
     collect() {
       if (sources) this.set(sources.streams.size);
+    },
+  });
+  new Gauge({
+    name: 'sluice_websockets_open',
+    help: 'WebSocket connections open on this process (GET /api/ws); their run subscriptions count in sluice_stream_subscribers',
+    registers,
+    collect() {
+      if (sources) this.set(sources.sockets.size);
     },
   });
   new Gauge({

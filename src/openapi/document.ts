@@ -8,6 +8,7 @@ import { describeJobs } from '../jobs/jobs.openapi.js';
 import { describeOpenAi } from '../openai/openai.openapi.js';
 import { describePayments } from '../payments/payments.openapi.js';
 import { describeRuns } from '../runs/runs.openapi.js';
+import { describeSocket } from '../runs/socket.openapi.js';
 import { describeSessions } from '../sessions/sessions.openapi.js';
 import { apiErrors, json, ok, registerCommon, type DocContext, type Registry } from './registry.js';
 
@@ -37,7 +38,7 @@ export type OpenApiDocument = ReturnType<OpenApiGeneratorV31['generateDocument']
 /** The package's version (package.json is two folders up from `src/openapi/` and `dist/openapi/` alike). */
 const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
 
-const INTRO = `Sluice sells AI work for sats and never makes a client wait on it. A client pays — a prepaid **session** balance, or a per-**job** Lightning invoice — submits a request, gets \`202\` and an id at once, then polls or streams the tokens over SSE: from any tab, after a refresh, after a server restart, from any process.
+const INTRO = `Sluice sells AI work for sats and never makes a client wait on it. A client pays — a prepaid **session** balance, or a per-**job** Lightning invoice — submits a request, gets \`202\` and an id at once, then polls or streams the tokens over SSE — or many runs at once over one WebSocket (\`GET /api/ws\`): from any tab, after a refresh, after a server restart, from any process.
 
 Two faces share one engine, where every piece of AI work is a **run** with an append-only event log:
 
@@ -91,6 +92,7 @@ export function describeApi(d: DocContext & { optional: OptionalRoutes }): OpenA
   describeService(r);
   describeSessions(r, d);
   describeRuns(r);
+  describeSocket(r, d);
   describeJobs(r, d);
   describePayments(r, { lnbitsWebhook: d.optional.lnbitsWebhook });
   describeDemo(r, d);

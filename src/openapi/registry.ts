@@ -39,7 +39,7 @@ export function registerCommon(r: Registry): void {
     type: 'apiKey',
     in: 'query',
     name: 'access_token',
-    description: 'The session token as a query parameter, on SSE streams only: a browser’s `EventSource` cannot send an `Authorization` header. Never logged.',
+    description: 'The session token as a query parameter, on SSE streams and the WebSocket (`GET /api/ws`) only: a browser’s `EventSource` and `WebSocket` cannot send an `Authorization` header. Never logged.',
   });
   const integer = { type: 'integer' as const };
   const headers: Record<string, { description: string; schema: object }> = {
@@ -126,7 +126,9 @@ const API_CODES = {
   provider_auth_failed: 'the AI provider refused this server’s key (an operator must fix it)',
   provider_quota_exceeded: 'this server’s account with the AI provider is out of quota (an operator must fix it)',
   provider_rejected: 'the AI provider refused the request',
-  too_many_streams: 'this client already has `SSE_MAX_STREAMS_PER_IP` streams open (`details.limit`): close one',
+  too_many_streams: 'this client already has `SSE_MAX_STREAMS_PER_IP` streams open (`details.limit`): close one (over a WebSocket: the socket holds `WS_MAX_SUBSCRIPTIONS` subscriptions)',
+  upgrade_required: 'this is a WebSocket endpoint: connect with a WebSocket client (`Upgrade: websocket`)',
+  origin_not_allowed: 'a page of this origin may not open a WebSocket here: only this server’s own origin and `CORS_ORIGINS`',
   shutting_down: 'the server is shutting down; try again (another process, or shortly)',
   database_unavailable: 'the database is not reachable right now; wait `Retry-After` seconds and try again',
 } as const;
@@ -140,6 +142,7 @@ const STATUS_TEXT: Record<number, string> = {
   404: 'Not found',
   409: 'Conflict',
   413: 'Payload too large',
+  426: 'Upgrade required',
   429: 'Too many requests',
   502: 'Bad gateway: a provider behind the server failed',
   503: 'Service unavailable',

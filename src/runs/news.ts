@@ -1,4 +1,5 @@
 import type { Bus } from '../bus.js';
+import { keyedListeners } from './listeners.js';
 
 /**
  * "Run X has news in Postgres" (a flush or the finish, possibly on another process; or this process stopped
@@ -7,24 +8,15 @@ import type { Bus } from '../bus.js';
  * stream) as a listener per stream would.
  */
 export function createRunNews(bus: Bus) {
-  const waiting = new Map<string, Set<() => void>>();
-  const notify = (e: { runId: string }) => {
-    const set = waiting.get(e.runId);
-    if (set) for (const wake of set) wake();
-  };
+  const waiting = keyedListeners<void>();
+  const notify = (e: { runId: string }) => waiting.tell(e.runId, undefined);
   bus.on('run:progress', notify);
   bus.on('run:finish', notify);
   bus.on('run:abandoned', notify);
   return {
     /** Call `wake` on news of `runId`; returns the unsubscribe. */
     on(runId: string, wake: () => void): () => void {
-      let set = waiting.get(runId);
-      if (!set) waiting.set(runId, (set = new Set()));
-      set.add(wake);
-      return () => {
-        set.delete(wake);
-        if (set.size === 0 && waiting.get(runId) === set) waiting.delete(runId);
-      };
+      return waiting.on(runId, wake);
     },
     get size() {
       return waiting.size;

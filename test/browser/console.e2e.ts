@@ -2,8 +2,8 @@
 /**
  * The browser console for real: headless Chromium (Debian's `chromium` package, driven by playwright-core)
  * against the real server process. A session flow, stopping a run, a reload mid-stream, a network cut
- * mid-stream, the job flow with its refund, a page on another origin streaming through CORS (and using the openai SDK), and the API reference
- * at `/docs`. Screenshots go to test/browser/screenshots/.
+ * mid-stream, the job flow with its refund, a page on another origin streaming through CORS (and using the openai SDK), the API reference
+ * at `/docs`, and eight runs watched at once over one WebSocket (where eight SSE streams stall on HTTP/1.1). Screenshots go to test/browser/screenshots/.
  *
  *   apt-get install -y chromium && npm run test:browser      (CHROMIUM_PATH to use another binary)
  */
@@ -13,6 +13,7 @@ import { freePort } from '../helpers/global-setup.js';
 import { crossOrigin } from './cross-origin.js';
 import { docsPage } from './docs.js';
 import { openAiSdkPage } from './openai-sdk.js';
+import { manyRuns } from './websocket.js';
 import { assertWhole, lastStream, sessionOf, shot, startHarness, until, type Harness } from './harness.js';
 import { decodeInvoice } from '../../src/providers/payments/bolt11.js';
 
@@ -36,6 +37,9 @@ async function ask(page: Page, request: string): Promise<string> {
   await until(page, () => document.querySelector('#run-viewer .out .tok') !== null, 'the first token');
   return page.evaluate(() => JSON.parse(localStorage.getItem('sluice.viewer')!));
 }
+
+/** What the console's session-notices socket did (public/console/notices.js). */
+const noticesOf = (page: Page) => page.evaluate(() => (window as unknown as { sluiceConsole: { notices: { opens: number; notices: string[] } } }).sluiceConsole.notices);
 
 const tokensShown = (page: Page) => page.$$eval('#run-viewer .out .tok', (els) => els.length);
 const viewerEnded = (page: Page) => until(page, () => document.querySelector('#run-viewer .streamline')?.getAttribute('data-state') === 'ended', 'the run to end', 30_000);
@@ -72,6 +76,9 @@ async function sessionFlow(): Promise<Page> {
   assert.match((await page.textContent('#ledger-sum'))!, /= balance ✓/);
   assert.equal(await page.getAttribute('#balance', 'data-sats'), String(ledger.balanceSats));
   await until(page, () => document.querySelector('#runs .run-row')?.getAttribute('data-state') === 'complete', 'the run complete in the list');
+  // The list follows the session's notices over a WebSocket, rather than polling for them.
+  const notices = await noticesOf(page);
+  assert.ok(notices.opens >= 1 && notices.notices.includes(`${runId.slice(0, 8)}:complete`), `the run's end came as a notice: ${JSON.stringify(notices)}`);
   log(`session flow: paid 200 sats, 40 tokens streamed, charged ${run.chargedSats}, refunded ${run.refundedSats}`);
   await shot(page, 'session');
   return page;
@@ -143,6 +150,8 @@ async function cutNetwork(page: Page) {
   assertWhole(stream.received, 151, 'after a network cut');
   assert.equal(stream.duplicates, 0, 'no event was sent twice');
   assert.ok(stream.reconnects >= 1, 'it reconnected');
+  // The notices socket was cut too, and came back by itself.
+  await page.waitForFunction(() => (window as unknown as { sluiceConsole: { notices: { opens: number } } }).sluiceConsole.notices.opens >= 2, undefined, { timeout: 20_000, polling: 100 });
   log(`network cut at ${before} tokens: resumed with Last-Event-ID; 150 tokens, each once (indicator: ${states.join(' → ')})`);
 }
 
@@ -197,6 +206,7 @@ try {
   await crossOrigin(h, otherOrigin, log);
   await openAiSdkPage(h, sdkOrigin, log);
   await docsPage(h, log);
+  await manyRuns(h, log);
   log('all passed; screenshots in test/browser/screenshots/');
 } finally {
   await h.close();

@@ -68,6 +68,7 @@ export async function startTestServer(
       await ctx.jobs.drain();
       await ctx.maintenance.stop();
       await ctx.bridge.stop();
+      await ctx.sockets.closeAll('server shutting down', 500);
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await database.close();

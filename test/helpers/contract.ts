@@ -50,7 +50,7 @@ export function contractChecker(routes: Map<string, RouteConfig>) {
 }
 
 /** Why `value` does not conform to `schema` (null when it does): a parse failure, or what parsing dropped. */
-function mismatch(schema: z.ZodType, value: unknown): string | null {
+export function mismatch(schema: z.ZodType, value: unknown): string | null {
   // A union parses as its first matching option, which may drop what a later one keeps: any option will do.
   if (schema instanceof z.ZodUnion) {
     const whys = (schema.options as z.ZodType[]).map((o) => mismatch(o, value));

@@ -1,0 +1,53 @@
+import type { Bus } from '../bus.js';
+import type { RunState } from '../db/schema.js';
+import type { RunMetrics } from './executor.js';
+import { keyedListeners } from './listeners.js';
+import type { RunEntry } from './registry.js';
+
+/** A session notice: a run of the session was created, started, or ended in `state`. */
+export interface SessionNotice {
+  runId: string;
+  state: RunState;
+}
+
+/**
+ * The executor's two hooks (accepted, first token), also announcing `run:state` on the bus: a run accepted here
+ * (`queued` or `executing`), and a run accepted `queued` that has started (at its first token: the executor has no
+ * hook at its claim). Synchronous and free when no socket listens: no statement, no NOTIFY — so these notices are
+ * local to the process that accepted the run, while its end (`session:request:complete`) reaches every process.
+ */
+export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
+  const queued = new WeakSet<RunEntry>();
+  return {
+    accepted(entry) {
+      hooks.accepted(entry);
+      if (entry.state === 'queued') queued.add(entry);
+      if (entry.kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId: entry.runId, kind: entry.kind, sessionId: entry.sessionId, state: entry.state });
+    },
+    firstToken(entry) {
+      hooks.firstToken(entry);
+      if (!queued.delete(entry)) return;
+      if (entry.kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId: entry.runId, kind: entry.kind, sessionId: entry.sessionId, state: 'executing' });
+    },
+  };
+}
+
+/**
+ * Session notices for the sockets of this process: one pair of bus listeners and a map by session id, so a run's
+ * change costs O(sockets of that session), not O(every socket) as a listener per socket would.
+ */
+export function createSessionNotices(bus: Bus) {
+  const listeners = keyedListeners<SessionNotice>();
+  bus.on('run:state', (e) => listeners.tell(e.sessionId, { runId: e.runId, state: e.state }));
+  // From any process: the finish statement NOTIFYs it (bus-bridge.ts).
+  bus.on('session:request:complete', (e) => listeners.tell(e.sessionId, { runId: e.requestId, state: e.state }));
+  return {
+    /** Call `fn` with every notice of `sessionId`; returns the unsubscribe. */
+    on: (sessionId: string, fn: (n: SessionNotice) => void) => listeners.on(sessionId, fn),
+    get size() {
+      return listeners.size;
+    },
+  };
+}
+
+export type SessionNotices = ReturnType<typeof createSessionNotices>;
