@@ -4,7 +4,8 @@ import supertest from 'supertest';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { createDatabase } from '../src/db/pool.js';
-import { createSafeLogger, REDACT_PATHS, requestLineRedaction } from '../src/log-safety.js';
+import fc from 'fast-check';
+import { createSafeLogger, REDACT_PATHS, requestLineRedaction, scrubAll, scrubSecrets } from '../src/log-safety.js';
 import { freshDatabaseUrl } from './helpers/db.js';
 import { startServerProcess } from './helpers/process.js';
 import { readSse } from './helpers/sse.js';
@@ -62,6 +63,17 @@ describe('the logger', () => {
     // A path that would reach a field the fast path does not censor is refused at once, not silently missed.
     expect(() => requestLineRedaction([...REDACT_PATHS, 'req.url'])).toThrow(/req.url/);
     expect(() => requestLineRedaction([...REDACT_PATHS, '*.*.*'])).toThrow();
+  });
+
+  it('scrubs a line exactly as the four patterns do, whether or not its one-scan check lets it skip them', () => {
+    const fragments = ['Bearer ', 'bEaReR\t', 'bearer', 'key=', 'KEY=v', 'api_key=', 'token=', 'access_token=x&', 'macaroon=', 'preimage=', 'sk_', 'sk_abcdefghijklmnopqrstuvwxyz', 'postgres://u:p@h', 'POSTGRESQL://a:b@', '=', ' ', '"', '&', 'abc', 'é', '\\'];
+    fc.assert(
+      fc.property(fc.array(fc.oneof(fc.constantFrom(...fragments), fc.string({ maxLength: 4 })), { maxLength: 12 }), (parts) => {
+        const text = parts.join('');
+        expect(scrubSecrets(text)).toBe(scrubAll(text));
+      }),
+      { numRuns: 2000 },
+    );
   });
 
   it('logs a failed query without the values bound to it', async () => {
