@@ -149,7 +149,7 @@ export async function benchEndToEnd(env: BenchEnv) {
  */
 export async function benchTtft(env: BenchEnv) {
   const url = await env.pg.freshDatabase('b_ttft');
-  const server = await startBenchServer(url, {});
+  const server = await startBenchServer(url, { BENCH_TIMINGS: true });
   const c = jsonClient(server.url, 4);
   const s = await paidSession(c, 10_000);
   const finished = finishes(server);

@@ -4,7 +4,8 @@ import supertest from 'supertest';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { createDatabase } from '../src/db/pool.js';
-import { createSafeLogger } from '../src/log-safety.js';
+import fc from 'fast-check';
+import { createSafeLogger, REDACT_PATHS, requestLineRedaction, scrubAll, scrubSecrets } from '../src/log-safety.js';
 import { freshDatabaseUrl } from './helpers/db.js';
 import { startServerProcess } from './helpers/process.js';
 import { readSse } from './helpers/sse.js';
@@ -30,6 +31,49 @@ describe('the logger', () => {
     const out = lines.join('');
     for (const v of Object.values(s)) expect(out).not.toContain(v);
     expect(out).toContain('[redacted]');
+  });
+
+  it('redacts the request line (its own fast path) exactly as the logger redacts it', () => {
+    const { lines, log } = collect();
+    const plain = log.child({}, { redact: { paths: [] } });
+    const redact = requestLineRedaction();
+    // Every name a path can reach in headers (lower case, as Node gives them) and in the query (as sent), and others.
+    const names = [...new Set(REDACT_PATHS.map((p) => p.split(/[.[\]"]+/).filter(Boolean).at(-1)!))];
+    const lines2: Array<Record<string, unknown>> = [
+      { host: 'x', accept: '*/*' },
+      Object.fromEntries(names.map((n) => [n.toLowerCase(), secret(n)])),
+      { authorization: `Bearer ${secret('t')}`, 'x-request-id': 'r1', 'proxy-authorization': 'Basic x', 'grpc-metadata-macaroon': secret('m') },
+    ];
+    const queries: Array<Record<string, unknown>> = [
+      {},
+      Object.assign(Object.create(null), Object.fromEntries(names.map((n) => [n, secret(n)]))),
+      Object.assign(Object.create(null), { access_token: [secret('a'), secret('b')], page: '2', token: { nested: secret('n') } }),
+    ];
+    for (const headers of lines2) {
+      for (const query of queries) {
+        const req = { id: 'r', method: 'GET', url: '/api/x', query, params: {}, headers, remoteAddress: '127.0.0.1', remotePort: 1 };
+        log.info({ req, res: { statusCode: 200 }, responseTime: 3 }, 'request completed');
+        plain.info({ req: redact(req), res: { statusCode: 200 }, responseTime: 3 }, 'request completed');
+        const [a, b] = lines.splice(0).map((l) => ({ ...JSON.parse(l), time: 0 }));
+        expect(b).toEqual(a);
+        // and the logged object itself was not touched
+        expect(req.headers).toBe(headers);
+      }
+    }
+    // A path that would reach a field the fast path does not censor is refused at once, not silently missed.
+    expect(() => requestLineRedaction([...REDACT_PATHS, 'req.url'])).toThrow(/req.url/);
+    expect(() => requestLineRedaction([...REDACT_PATHS, '*.*.*'])).toThrow();
+  });
+
+  it('scrubs a line exactly as the four patterns do, whether or not its one-scan check lets it skip them', () => {
+    const fragments = ['Bearer ', 'bEaReR\t', 'bearer', 'key=', 'KEY=v', 'api_key=', 'token=', 'access_token=x&', 'macaroon=', 'preimage=', 'sk_', 'sk_abcdefghijklmnopqrstuvwxyz', 'postgres://u:p@h', 'POSTGRESQL://a:b@', '=', ' ', '"', '&', 'abc', 'é', '\\'];
+    fc.assert(
+      fc.property(fc.array(fc.oneof(fc.constantFrom(...fragments), fc.string({ maxLength: 4 })), { maxLength: 12 }), (parts) => {
+        const text = parts.join('');
+        expect(scrubSecrets(text)).toBe(scrubAll(text));
+      }),
+      { numRuns: 2000 },
+    );
   });
 
   it('logs a failed query without the values bound to it', async () => {

@@ -8,10 +8,13 @@ import { ensureDatabase, startEmbeddedPostgres } from '../../src/db/embedded.js'
 import { createDatabase } from '../../src/db/pool.js';
 import { runMigrations } from '../../src/db/migrate.js';
 
-/** The project's root (where package.json is), from the sources or from their compiled copy alike. */
+/**
+ * The project's root (where package.json and drizzle/ are), from the sources or from their compiled copy alike
+ * (`.bench-build/` holds a copy of package.json, which src/openapi/document.ts reads two folders up, but no drizzle/).
+ */
 export function projectRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  while (!existsSync(path.join(dir, 'package.json')) || !existsSync(path.join(dir, 'drizzle'))) dir = path.dirname(dir);
   return dir;
 }
 

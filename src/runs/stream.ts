@@ -145,6 +145,10 @@ export async function streamRun(deps: StreamDeps, req: Request, res: Response, f
  * failures are its own: logged, and the response ended (its headers are long sent).
  */
 export function pipeDetached(req: Request, deps: StreamDeps, sse: SseStream, runId: string, after: number, follow = true): void {
+  // Express leaves the router's continuation on the request (`req.next`: each router's `next`, with the context of
+  // its whole dispatch, three routers deep): the stream will never call it, and it was a fifth of what an idle
+  // stream held. (A failing handler is passed on by the router's own reference, not this one.)
+  req.next = undefined;
   pipeRun(deps, sse, runId, after, follow).catch((err: unknown) => {
     req.log.error({ err, runId }, 'a stream failed');
     sse.end();
