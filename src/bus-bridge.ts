@@ -6,10 +6,10 @@ import type { Bus, BusEvents } from './bus.js';
 export const BUS_CHANNEL = 'sluice_bus';
 
 /** Events that cross processes. The others stay local (they name in-process things). */
-const BRIDGED = ['run:finish', 'run:progress', 'job:update', 'invoice:settle', 'session:request:complete'] as const satisfies ReadonlyArray<keyof BusEvents>;
+const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:cancel', 'job:update', 'invoice:settle', 'session:request:complete'] as const satisfies ReadonlyArray<keyof BusEvents>;
 type Bridged = (typeof BRIDGED)[number];
 /** Bridged events whose NOTIFY is part of the statement that causes them: no round trip of their own. */
-const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'session:request:complete']);
+const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'run:queued', 'run:cancel', 'session:request:complete']);
 
 export interface BusBridge {
   start(): Promise<void>;
@@ -18,6 +18,7 @@ export interface BusBridge {
 
 /** The NOTIFY payload: who sent it (so a process ignores its own), which event, its payload. */
 export function busMessage(origin: string, event: Bridged, payload: unknown): string {
+  // (accept-statement.ts builds the same shape in SQL for `run:queued`: keep them alike.)
   return JSON.stringify({ o: origin, e: event, p: payload });
 }
 

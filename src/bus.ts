@@ -15,6 +15,10 @@ export interface BusEvents {
    * with the events themselves when they fit a NOTIFY payload.
    */
   'run:progress': (e: { runId: string; lastSeq: number; events?: Array<{ seq: number; type: RunEventType; data: unknown }> }) => void;
+  /** A run went into the shared queue (sent by the statement that queued it): a claimer with a free slot looks. */
+  'run:queued': (e: { runId: string }) => void;
+  /** A stop was asked for a run executing somewhere (sent by the statement that flagged it): its owner aborts it. */
+  'run:cancel': (e: { runId: string }) => void;
   /**
    * This process gave up driving a run (Postgres could not record its claim or its end): its readers here stop
    * waiting for live events and follow Postgres until recovery records the outcome. Local to the process.

@@ -131,12 +131,11 @@ describe('a run this process forgot', () => {
     const forgotten = await t.ctx.store.insert(t.ctx.db, {
       kind: 'session',
       sessionId: s.id,
-      state: 'executing',
       request: 'forgotten',
       maxTokens: 5,
       pricing: { inputPer1k: 0, outputPer1k: 0, minSats: 0 },
-      leaseOwner: t.ctx.instanceId,
-      leaseTtlS: 1,
+      claim: { owner: t.ctx.instanceId, leaseTtlS: 1, window: 64 },
+      notice: '',
     });
     expect(await t.ctx.maintenance.recoverOrphans(false)).toBe(0); // its lease is still good
     await t.ctx.db.update(runs).set({ leaseExpiresAt: new Date(Date.now() - 1000) }).where(eq(runs.id, forgotten.id));

@@ -1,3 +1,4 @@
+import { busMessage } from '../bus-bridge.js';
 import { and, eq, lt, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
@@ -97,7 +98,6 @@ export function createJobsService(deps: JobsDeps) {
       id: job.runId,
       kind: 'job',
       jobId,
-      state: 'queued',
       request: job.request,
       model: deps.models.default.entry.name,
       turn: [{ role: 'user', content: job.request }],
@@ -105,8 +105,8 @@ export function createJobsService(deps: JobsDeps) {
       maxTokens: job.pricing.estimatedOutputTokens,
       pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats },
       debitedSats: inv.amountSats,
-      leaseOwner: deps.instanceId,
-      leaseTtlS: config.LEASE_TTL_S,
+      // Into the shared queue: this process claims it at once if it has a slot, else any other that does.
+      notice: busMessage(deps.instanceId, 'run:queued', { runId: job.runId }),
     });
     return {
       effect: () => {

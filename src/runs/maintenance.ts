@@ -27,16 +27,20 @@ export function createMaintenance(deps: MaintenanceDeps) {
   let sweeper: NodeJS.Timeout | null = null;
   let sweeping: Promise<void> | null = null;
 
-  /** Finish live runs no process holds. `everyone`: we are the only process (embedded Postgres), so all are. */
+  /**
+   * Finish started runs no process holds. `everyone`: we are the only process (embedded Postgres), so all are.
+   * Queued runs are never finished here: they wait in the queue (runs/queue.ts) for any process to claim them.
+   */
   async function recoverOrphans(everyone = false): Promise<number> {
     let n = 0;
     for (;;) {
-      const ids = await store.orphans(everyone, deps.executor.held());
+      const ids = await store.orphans(everyone, deps.executor.held().map((h) => h.id));
       if (ids.length === 0) return n;
-      for (const id of ids) {
-        if (await deps.executor.interruptOrphan(id)) {
+      for (const { id, state } of ids) {
+        // A queued run here was stopped by a process that died before finishing it; the rest were started.
+        if (await deps.executor.interruptOrphan(id, state === 'queued' ? 'cancelled' : 'interrupted')) {
           n++;
-          log.warn({ runId: id }, 'orphaned run interrupted and refunded');
+          log.warn({ runId: id, state }, state === 'queued' ? 'stopped queued run cancelled and refunded' : 'orphaned run interrupted and refunded');
         }
       }
       if (ids.length < 100) return n;
