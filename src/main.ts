@@ -42,7 +42,7 @@ export async function start(config: Config, baseLog: Logger, catalogue?: Catalog
   let ctx: AppContext;
   let server: Server;
   try {
-    await runMigrations(database.db);
+    await runMigrations(database);
     ctx = createContext({ config, database, log, catalogue });
     // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
     const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);

@@ -46,11 +46,15 @@ const CLAIM = statement(`
     order by q.rn, q.created_at, q.id
     limit $3::int
     for update of r skip locked
+  ),
+  claimed as (
+    update runs set state = 'executing', attempt = attempt + 1, lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2::float8),
+      started_at = coalesce(started_at, now()), seq_ceiling = greatest(seq_ceiling, last_seq + $6::int)
+    from pick where runs.id = pick.pid and runs.state = 'queued' and runs.lease_owner is null and not runs.cancel_requested
+    returning ${RUN_COLUMNS}
   )
-  update runs set state = 'executing', attempt = attempt + 1, lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2::float8),
-    started_at = coalesce(started_at, now()), seq_ceiling = greatest(seq_ceiling, last_seq + $6::int)
-  from pick where runs.id = pick.pid and runs.state = 'queued' and runs.lease_owner is null and not runs.cancel_requested
-  returning ${RUN_COLUMNS}`);
+  -- (An UPDATE returns its rows in no particular order: they are started in the queue's.)
+  select claimed.* from claimed join q on q.id = claimed.id order by q.rn, q.created_at, q.id`);
 
 /**
  * Ask a live run to stop, wherever it is: the flag (read by its owner's next flush or heartbeat, and by every
