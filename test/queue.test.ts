@@ -32,9 +32,9 @@ describe('the queue', () => {
   });
 
   it('claims in order of acceptance, round-robin across sessions, each claim attempt + 1', async () => {
-    const as = [];
+    const as: string[] = [];
     for (let i = 0; i < 4; i++) as.push((await postRequest(t, a, `a${i}`)).requestId);
-    const bs = [];
+    const bs: string[] = [];
     for (let i = 0; i < 2; i++) bs.push((await postRequest(t, b, `b${i}`)).requestId);
     const got = await t.ctx.queue.claim(4, opts());
     expect(got.map((r) => r.id)).toEqual([as[0], bs[0], as[1], bs[1]]);

@@ -84,7 +84,7 @@ describe('1 API + 2 workers', () => {
   });
 
   it('runs accepted by the API execute on the workers, both of them, and stream from the API', async () => {
-    const ids = [];
+    const ids: string[] = [];
     for (let i = 0; i < 6; i++) ids.push((await post(`fleet ${i} [stub:tokens=30] [stub:delay=10]`)).requestId);
     const { events } = await readSse(`${api.url}/api/runs/${ids[0]}/stream`, { headers: s.auth });
     expect(idsOf(events)).toEqual(Array.from({ length: 31 }, (_, i) => i + 1));
@@ -138,10 +138,10 @@ describe('1 API + 2 workers', () => {
 
   it('kill -9 a worker mid-run: its started runs are interrupted and refunded within the lease; queued runs run elsewhere', async () => {
     // Four long runs fill both workers (two slots each); four short ones wait in the queue behind them.
-    const long = [];
+    const long: string[] = [];
     for (let i = 0; i < 4; i++) long.push((await post(`long ${i} [stub:tokens=300] [stub:delay=10]`)).requestId);
     await waitFor(async () => (await db.query(`select count(*)::int as n from runs where state = 'executing'`)).rows[0].n === 4, { what: 'both workers busy' });
-    const short = [];
+    const short: string[] = [];
     for (let i = 0; i < 4; i++) short.push((await post(`short ${i} [stub:tokens=5] [stub:delay=5]`)).requestId);
     for (const id of short) expect((await row(id)).state).toBe('queued');
     await waitFor(() => long.every((id) => executorOf(id)), { what: 'starts logged' });

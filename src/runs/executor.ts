@@ -3,12 +3,12 @@ import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import type { Models } from '../models/providers.js';
 import { resolveInput } from './context.js';
-import { retried } from './retry.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
 import { createAdmission } from './admission.js';
 import { generate } from './generate.js';
-import { createFinisher, type Finished, type Outcome, type Settlers } from './finish.js';
+import { createFinisher, type Outcome, type Settlers } from './finish.js';
+import { createEndings } from './endings.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
 import { busMessage } from '../bus-bridge.js';
@@ -103,6 +103,11 @@ export function createExecutor(opts: ExecutorOptions) {
   const sessionCap = opts.sessionCap ?? Infinity;
   /** How many events may be published ahead of Postgres (the seq ceiling's window). */
   const window = Math.max(1, opts.maxBacklog ?? 2048);
+  /**
+   * Runs a stop found claimed by us before our claim's reply was handled (`cancel` raced our own claim; the NOTIFY
+   * it sends is not delivered back to its sender): aborted as soon as they are taken.
+   */
+  const stopsBeforeTake = new Set<string>();
   /** Runs whose end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
   /** The shared queue's depth as last counted, plus what this process queued since, minus what it claimed. */
@@ -116,6 +121,7 @@ export function createExecutor(opts: ExecutorOptions) {
       queued = Math.max(0, queued - rows.length);
       for (const row of rows) {
         const entry = opts.registry.open(row);
+        if (stopsBeforeTake.delete(row.id)) entry.controller.abort('cancelled');
         start(entry);
       }
     },
@@ -131,16 +137,14 @@ export function createExecutor(opts: ExecutorOptions) {
     running: () => running.size,
     claiming: () => claimer.claiming,
     // A slot held for a run that was refused (or that queued after all) may now take one from the queue.
-    slotFreed: () => claimer.wake(),
+    slotFreed: () => claimer.slotFreed(),
   });
   const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId, models: opts.models });
   // A stop asked through another process, for a run executing here: at once (the flag stays the fallback).
   opts.bus.on('run:cancel', (e) => void stop(e.runId, 'cancelled'));
-  // A run queued anywhere: look, if a slot is free. A conversation's turn ending anywhere may unblock its next one.
+  // A run queued anywhere: look, if a slot is free. (A conversation's turn ending wakes the process that ran it,
+  // which has a slot free just then; the poll covers the rest.)
   opts.bus.on('run:queued', () => claimer.wake());
-  opts.bus.on('run:finish', () => {
-    if (queued > 0) claimer.wake();
-  });
 
   function start(entry: RunEntry) {
     const key = keyOf(entry);
@@ -152,7 +156,9 @@ export function createExecutor(opts: ExecutorOptions) {
         const n = (perKey.get(key) ?? 1) - 1;
         if (n > 0) perKey.set(key, n);
         else perKey.delete(key);
-        claimer.wake();
+        // A conversation's next turn may wait on this one; otherwise a claim only if something may be queued.
+        if (entry.row.conversationId) claimer.wake();
+        else claimer.slotFreed();
       });
     running.set(entry.runId, p);
   }
@@ -172,70 +178,7 @@ export function createExecutor(opts: ExecutorOptions) {
   const recounter = setInterval(recount, opts.pollMs ?? 1_000);
   recounter.unref();
 
-  /**
-   * Publish a finish to whoever watches here, then let the registry forget the run. `ownLog`: the finisher was the
-   * owner, so what this process published is exactly the log Postgres now has (a recovered run's memory may hold
-   * tokens Postgres never got: it is not offered as the run's log).
-   */
-  function announce(entry: RunEntry | undefined, fin: Finished | undefined, ownLog: boolean) {
-    if (fin && entry) {
-      entry.state = fin.run.state;
-      opts.registry.publish(entry.runId, fin.final);
-    }
-    // Before `end`, which may drop the entry: the log is copied only if the listener asks for it.
-    if (fin?.won && opts.onFinish) {
-      opts.onFinish(fin.run, () => {
-        const snap = entry && ownLog ? opts.registry.snapshot(entry.runId, 0) : null;
-        return snap?.complete ? snap.events : null;
-      });
-    }
-    if (entry) opts.registry.end(entry.runId);
-    if (!fin?.won) return;
-    const r = fin.run;
-    opts.bus.emit('run:finish', { runId: r.id, kind: r.kind, state: r.state, sessionId: r.sessionId, jobId: r.jobId });
-    if (r.kind === 'session' && r.sessionId) {
-      opts.bus.emit('session:request:complete', { sessionId: r.sessionId, requestId: r.id, state: r.state });
-    }
-  }
-
-  const retrying = <T>(what: string, runId: string, fn: () => Promise<T>) => retried(opts.log, what, runId, fn);
-
-  /**
-   * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
-   * event (we do not know the outcome Postgres will record), and let the sweeper finish it once Postgres is back.
-   */
-  function abandon(runId: string, err: unknown) {
-    opts.log.error({ err, runId }, 'could not record the state of a run; leaving it to recovery');
-    abandoned.add(runId);
-    const entry = opts.registry.get(runId);
-    if (entry && !entry.ended) {
-      if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
-      opts.registry.end(runId);
-    }
-    opts.bus.emit('run:abandoned', { runId });
-  }
-
-  /**
-   * Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run.
-   * With `published` (the owner finishing its own run: it knows everything the finish needs) the finish is one
-   * statement; without it, a locked read first (finish.ts).
-   */
-  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
-    let fin: Finished | undefined;
-    const own = entry && published !== undefined && entry.row.leaseOwner === opts.instanceId ? entry : undefined;
-    try {
-      fin = await retrying('finishing a run', runId, () =>
-        own
-          ? finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result)
-          : finisher.any(runId, outcome, pending, published),
-      );
-    } catch (err) {
-      abandon(runId, err);
-      return undefined;
-    }
-    announce(entry, fin, published !== undefined);
-    return fin;
-  }
+  const { announce, abandon, finishAndAnnounce } = createEndings({ ...opts, finisher, abandoned });
 
   async function execute(runId: string): Promise<void> {
     const entry = opts.registry.get(runId);
@@ -410,6 +353,8 @@ export function createExecutor(opts: ExecutorOptions) {
       const now = await opts.queue.cancel(runId, busMessage(opts.instanceId, 'run:cancel', { runId }));
       if (!now) return false;
       if (now.state === 'queued' && now.leaseOwner === null && (await interruptOrphan(runId, 'cancelled'))) queued = Math.max(0, queued - 1);
+      // Claimed by us meanwhile: stop it here (now, or as soon as the claim hands it over).
+      else if (now.state === 'executing' && now.leaseOwner === opts.instanceId && !stop(runId, 'cancelled')) stopsBeforeTake.add(runId);
       return true;
     },
 

@@ -111,8 +111,9 @@ export type Queue = ReturnType<typeof createQueue>;
 /**
  * The claim loop of one process: claims when it has free slots and there may be work, never two claims at once.
  * It is woken by the NOTIFY of every accept that queues a run (`run:queued`, sent by the accepting statement), by a
- * local run ending (a slot freed, and perhaps a conversation's next turn unblocked), and by a poll every `pollMs`:
- * a lost notification costs at most one poll interval, never a run.
+ * run of a conversation ending (its next turn may be unblocked), and by a poll every `pollMs`: a lost notification
+ * costs at most one poll interval, never a run. A slot freed by a run ending here claims only if something may have
+ * been queued since the last claim: in a steady state with an empty queue, a run costs no claim statement.
  *
  * Why it cannot overfill the process: `free()` is read when a claim starts and the slots it asks for are counted as
  * taken (`claiming`) until its rows are running, so the fast path (admission.ts) cannot hand them out meanwhile.
@@ -129,6 +130,12 @@ export function createClaimer(o: {
   let busy = false;
   let again = false;
   let stopped = true;
+  /**
+   * Something may have been queued since the last claim began (a NOTIFY, a poll, a claim that got all it asked
+   * for). A slot freed while this is false costs no statement: the last claim found the queue empty and nothing
+   * has been queued since.
+   */
+  let maybe = true;
   let asked = 0;
   let timer: NodeJS.Timeout | null = null;
   let loop: Promise<void> = Promise.resolve();
@@ -142,18 +149,21 @@ export function createClaimer(o: {
           const n = o.free();
           if (n <= 0) break;
           asked = n;
+          maybe = false;
           let rows: RunRow[];
           try {
             rows = await o.claim(n);
           } catch (err) {
+            maybe = true;
             o.log.warn({ err }, 'claiming queued runs failed; the next poll retries');
             break;
           } finally {
             asked = 0;
           }
           if (rows.length > 0) o.take(rows);
-          // Fewer than asked: the queue has nothing more for us now.
+          // All it asked for: there may be more. Fewer: the queue has nothing more for us now.
           if (rows.length < n) break;
+          maybe = true;
         }
       } while (again && !stopped);
     } finally {
@@ -161,15 +171,24 @@ export function createClaimer(o: {
     }
   }
 
+  function go() {
+    if (stopped) return;
+    if (busy) {
+      again = true;
+      return;
+    }
+    loop = run();
+  }
+
   const claimer = {
-    /** There may be work: claim now if a claim is not already running, else once more after it. */
+    /** There may be work (a NOTIFY, a poll, an earlier turn ended): claim now, or once more after the claim in flight. */
     wake() {
-      if (stopped) return;
-      if (busy) {
-        again = true;
-        return;
-      }
-      loop = run();
+      maybe = true;
+      go();
+    },
+    /** A slot came free here: claim only if the queue may have something. */
+    slotFreed() {
+      if (maybe) go();
     },
     /** Slots asked for by the claim in flight. */
     get claiming() {
