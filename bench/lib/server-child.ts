@@ -100,6 +100,7 @@ const handler = (req: IncomingMessage, res: ServerResponse) => {
 
 await ctx.bridge.start();
 ctx.maintenance.start();
+ctx.executor.startClaiming();
 const server = await listen(handler, config, 0, '127.0.0.1');
 const port = (server.address() as AddressInfo).port;
 

@@ -116,7 +116,9 @@ export type Queue = ReturnType<typeof createQueue>;
  * been queued since the last claim: in a steady state with an empty queue, a run costs no claim statement.
  *
  * Why it cannot overfill the process: `free()` is read when a claim starts and the slots it asks for are counted as
- * taken (`claiming`) until its rows are running, so the fast path (admission.ts) cannot hand them out meanwhile.
+ * taken (`claiming`) until its rows are running, so the fast path (admission.ts) cannot hand them out meanwhile. An
+ * accept that finds them taken queues its run, which is claimed right after (here or elsewhere). The poll's claim
+ * asks for one run only, so an idle process's poll holds back one slot from the fast path, not all of them.
  */
 export function createClaimer(o: {
   claim(n: number): Promise<RunRow[]>;
@@ -136,6 +138,8 @@ export function createClaimer(o: {
    * has been queued since.
    */
   let maybe = true;
+  /** The poll's claim is a probe: it asks for one run (so it holds one slot from the fast path while in flight). */
+  let probe = false;
   let asked = 0;
   let timer: NodeJS.Timeout | null = null;
   let loop: Promise<void> = Promise.resolve();
@@ -146,7 +150,8 @@ export function createClaimer(o: {
       do {
         again = false;
         while (!stopped) {
-          const n = o.free();
+          const n = probe ? Math.min(1, o.free()) : o.free();
+          probe = false;
           if (n <= 0) break;
           asked = n;
           maybe = false;
@@ -197,7 +202,11 @@ export function createClaimer(o: {
     start() {
       if (!stopped) return;
       stopped = false;
-      timer = setInterval(() => claimer.wake(), o.pollMs);
+      timer = setInterval(() => {
+        // Only a lost NOTIFY leaves work for the poll to find: ask for one, and for the rest once one was there.
+        if (!busy) probe = true;
+        claimer.wake();
+      }, o.pollMs);
       timer.unref();
       claimer.wake();
     },
