@@ -2,7 +2,7 @@
  * The baseline of bench/queue.ts: one graphile-worker 0.17 process (`run`, its own pool, LISTEN/NOTIFY and its
  * poll) with a task that does nothing, in a process of its own so its CPU is its own. Driven over IPC with the
  * protocol of server-child.ts (`ready`, `cpu`, `quit`), plus `latencies`: for each job it ran, the time from its
- * insert to its claim, both by Postgres's clock (`locked_at − created_at`), as the Sluice side measures its runs.
+ * insert to its task being called (`Date.now() − created_at`; a Sluice run's claim is timed by Postgres alone), as the Sluice side measures its runs.
  */
 import { Logger, run, type Runner } from 'graphile-worker';
 
@@ -23,7 +23,8 @@ runner = await run({
   taskList: {
     noop: async (_payload, helpers) => {
       const job = helpers.job;
-      if (job.locked_at) latencies.push(new Date(job.locked_at).getTime() - new Date(job.created_at).getTime());
+      // (This machine's clock, as Postgres's: one machine. `locked_at` is when its claim's transaction began.)
+      latencies.push(Date.now() - new Date(job.created_at).getTime());
     },
   },
 });

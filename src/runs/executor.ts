@@ -127,6 +127,10 @@ export function createExecutor(opts: ExecutorOptions) {
     },
     pollMs: opts.pollMs ?? 1_000,
     log: opts.log,
+    // A backlog is claimed a quarter of the slots at a time (at most 5 ms late): one claim per run would cost
+    // Postgres as much as the run's own finish.
+    batch: Math.max(1, Math.floor(opts.maxConcurrent / 4)),
+    batchMs: 5,
   });
   const admission = createAdmission({
     maxConcurrent: opts.maxConcurrent,

@@ -60,8 +60,9 @@ export interface FinishDeps {
  * The finish of a run, in ONE statement: the token events not yet in the log (those past the row's `last_seq`,
  * so a batch whose commit we never heard of is not written twice), the final event (its `completedAt` from the
  * same `now()` as the row's), the state with its usage and money, the front doors' settlement CTEs, and the
- * NOTIFYs of `run:finish` and `session:request:complete`. It is a compare-and-set: only a live run, and, when
- * `$11` names an owner, only while that owner holds its lease for the attempt `$16` (the fence: an owner whose lease
+ * NOTIFY of `run:finish` (one: every process that hears it tells its session's waiters too, bus-bridge.ts). It is a
+ * compare-and-set: only a live run, and, when `$11` names an owner, only while that owner holds its lease for the
+ * attempt `$15` (the fence: an owner whose lease
  * was taken over finishes nothing).
  */
 function finishStatement(settlers: Settlers): Statement {
@@ -76,7 +77,7 @@ function finishStatement(settlers: Settlers): Statement {
       update runs set state = $2, result = result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok), ''),
         input_tokens = $4, output_tokens = $5, charged_sats = $6, refunded_sats = $7, error = $8::jsonb, stop_reason = $9,
         last_seq = $10::int, completed_at = now(), lease_owner = null, lease_expires_at = null
-      where id = $1 and state in ('queued','executing') and ($11::text is null or (lease_owner = $11 and attempt = $16::int))
+      where id = $1 and state in ('queued','executing') and ($11::text is null or (lease_owner = $11 and attempt = $15::int))
       returning id, kind, state, session_id, job_id, refunded_sats, error, completed_at
     ),
     ev as (
@@ -85,9 +86,7 @@ function finishStatement(settlers: Settlers): Statement {
       union all
       select fin.id, $10::int, $12::text, $13::jsonb || jsonb_build_object('completedAt', to_char(fin.completed_at at time zone 'UTC', ${ISO_MS})) from fin
     )${parts.length ? `,\n    ${parts.join(',\n    ')}` : ''}
-    select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14),
-      case when $15::text is not null then pg_notify('${BUS_CHANNEL}', $15) end
-    from fin`);
+    select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14) from fin`);
 }
 
 /** What a finish writes, worked out from what the finisher knows of the run. */
@@ -104,7 +103,6 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
   const u = p.updated;
   const final = finalEvent(u, u.lastSeq);
   const finish = busMessage(origin, 'run:finish', { runId: u.id, kind: u.kind, state: u.state, sessionId: u.sessionId, jobId: u.jobId });
-  const complete = u.kind === 'session' && u.sessionId ? busMessage(origin, 'session:request:complete', { sessionId: u.sessionId, requestId: u.id, state: u.state }) : null;
   const res = await run<{ completed_at: Date }>(on, st, [
     p.runId,
     u.state,
@@ -120,7 +118,6 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
     final.type,
     JSON.stringify(final.data),
     finish,
-    complete,
     p.attempt,
   ]);
   const done = res.rows[0];
