@@ -35,6 +35,7 @@ async function sluiceSide(env: BenchEnv, workers: number, n: number, trickle: nu
             from generate_series(0, $1::int - 1) g join s on s.i = g % ${SESSIONS} returning id)
       select pg_notify('sluice_bus', '{"o":"bench","e":"run:queued","p":{"runId":"' || min(id::text) || '"}}') from r`, [count]);
   const left = async () => (await db.query(`select count(*)::int as n from runs where state in ('queued','executing')`)).rows[0].n as number;
+  const dbName = `b_queue_sluice_${workers}`;
   const out = await measure(env, servers, insert, left, n, trickle, async () => {
     const r = await db.query(`select extract(epoch from started_at - created_at) * 1000 as ms from runs where state = 'complete' and request = 'trickle'`);
     return r.rows.map((x) => Number(x.ms));
@@ -78,14 +79,24 @@ async function measure(
   trickle: number,
   latencies: () => Promise<number[]>,
   insertOne: (n: number) => Promise<unknown>,
+  profile = Boolean(process.env.BENCH_QUEUE_PROFILE),
 ) {
   // Warm: every connection prepares its statements.
   await insertMany(200);
   while ((await left()) > 0) await sleep(10);
+  if (profile) await env.pg.resetStatements();
   const m = await measured(env, servers, async () => {
     await insertMany(n);
     while ((await left()) > 0) await sleep(5);
   });
+  if (profile) {
+    const admin = new pg.Client({ connectionString: env.pg.adminUrl });
+    await admin.connect();
+    const top = await admin.query(`select calls::int, round(total_exec_time::numeric, 0) as ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 140) as q
+      from pg_stat_statements s join pg_database d on d.oid = s.dbid where d.datname = current_database() or true order by total_exec_time desc limit 8`);
+    for (const r of top.rows) env.log(`    ${String(r.calls).padStart(6)}× ${String(r.ms).padStart(6)} ms  ${r.q}`);
+    await admin.end();
+  }
   const cpuMs = m.serverCpuMs.reduce((a, b) => a + b, 0);
   await latencies(); // (what the throughput phase waited is not the trickle's latency)
   for (let i = 0; i < trickle; i++) {

@@ -50,7 +50,7 @@ const CLAIM = statement(`
   claimed as (
     update runs set state = 'executing', attempt = attempt + 1, lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2::float8),
       started_at = coalesce(started_at, now()), seq_ceiling = greatest(seq_ceiling, last_seq + $6::int)
-    from pick where runs.id = pick.pid and runs.state = 'queued' and runs.lease_owner is null and not runs.cancel_requested
+    where runs.id = any (array(select pid from pick)) and runs.state = 'queued' and runs.lease_owner is null and not runs.cancel_requested
     returning ${RUN_COLUMNS}
   )
   -- (An UPDATE returns its rows in no particular order: they are started in the queue's.)
