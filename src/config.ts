@@ -257,7 +257,8 @@ export const configSchema = z
   .transform((c) => ({
     ...c,
     LIGHTNING_NETWORK: c.LIGHTNING_NETWORK ?? (c.PAYMENT_PROVIDER === 'lnbits' ? ('bitcoin' as const) : ('regtest' as const)),
-    // One name for the slots from here on: WORKER_CONCURRENCY, or its former name.
+    // The slots under both names from here on (the code reads MAX_CONCURRENT_RUNS): WORKER_CONCURRENCY, or its former name.
+    WORKER_CONCURRENCY: c.WORKER_CONCURRENCY ?? c.MAX_CONCURRENT_RUNS,
     MAX_CONCURRENT_RUNS: c.WORKER_CONCURRENCY ?? c.MAX_CONCURRENT_RUNS,
   }));
 
