@@ -87,7 +87,7 @@ describe('fencing', () => {
     await t.ctx.database.pool.query(`update runs set attempt = 2 where id = $1`, [r.requestId]);
     const event = { seq: 1, type: 'token' as const, data: { content: 'late' } };
     expect(await t.ctx.store.appendTokens(r.requestId, 'stale', 1, [event], 'late', 1, 64)).toBe('lost');
-    expect(await t.ctx.store.renewLeases('stale', 60, [{ id: r.requestId, attempt: 1 }])).toEqual([]);
+    expect(await t.ctx.store.renewLeases('stale', 60, [{ id: r.requestId, attempt: 1 }])).toEqual({ stops: [], lost: [r.requestId] });
     const row = await t.ctx.store.get(r.requestId);
     expect(row).toMatchObject({ state: 'executing', lastSeq: 0, result: '', attempt: 2 });
     expect(await t.ctx.store.eventsAfter(r.requestId, 0)).toEqual([]);

@@ -90,8 +90,12 @@ export function createMaintenance(deps: MaintenanceDeps) {
       heartbeat = setInterval(() => {
         store
           .renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.held())
-          // A stop asked through another process reaches a run here even while it streams no tokens.
-          .then((stops) => stops.forEach((id) => deps.executor.stop(id, 'cancelled')))
+          // A stop asked through another process reaches a run here even while it streams no tokens (should its
+          // NOTIFY have been lost); a lease taken over (we were frozen past it) stops the provider call at once.
+          .then(({ stops, lost }) => {
+            for (const id of stops) deps.executor.stop(id, 'cancelled');
+            for (const id of lost) if (deps.executor.stop(id, 'interrupted')) log.warn({ runId: id }, 'lease lost at its renewal: another process took this run over; writing nothing more');
+          })
           .catch((err) => log.error({ err }, 'renewing leases failed'));
       }, Math.max(100, (config.LEASE_TTL_S * 1000) / 3));
       sweeper = setInterval(guarded('sweep', sweep), config.SWEEP_INTERVAL_S * 1000);

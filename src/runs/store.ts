@@ -88,7 +88,7 @@ const RENEW = statement(`
     from unnest($3::uuid[], $4::int[]) as h(id, attempt)
     where runs.id = h.id and runs.attempt = h.attempt and lease_owner = $1 and state = 'executing'
     returning runs.id, cancel_requested
-  ) select id from u where cancel_requested`);
+  ) select id, cancel_requested from u`);
 
 /**
  * A NOTIFY payload must stay under 8000 bytes: events whose JSON is larger than this travel without them (the
@@ -199,13 +199,16 @@ export function createRunStore(db: Db, pool: pg.Pool) {
     /**
      * Renew the leases of the runs this process drives — exactly `held`, never "every run with our name on it":
      * a run we gave up on (its claim or finish could not be recorded) must see its lease run out, so recovery
-     * takes it. Returns the ids among them that another process has asked to stop.
+     * takes it. Each renewal names its attempt (the fence). Returns the runs among them another process has asked to
+     * stop, and those whose lease is no longer ours to renew (taken over, or ended meanwhile).
      */
-    async renewLeases(owner: string, leaseTtlS: number, held: Array<{ id: string; attempt: number }>): Promise<string[]> {
-      if (held.length === 0) return [];
+    async renewLeases(owner: string, leaseTtlS: number, held: Array<{ id: string; attempt: number }>): Promise<{ stops: string[]; lost: string[] }> {
+      if (held.length === 0) return { stops: [], lost: [] };
       const ids = held.map((h) => h.id);
       const attempts = held.map((h) => h.attempt);
-      return (await run<{ id: string }>(pool, RENEW, [owner, leaseTtlS, ids, attempts])).rows.map((r) => r.id);
+      const rows = (await run<{ id: string; cancel_requested: boolean }>(pool, RENEW, [owner, leaseTtlS, ids, attempts])).rows;
+      const renewed = new Set(rows.map((r) => r.id));
+      return { stops: rows.filter((r) => r.cancel_requested).map((r) => r.id), lost: ids.filter((id) => !renewed.has(id)) };
     },
 
     /**
