@@ -231,8 +231,11 @@ export const runs = pgTable(
   (t) => [
     index('runs_session_created_idx').on(t.sessionId, t.createdAt.desc(), t.id.desc()),
     index('runs_live_idx').on(t.state, t.leaseExpiresAt).where(sql`${t.state} in ('queued','executing')`),
-    /** The queue, in order of acceptance (runs/queue.ts claims from its head). */
-    index('runs_queue_idx').on(t.createdAt, t.id).where(sql`${t.state} = 'queued'`),
+    /**
+     * The queue, in order of acceptance: exactly the claimable runs (runs/queue.ts claims from its head; its WHERE
+     * is this predicate, so the planner reads the head in order and stops at the LIMIT, statistics or not).
+     */
+    index('runs_queue_idx').on(t.createdAt, t.id).where(sql`${t.state} = 'queued' and ${t.leaseOwner} is null and not ${t.cancelRequested}`),
     index('runs_completed_idx').on(t.completedAt).where(sql`${t.completedAt} is not null`),
     index('runs_ephemeral_idx').on(t.id).where(sql`${t.ephemeral}`),
     uniqueIndex('runs_conversation_turn_uq').on(t.conversationId, t.conversationTurn).where(sql`${t.conversationId} is not null`),
