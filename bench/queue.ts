@@ -25,7 +25,7 @@ async function sluiceSide(env: BenchEnv, workers: number, n: number, trickle: nu
   await db.query(`insert into sessions (token_hash, state, balance_sats, expires_at)
                   select md5(g::text), 'active', 0, now() + interval '1 day' from generate_series(1, ${SESSIONS}) g`);
   const servers: BenchServer[] = [];
-  for (let i = 0; i < workers; i++) servers.push(await startBenchServer(url, { PROCESS_ROLE: 'worker', WORKER_CONCURRENCY: 32, SWEEP_INTERVAL_S: 3600, LOG_LEVEL: 'warn' }));
+  for (let i = 0; i < workers; i++) servers.push(await startBenchServer(url, { PROCESS_ROLE: 'worker', WORKER_CONCURRENCY: 32, SWEEP_INTERVAL_S: 3600, LOG_LEVEL: 'warn', BENCH_SILENT_FINISH: true }));
   // As the accept statement does: the insert and its NOTIFY in one statement.
   const insert = (count: number) =>
     db.query(`with s as (select id, row_number() over () - 1 as i from sessions),
