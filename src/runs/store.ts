@@ -141,13 +141,6 @@ export function createRunStore(db: Db, pool: pg.Pool) {
       await db.update(runs).set({ input }).where(and(eq(runs.id, runId), eq(runs.leaseOwner, owner), eq(runs.attempt, attempt), eq(runs.state, 'executing')));
     },
 
-    /** Which of these runs are still live (queued or executing). */
-    async liveAmong(ids: string[]): Promise<Set<string>> {
-      if (ids.length === 0) return new Set();
-      const rows = await db.select({ id: runs.id }).from(runs).where(and(inArray(runs.id, ids), inArray(runs.state, [...LIVE_STATES])));
-      return new Set(rows.map((r) => r.id));
-    },
-
     /**
      * Append token events and the text they carry, in one statement: the insert only happens if the run is
      * still executing under our lease, so a run another process has already finished is never written to. The
