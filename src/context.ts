@@ -148,7 +148,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const conversations = createConversationStore(db);
   const accept = createAccept({ config, db, pool: database.pool, store, conversations, executor, instanceId, models }).accept;
   const sessions = createSessionsService({ config, db, pool: database.pool, limits, settlement, accept, models });
-  const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId });
+  const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId, evaluates: role !== 'api' });
   const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);
   const maintenance = createMaintenance({
     config,

@@ -4,6 +4,8 @@ import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob, pay, waitJob } from './helpers/jobs.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { readSse, tokensOf } from './helpers/sse.js';
+import { createStubAiProvider } from '../src/providers/ai/stub.js';
+import type { AiProvider } from '../src/providers/ai/types.js';
 
 /**
  * Every face works on an `api` process whose runs all execute elsewhere (here a `worker` context in this process,
@@ -61,5 +63,30 @@ describe('an api process', () => {
     await api.http.post(`/api/runs/${running.requestId}/stop`).set(s.auth).expect(202);
     expect((await waitFinal(api, s, running.requestId)).state).toBe('cancelled');
     await expectLedgerBalanced(api, s);
+  });
+});
+
+describe('job evaluations across processes', () => {
+  it('every process that can evaluate hears of a paid evaluation; exactly one asks the provider', async () => {
+    let evaluations = 0;
+    const stub = createStubAiProvider({ tokenDelayMs: 1, outputTokens: 3 });
+    const counting: AiProvider = { ...stub, name: 'stub', stream: stub.stream.bind(stub), evaluate: (req, signal) => (evaluations++, stub.evaluate(req, signal)) };
+    const a = await startTestServer({}, { ai: counting });
+    const b = await a.sibling();
+    const c = await a.sibling();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const before = evaluations;
+        const job = await createJob(a, `evaluate once ${i} [stub:tokens=2] [stub:delay=1]`);
+        await pay(a, job.evalInvoice.paymentHash);
+        await waitJob(b, job.jobId, ['awaiting_work_payment']);
+        await Promise.all([a, b, c].map((t) => t.ctx.jobs.drain()));
+        expect(evaluations - before).toBe(1);
+      }
+    } finally {
+      await c.close();
+      await b.close();
+      await a.close();
+    }
   });
 });

@@ -31,6 +31,11 @@ export interface JobsDeps {
   executor: Executor;
   store: RunStore;
   instanceId: string;
+  /**
+   * Whether this process asks the AI provider itself (roles `all` and `worker`). An `api` process evaluates nothing:
+   * the `job:update` it emits reaches the others by NOTIFY, and one of them evaluates (default true).
+   */
+  evaluates?: boolean;
 }
 
 /** States in which the job's run exists (so a stream can attach to it). */
@@ -62,6 +67,9 @@ export function createJobsService(deps: JobsDeps) {
   const evaluating = new Map<string, Promise<void>>();
 
   const emit = (jobId: string, state: JobState) => bus.emit('job:update', { jobId, state });
+  const evaluates = deps.evaluates ?? true;
+  // An evaluation paid for through another process (an `api` one, or any: whoever claims it first evaluates it).
+  if (evaluates) bus.on('job:update', (e) => e.state === 'evaluating' && startEvaluation(e.jobId));
 
   // Paying the evaluation fee starts the evaluation (after commit). A job that no longer awaits it (deleted,
   // expired) cannot take the payment: the settlement holds it for the payer.
@@ -136,17 +144,28 @@ export function createJobsService(deps: JobsDeps) {
   });
 
   function startEvaluation(jobId: string) {
-    if (evaluating.has(jobId)) return;
+    if (!evaluates || evaluating.has(jobId)) return;
     const p = evaluate(jobId)
       .catch((err) => log.error({ err, jobId }, 'job evaluation crashed; the sweeper will retry'))
       .finally(() => evaluating.delete(jobId));
     evaluating.set(jobId, p);
   }
 
-  /** Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. */
+  /**
+   * Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. Several processes may
+   * be told of the same evaluation (the NOTIFY reaches them all, the sweep finds a stale one): the first to move its
+   * `updated_at` from the value it read evaluates it (a compare-and-set on the exact timestamp), the rest do
+   * nothing; for the next 60 s the sweep leaves it to that one.
+   */
   async function evaluate(jobId: string) {
-    const [job] = await db.select().from(jobs).where(eq(jobs.id, jobId));
-    if (!job || job.state !== 'evaluating') return;
+    const [job] = await db.select({ request: jobs.request, at: sql<string>`${jobs.updatedAt}::text` }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating')));
+    if (!job) return;
+    const claimed = await db
+      .update(jobs)
+      .set({ updatedAt: sql`now()` })
+      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating'), sql`${jobs.updatedAt} = ${job.at}::timestamptz`))
+      .returning({ id: jobs.id });
+    if (claimed.length === 0) return;
     let verdict: AiEvaluation;
     try {
       verdict = await deps.models.default.provider.evaluate(job.request, AbortSignal.timeout(EVAL_TIMEOUT_MS));
