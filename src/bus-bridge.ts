@@ -6,7 +6,7 @@ import type { Bus, BusEvents } from './bus.js';
 export const BUS_CHANNEL = 'sluice_bus';
 
 /** Events that cross processes. The others stay local (they name in-process things). */
-const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:cancel', 'job:update', 'invoice:settle'] as const satisfies ReadonlyArray<keyof BusEvents>;
+const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:cancel', 'job:update', 'job:evaluate', 'invoice:settle'] as const satisfies ReadonlyArray<keyof BusEvents>;
 type Bridged = (typeof BRIDGED)[number];
 /** Bridged events whose NOTIFY is part of the statement that causes them: no round trip of their own. */
 const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'run:queued', 'run:cancel']);

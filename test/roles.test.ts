@@ -67,13 +67,13 @@ describe('an api process', () => {
 });
 
 describe('job evaluations across processes', () => {
-  it('every process that can evaluate hears of a paid evaluation; exactly one asks the provider', async () => {
+  it('an evaluation paid through an api process is heard by every worker; exactly one asks the provider', async () => {
     let evaluations = 0;
     const stub = createStubAiProvider({ tokenDelayMs: 1, outputTokens: 3 });
     const counting: AiProvider = { ...stub, name: 'stub', stream: stub.stream.bind(stub), evaluate: (req, signal) => (evaluations++, stub.evaluate(req, signal)) };
-    const a = await startTestServer({}, { ai: counting });
-    const b = await a.sibling();
-    const c = await a.sibling();
+    const a = await startTestServer({ PROCESS_ROLE: 'api' }, { ai: counting });
+    const b = await a.sibling({ PROCESS_ROLE: 'worker' });
+    const c = await a.sibling({ PROCESS_ROLE: 'worker' });
     try {
       for (let i = 0; i < 3; i++) {
         const before = evaluations;

@@ -33,7 +33,7 @@ export interface JobsDeps {
   instanceId: string;
   /**
    * Whether this process asks the AI provider itself (roles `all` and `worker`). An `api` process evaluates nothing:
-   * the `job:update` it emits reaches the others by NOTIFY, and one of them evaluates (default true).
+   * it emits `job:evaluate`, which reaches the others by NOTIFY, and one of them evaluates (default true).
    */
   evaluates?: boolean;
 }
@@ -68,8 +68,8 @@ export function createJobsService(deps: JobsDeps) {
 
   const emit = (jobId: string, state: JobState) => bus.emit('job:update', { jobId, state });
   const evaluates = deps.evaluates ?? true;
-  // An evaluation paid for through another process (an `api` one, or any: whoever claims it first evaluates it).
-  if (evaluates) bus.on('job:update', (e) => e.state === 'evaluating' && startEvaluation(e.jobId));
+  // An evaluation paid for through an `api` process: every process that evaluates hears it; the first to claim it does.
+  if (evaluates) bus.on('job:evaluate', (e) => startEvaluation(e.jobId));
 
   // Paying the evaluation fee starts the evaluation (after commit). A job that no longer awaits it (deleted,
   // expired) cannot take the payment: the settlement holds it for the payer.
@@ -86,7 +86,9 @@ export function createJobsService(deps: JobsDeps) {
     return {
       effect: () => {
         emit(jobId, 'evaluating');
-        startEvaluation(jobId);
+        // Here when this process asks providers; else by whichever other process claims it first.
+        if (evaluates) startEvaluation(jobId);
+        else bus.emit('job:evaluate', { jobId });
       },
     };
   });
@@ -153,9 +155,9 @@ export function createJobsService(deps: JobsDeps) {
 
   /**
    * Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. Several processes may
-   * be told of the same evaluation (the NOTIFY reaches them all, the sweep finds a stale one): the first to move its
-   * `updated_at` from the value it read evaluates it (a compare-and-set on the exact timestamp), the rest do
-   * nothing; for the next 60 s the sweep leaves it to that one.
+   * be told of the same evaluation (`job:evaluate` reaches them all, the sweeps find a stale one): the first to move
+   * its `updated_at` from the value it read evaluates it (a compare-and-set on the exact timestamp), the rest do
+   * nothing; for the next 60 s the sweeps leave it to that one.
    */
   async function evaluate(jobId: string) {
     const [job] = await db.select({ request: jobs.request, at: sql<string>`${jobs.updatedAt}::text` }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating')));
