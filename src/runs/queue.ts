@@ -117,8 +117,9 @@ export type Queue = ReturnType<typeof createQueue>;
  *
  * Why it cannot overfill the process: `free()` is read when a claim starts and the slots it asks for are counted as
  * taken (`claiming`) until its rows are running, so the fast path (admission.ts) cannot hand them out meanwhile. An
- * accept that finds them taken queues its run, which is claimed right after (here or elsewhere). The poll's claim
- * asks for one run only, so an idle process's poll holds back one slot from the fast path, not all of them.
+ * accept that finds them taken queues its run, which is claimed right after (here or elsewhere). A claim woken by a
+ * NOTIFY, a poll or start-up asks for one run first, so an idle process holds back one slot from its fast path while
+ * it looks, not all of them.
  */
 export function createClaimer(o: {
   claim(n: number): Promise<RunRow[]>;
@@ -146,7 +147,7 @@ export function createClaimer(o: {
    * has been queued since.
    */
   let maybe = true;
-  /** The poll's claim is a probe: it asks for one run (so it holds one slot from the fast path while in flight). */
+  /** The next claim is a probe: it asks for one run (see `wake`). */
   let probe = false;
   let asked = 0;
   let timer: NodeJS.Timeout | null = null;
@@ -198,9 +199,15 @@ export function createClaimer(o: {
   }
 
   const claimer = {
-    /** There may be work (a NOTIFY, a poll, an earlier turn ended): claim now, or once more after the claim in flight. */
+    /**
+     * There may be work (a NOTIFY, a poll, an earlier turn ended, start-up): claim now, or once more after the claim
+     * in flight. Such a claim is a probe: it asks for one run (a NOTIFY announces one; a poll or start-up finds one
+     * only if something was missed), and for every free slot once one was there. So a claim in flight holds back
+     * one slot from the fast path, not all of them.
+     */
     wake() {
       maybe = true;
+      if (!busy) probe = true;
       go();
     },
     /** A slot came free here: claim only if the queue may have something (and, with a backlog, a batch of slots). */
@@ -216,11 +223,7 @@ export function createClaimer(o: {
     start() {
       if (!stopped) return;
       stopped = false;
-      timer = setInterval(() => {
-        // Only a lost NOTIFY leaves work for the poll to find: ask for one, and for the rest once one was there.
-        if (!busy) probe = true;
-        claimer.wake();
-      }, o.pollMs);
+      timer = setInterval(() => claimer.wake(), o.pollMs);
       timer.unref();
       claimer.wake();
     },
