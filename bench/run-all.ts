@@ -21,6 +21,7 @@ import { load, type BenchEnv, type Figure } from './lib/env.js';
 import { projectRoot, startBenchPostgres } from './lib/pg.js';
 import { benchEndToEnd, benchStatements, benchTtft } from './runs.js';
 import { benchCrossProcess, benchFanout, benchMemory, benchResume } from './streams.js';
+import { benchQueue, benchQueueScaling } from './queue.js';
 
 const BENCHES: Record<string, (env: BenchEnv) => Promise<void>> = {
   statements: benchStatements,
@@ -31,6 +32,8 @@ const BENCHES: Record<string, (env: BenchEnv) => Promise<void>> = {
   memory: benchMemory,
   cross: benchCrossProcess,
   resume: benchResume,
+  queue: benchQueue,
+  'queue-scaling': benchQueueScaling,
 };
 
 async function main() {

@@ -6,10 +6,10 @@ import type { Bus, BusEvents } from './bus.js';
 export const BUS_CHANNEL = 'sluice_bus';
 
 /** Events that cross processes. The others stay local (they name in-process things). */
-const BRIDGED = ['run:finish', 'run:progress', 'job:update', 'invoice:settle', 'session:request:complete'] as const satisfies ReadonlyArray<keyof BusEvents>;
+const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:cancel', 'job:update', 'job:evaluate', 'invoice:settle'] as const satisfies ReadonlyArray<keyof BusEvents>;
 type Bridged = (typeof BRIDGED)[number];
 /** Bridged events whose NOTIFY is part of the statement that causes them: no round trip of their own. */
-const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'session:request:complete']);
+const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'run:queued', 'run:cancel']);
 
 export interface BusBridge {
   start(): Promise<void>;
@@ -18,6 +18,7 @@ export interface BusBridge {
 
 /** The NOTIFY payload: who sent it (so a process ignores its own), which event, its payload. */
 export function busMessage(origin: string, event: Bridged, payload: unknown): string {
+  // (accept-statement.ts builds the same shape in SQL for `run:queued`: keep them alike.)
   return JSON.stringify({ o: origin, e: event, p: payload });
 }
 
@@ -35,8 +36,10 @@ export function createBusBridge(deps: { connectionString: string; bus: Bus; orig
   let retry: NodeJS.Timeout | null = null;
   const forwarders = new Map<Bridged, (payload: never) => void>();
 
+  /** How our own messages begin (busMessage): they are dropped unparsed — every process hears its own NOTIFYs. */
+  const own = `{"o":${JSON.stringify(origin)},`;
   function onNotification(msg: pg.Notification) {
-    if (msg.channel !== BUS_CHANNEL || !msg.payload) return;
+    if (msg.channel !== BUS_CHANNEL || !msg.payload || msg.payload.startsWith(own)) return;
     let m: { o?: string; e?: Bridged; p?: unknown };
     try {
       m = JSON.parse(msg.payload);
@@ -48,6 +51,11 @@ export function createBusBridge(deps: { connectionString: string; bus: Bus; orig
     relaying = true;
     try {
       (bus.emit as (e: string, p: unknown) => boolean)(m.e, m.p);
+      // A session run's end is also its request's completion: one NOTIFY per finish carries both (finish.ts).
+      if (m.e === 'run:finish') {
+        const f = m.p as Parameters<BusEvents['run:finish']>[0];
+        if (f.kind === 'session' && f.sessionId) bus.emit('session:request:complete', { sessionId: f.sessionId, requestId: f.runId, state: f.state });
+      }
     } finally {
       relaying = false;
     }

@@ -20,6 +20,10 @@ export interface BusEvents {
    * with the events themselves when they fit a NOTIFY payload.
    */
   'run:progress': (e: { runId: string; lastSeq: number; events?: Array<{ seq: number; type: RunEventType; data: unknown }> }) => void;
+  /** A run went into the shared queue (sent by the statement that queued it): a claimer with a free slot looks. */
+  'run:queued': (e: { runId: string }) => void;
+  /** A stop was asked for a run executing somewhere (sent by the statement that flagged it): its owner aborts it. */
+  'run:cancel': (e: { runId: string }) => void;
   /**
    * This process gave up driving a run (Postgres could not record its claim or its end): its readers here stop
    * waiting for live events and follow Postgres until recovery records the outcome. Local to the process.
@@ -27,6 +31,8 @@ export interface BusEvents {
   'run:abandoned': (e: { runId: string }) => void;
   /** A payment was confirmed and committed: its effect applied (`paid`), or held for the payer (`refundable`). */
   'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null; state: 'paid' | 'refundable' }) => void;
+  /** A job's evaluation was paid for through a process that asks no provider (`api`): one that does, evaluates it. */
+  'job:evaluate': (e: { jobId: string }) => void;
   /** A job changed state. */
   'job:update': (e: { jobId: string; state: JobState }) => void;
 }

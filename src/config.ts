@@ -138,13 +138,32 @@ export const configSchema = z
     STUB_TOKEN_DELAY_MS: int(50, 0, 60_000),
     STUB_OUTPUT_TOKENS: int(24, 0, 100_000),
 
-    /** Runs executing at once in this process; the rest wait `queued`. */
+    /**
+     * What this process does (README "Scaling"): `all` (default) accepts, streams and executes, starting a run it
+     * accepts at once when it has a free slot; `api` accepts and streams and executes nothing (every run goes to the
+     * queue); `worker` claims runs from the queue and executes them, and serves only `/api/healthz` and `/metrics`.
+     */
+    PROCESS_ROLE: z.enum(['all', 'api', 'worker']).default('all'),
+    /** Runs executing at once in this process (`all` and `worker`); the rest wait in the shared queue. Default 32. */
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(10_000).optional(),
+    /** The former name of WORKER_CONCURRENCY (still read; WORKER_CONCURRENCY wins). */
     MAX_CONCURRENT_RUNS: int(32, 1, 10_000),
     /**
-     * Runs waiting in this process for an execution slot (or for an earlier turn of their conversation) before a new
-     * request is refused `503 overloaded` with `Retry-After`, before any money moves. The default, 4 × the default
-     * MAX_CONCURRENT_RUNS, queues about four runs' worth of waiting: past that a client does better retrying
-     * (elsewhere, behind a load balancer) than waiting minutes for a first token behind a 202 that looked fast.
+     * The most runs of one session (or job) executing at once across the fleet: the queue skips its runs past this,
+     * so one session cannot take every worker while others wait. 0: no cap.
+     */
+    SESSION_MAX_CONCURRENT_RUNS: int(16, 0, 100_000),
+    /**
+     * How often a process with free slots looks at the queue even if no NOTIFY woke it (a lost notification costs
+     * at most this), and how often an accepting process recounts the queue for MAX_QUEUED_RUNS.
+     */
+    QUEUE_POLL_MS: int(1_000, 10, 60_000),
+    /**
+     * Runs waiting in the shared queue (for a slot, or for an earlier turn of their conversation) before a new
+     * request is refused `503 overloaded` with `Retry-After`, before any money moves. Each accepting process counts
+     * the queue every QUEUE_POLL_MS and adds what it queued since. The default, 4 × the default WORKER_CONCURRENCY,
+     * queues about four slots' worth of waiting per process: past that a client does better retrying than waiting
+     * minutes for a first token behind a 202 that looked fast. Raise it with the number of workers.
      */
     MAX_QUEUED_RUNS: int(128, 0, 1_000_000),
     /** A run's lease: another process may finish a run as `interrupted` once its lease is this old. */
@@ -236,6 +255,8 @@ export const configSchema = z
       ctx.addIssue({ code: 'custom', path: ['HTTP_HEADERS_TIMEOUT_MS'], message: 'must not exceed HTTP_REQUEST_TIMEOUT_MS' });
     if (c.SESSION_MIN_SATS > c.SESSION_MAX_SATS)
       ctx.addIssue({ code: 'custom', path: ['SESSION_MIN_SATS'], message: 'must not exceed SESSION_MAX_SATS' });
+    if (c.PROCESS_ROLE !== 'all' && !c.DATABASE_URL)
+      ctx.addIssue({ code: 'custom', path: ['PROCESS_ROLE'], message: `${c.PROCESS_ROLE} needs DATABASE_URL: the processes of a fleet share one Postgres (the embedded one serves a single process)` });
     if (c.DEFAULT_MAX_TOKENS > c.MAX_TOKENS_LIMIT)
       ctx.addIssue({ code: 'custom', path: ['DEFAULT_MAX_TOKENS'], message: 'must not exceed MAX_TOKENS_LIMIT' });
     if (c.PAYMENT_PROVIDER === 'lnbits') {
@@ -244,7 +265,13 @@ export const configSchema = z
       }
     }
   })
-  .transform((c) => ({ ...c, LIGHTNING_NETWORK: c.LIGHTNING_NETWORK ?? (c.PAYMENT_PROVIDER === 'lnbits' ? ('bitcoin' as const) : ('regtest' as const)) }));
+  .transform((c) => ({
+    ...c,
+    LIGHTNING_NETWORK: c.LIGHTNING_NETWORK ?? (c.PAYMENT_PROVIDER === 'lnbits' ? ('bitcoin' as const) : ('regtest' as const)),
+    // The slots under both names from here on (the code reads MAX_CONCURRENT_RUNS): WORKER_CONCURRENCY, or its former name.
+    WORKER_CONCURRENCY: c.WORKER_CONCURRENCY ?? c.MAX_CONCURRENT_RUNS,
+    MAX_CONCURRENT_RUNS: c.WORKER_CONCURRENCY ?? c.MAX_CONCURRENT_RUNS,
+  }));
 
 export type Config = z.infer<typeof configSchema>;
 

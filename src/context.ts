@@ -17,6 +17,7 @@ import { createExecutor, type Executor } from './runs/executor.js';
 import { createMaintenance, type Maintenance } from './runs/maintenance.js';
 import { createRegistry, type Registry } from './runs/registry.js';
 import { createRunStore, type RunStore } from './runs/store.js';
+import { createQueue, type Queue } from './runs/queue.js';
 import { createRecentRuns, type RecentRuns } from './runs/recent.js';
 import { createRunNews, type RunNews } from './runs/news.js';
 import { createFollowers, type Followers } from './runs/follow.js';
@@ -72,6 +73,10 @@ export interface AppContext {
   bridge: BusBridge;
   /** This process's id as a lease owner. */
   instanceId: string;
+  /** What this process does: `all`, `api` (accepts and streams, executes nothing) or `worker` (claims and executes). */
+  role: Config['PROCESS_ROLE'];
+  /** The shared queue of runs (the `runs` table). */
+  queue: Queue;
   /** Prometheus metrics of this process (its own registry). */
   metrics: Metrics;
   /** Rate and concurrency limits, counted in Postgres (shared by every process). */
@@ -112,17 +117,23 @@ export function createContext(opts: ContextOptions): AppContext {
   const recent = createRecentRuns({ ttlMs: config.RUN_MEMORY_TTL_S * 1000, maxBytes: config.RUN_MEMORY_MAX_BYTES, liveBytes: () => registry.bytes });
   const settlement = createSettlement({ db, bus, log, payments, config });
   const payouts = createPayouts({ db, log, payments, config });
+  const queue = createQueue(database.pool);
+  const role = config.PROCESS_ROLE;
   const executor = createExecutor({
     db,
     store,
+    queue,
     registry,
     models,
     bus,
     log,
     instanceId,
     settlers: { session: settleSessionRun, job: settleJobRun },
-    maxConcurrent: config.MAX_CONCURRENT_RUNS,
+    // An `api` process executes nothing: every run it accepts goes to the queue.
+    maxConcurrent: role === 'api' ? 0 : config.MAX_CONCURRENT_RUNS,
     maxQueued: config.MAX_QUEUED_RUNS,
+    sessionCap: config.SESSION_MAX_CONCURRENT_RUNS || Infinity,
+    pollMs: config.QUEUE_POLL_MS,
     leaseTtlS: config.LEASE_TTL_S,
     flushMs: config.EVENT_FLUSH_MS,
     maxBacklog: config.REPLAY_BUFFER_EVENTS * 4,
@@ -142,7 +153,7 @@ export function createContext(opts: ContextOptions): AppContext {
   const conversations = createConversationStore(db);
   const accept = createAccept({ config, db, pool: database.pool, store, conversations, executor, instanceId, models }).accept;
   const sessions = createSessionsService({ config, db, pool: database.pool, limits, settlement, accept, models });
-  const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId });
+  const jobs = createJobsService({ config, db, bus, log, models, settlement, payouts, executor, store, instanceId, evaluates: role !== 'api' });
   const retentionCutoff = () => new Date(Date.now() - config.RUN_RETENTION_DAYS * 86_400_000);
   const maintenance = createMaintenance({
     config,
@@ -158,7 +169,7 @@ export function createContext(opts: ContextOptions): AppContext {
       () => payouts.sweep(),
       () => recent.sweep(),
       () => limits.sweep(),
-      () => executor.recheckBlocked(),
+      async () => void (await queue.requeueExpired()),
       async () => void (await sweepKeys(db)),
       async () => void (await store.deleteEndedEphemeral()),
       async () => void (await conversations.deleteIdleBefore(retentionCutoff())),
@@ -183,5 +194,5 @@ export function createContext(opts: ContextOptions): AppContext {
   metrics.bind({ executor, registry, pool: database.pool, streams: sse, sockets });
   const streams = createStreamLimiter(config.SSE_MAX_STREAMS_PER_IP);
   const jobWaits = createJobWaits({ bus, jobs, config, db, log });
-  return { jobWaits, streams, news, followers, sse, sockets, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
+  return { role, queue, jobWaits, streams, news, followers, sse, sockets, bridge, config, db, database, log, bus, registry, recent, store, conversations, executor, accept, models, payments, stubPayments, settlement, payouts, sessions, jobs, maintenance, instanceId, metrics, limits };
 }

@@ -1,6 +1,7 @@
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { createApp } from './app.js';
+import { createWorkerApp } from './health.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createContext, type AppContext } from './context.js';
 import { DataDirInUseError, DataDirUnreachableError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded.js';
@@ -22,7 +23,9 @@ export interface Running {
   shutdown(reason?: string): Promise<void>;
 }
 
-export async function start(config: Config, log: Logger, catalogue?: Catalogue): Promise<Running> {
+export async function start(config: Config, baseLog: Logger, catalogue?: Catalogue): Promise<Running> {
+  // Every line says which role wrote it: in a fleet the logs of N processes end up side by side.
+  const log = baseLog.child({ role: config.PROCESS_ROLE });
   let embedded: EmbeddedPostgres | null = null;
   let url = config.DATABASE_URL;
   if (!url) {
@@ -39,7 +42,7 @@ export async function start(config: Config, log: Logger, catalogue?: Catalogue):
   let ctx: AppContext;
   let server: Server;
   try {
-    await runMigrations(database.db);
+    await runMigrations(database);
     ctx = createContext({ config, database, log, catalogue });
     // With an embedded cluster we are its only process, so every live run in it is an orphan of our last life.
     const recovered = await ctx.maintenance.recoverOrphans(embedded !== null);
@@ -47,7 +50,9 @@ export async function start(config: Config, log: Logger, catalogue?: Catalogue):
     await ctx.jobs.sweep(embedded !== null);
     await ctx.bridge.start();
     ctx.maintenance.start();
-    server = await listen(createApp(ctx), config);
+    // Listening to the bus first, so no `run:queued` between the first claim and the LISTEN is missed.
+    ctx.executor.startClaiming();
+    server = await listen(config.PROCESS_ROLE === 'worker' ? createWorkerApp(ctx) : createApp(ctx), config);
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded Postgres would outlive us).
     await bounded(log, 'closing the database pool', 5_000, database.close());
@@ -57,7 +62,10 @@ export async function start(config: Config, log: Logger, catalogue?: Catalogue):
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : config.PORT;
   const base = `http://${config.HOST === '0.0.0.0' ? 'localhost' : config.HOST}:${port}`;
-  log.info({ url: base, database: embedded ? 'embedded' : 'DATABASE_URL', models: ctx.models.list().map((m) => m.name), payments: ctx.payments.name }, 'sluice is listening');
+  log.info(
+    { url: base, database: embedded ? 'embedded' : 'DATABASE_URL', slots: config.PROCESS_ROLE === 'api' ? 0 : config.MAX_CONCURRENT_RUNS, models: ctx.models.list().map((m) => m.name), payments: ctx.payments.name },
+    'sluice is listening',
+  );
 
   let stopping: Promise<void> | null = null;
   /**

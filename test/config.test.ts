@@ -25,6 +25,16 @@ describe('configuration', () => {
     expect(loadConfig({ ...lnbits, LIGHTNING_NETWORK: 'signet' }).LIGHTNING_NETWORK).toBe('signet');
   });
 
+  it('roles: api and worker need a shared Postgres; WORKER_CONCURRENCY is the slots, MAX_CONCURRENT_RUNS its former name', () => {
+    expect(loadConfig({}).PROCESS_ROLE).toBe('all');
+    expect(() => loadConfig({ PROCESS_ROLE: 'worker' })).toThrow(/PROCESS_ROLE: worker needs DATABASE_URL/);
+    expect(() => loadConfig({ PROCESS_ROLE: 'leader', DATABASE_URL: 'postgres://x/y' })).toThrow(/PROCESS_ROLE/);
+    expect(loadConfig({ PROCESS_ROLE: 'api', DATABASE_URL: 'postgres://x/y' }).PROCESS_ROLE).toBe('api');
+    expect(loadConfig({ WORKER_CONCURRENCY: '4' })).toMatchObject({ WORKER_CONCURRENCY: 4, MAX_CONCURRENT_RUNS: 4 });
+    expect(loadConfig({ MAX_CONCURRENT_RUNS: '7' })).toMatchObject({ WORKER_CONCURRENCY: 7, MAX_CONCURRENT_RUNS: 7 });
+    expect(loadConfig({ MAX_CONCURRENT_RUNS: '7', WORKER_CONCURRENCY: '3' }).MAX_CONCURRENT_RUNS).toBe(3);
+  });
+
   it('.env.example gives every variable it sets its default', () => {
     const env = Object.fromEntries(
       readFileSync(new URL('../.env.example', import.meta.url), 'utf8')

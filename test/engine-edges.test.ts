@@ -190,16 +190,17 @@ describe('the queue', () => {
     const c = await postRequest(t, s, 'c [stub:tokens=3] [stub:delay=1]');
     const d = await postRequest(t, s, 'd [stub:tokens=3] [stub:delay=1]');
     const e = await postRequest(t, s, 'e [stub:tokens=3] [stub:delay=1]');
-    // Hold C's and D's rows so their stop is still finishing when A and B end.
+    // Hold C's and D's rows so their stop is still finishing when A and B end (and the claims skip them).
     const client = await t.ctx.database.pool.connect();
     await client.query('begin');
     await client.query('select 1 from runs where id = any($1) for update', [[c.requestId, d.requestId]]);
-    expect(t.ctx.executor.stop(c.requestId, 'cancelled')).toBe(true);
-    expect(t.ctx.executor.stop(d.requestId, 'cancelled')).toBe(true);
+    const stops = [t.ctx.executor.cancel(c.requestId), t.ctx.executor.cancel(d.requestId)];
     await waitFinal(t, s, a.requestId);
     await waitFinal(t, s, b.requestId);
     await client.query('commit');
     client.release();
+    expect(await Promise.all(stops)).toEqual([true, true]);
+    expect((await waitFinal(t, s, c.requestId)).state).toBe('cancelled');
     expect((await waitFinal(t, s, e.requestId)).state).toBe('complete');
     await expectNoLeaks(t);
   });

@@ -158,7 +158,7 @@ describe('two processes, one database', () => {
     const one = await onA.responses.retrieve(first.id);
     expect(one.status).toBe('completed');
     expect(second.output_text).toBe(`user: first [stub:tokens=20] [stub:delay=10]\nassistant: ${one.output_text}\nuser: second [stub:echo]`);
-    expect(b.ctx.executor.stats().blocked).toBe(0);
+    expect((await b.ctx.database.pool.query(`select count(*)::int as n from runs where state = 'queued'`)).rows[0].n).toBe(0);
     await expectNoLeaks(a);
     await expectNoLeaks(b);
   });

@@ -125,7 +125,8 @@ describe('runs API', () => {
   });
 
   it('cancels a queued run at once with a full refund', async () => {
-    const q = await t.sibling({ MAX_CONCURRENT_RUNS: 1 });
+    // A database of its own: a sibling would share the queue with `t`, whose free slots would claim the run.
+    const q = await startTestServer({ MAX_CONCURRENT_RUNS: 1 });
     try {
       const s = await paidSession(q, 1000);
       const busy = await postRequest(q, s, 'hog [stub:tokens=200] [stub:delay=20]');

@@ -209,6 +209,6 @@ describe('errors', () => {
 
   it('reports health', async () => {
     const res = await t.http.get('/api/healthz').expect(200);
-    expect(res.body).toEqual({ status: 'ok', pool: { total: expect.any(Number), idle: expect.any(Number), waiting: 0 } });
+    expect(res.body).toEqual({ status: 'ok', role: 'all', runs: { executing: expect.any(Number), queued: expect.any(Number) }, pool: { total: expect.any(Number), idle: expect.any(Number), waiting: 0 } });
   });
 });

@@ -88,7 +88,7 @@ export async function startBenchPostgres(): Promise<BenchPostgres> {
   await admin.query('create extension if not exists pg_stat_statements');
   await ensureDatabase(adminUrl, 'bench_template');
   const tpl = createDatabase(server.urlFor('bench_template'), { max: 1 });
-  await runMigrations(tpl.db, path.join(projectRoot(), 'drizzle'));
+  await runMigrations(tpl, path.join(projectRoot(), 'drizzle'));
   await tpl.close();
   const postmaster = server.pid!;
   return {

@@ -88,7 +88,9 @@ if (timing) registry.append = (runId, type, data) => {
   if (type === 'token' && e.seq === 1) timed(runId).published = now();
   return e;
 };
-ctx.bus.on('run:finish', (e) => process.send?.({ event: 'finish', runId: e.runId, state: e.state }));
+// Every finish this process hears (its own and, through NOTIFY, every other's), for `onFinish`; `BENCH_SILENT_FINISH`
+// spares a benchmark that does not listen this IPC message per run (bench/queue.ts: its workers' CPU is the figure).
+if (!overrides.BENCH_SILENT_FINISH) ctx.bus.on('run:finish', (e) => process.send?.({ event: 'finish', runId: e.runId, state: e.state }));
 
 const app = createApp(ctx);
 const handler = (req: IncomingMessage, res: ServerResponse) => {
@@ -105,6 +107,7 @@ const handler = (req: IncomingMessage, res: ServerResponse) => {
 
 await ctx.bridge.start();
 ctx.maintenance.start();
+ctx.executor.startClaiming();
 const server = await listen(handler, config, 0, '127.0.0.1');
 const port = (server.address() as AddressInfo).port;
 

@@ -213,8 +213,17 @@ export const runs = pgTable(
     seqCeiling: integer('seq_ceiling').notNull().default(0),
     /** Set by a stop that reached another process; the owner sees it on its next event flush and aborts. */
     cancelRequested: boolean('cancel_requested').notNull().default(false),
+    /**
+     * The process driving it (executing), or null: a queued run is in the shared queue, anyone's to claim (#11).
+     */
     leaseOwner: text('lease_owner'),
     leaseExpiresAt: ts('lease_expires_at'),
+    /**
+     * The fencing token of its lease: every claim adds one (the accept's own claim makes it 1), and every write of
+     * the attempt (heartbeat, token batch, finish, input) names it in its WHERE, so a process whose lease was taken
+     * over can write nothing, however late it wakes up.
+     */
+    attempt: integer('attempt').notNull().default(0),
     createdAt: ts('created_at').notNull().defaultNow(),
     startedAt: ts('started_at'),
     completedAt: ts('completed_at'),
@@ -222,6 +231,11 @@ export const runs = pgTable(
   (t) => [
     index('runs_session_created_idx').on(t.sessionId, t.createdAt.desc(), t.id.desc()),
     index('runs_live_idx').on(t.state, t.leaseExpiresAt).where(sql`${t.state} in ('queued','executing')`),
+    /**
+     * The queue, in order of acceptance: exactly the claimable runs (runs/queue.ts claims from its head; its WHERE
+     * is this predicate, so the planner reads the head in order and stops at the LIMIT, statistics or not).
+     */
+    index('runs_queue_idx').on(t.createdAt, t.id).where(sql`${t.state} = 'queued' and ${t.leaseOwner} is null and not ${t.cancelRequested}`),
     index('runs_completed_idx').on(t.completedAt).where(sql`${t.completedAt} is not null`),
     index('runs_ephemeral_idx').on(t.id).where(sql`${t.ephemeral}`),
     uniqueIndex('runs_conversation_turn_uq').on(t.conversationId, t.conversationTurn).where(sql`${t.conversationId} is not null`),

@@ -1,3 +1,4 @@
+import { busMessage } from '../bus-bridge.js';
 import { and, eq, lt, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
@@ -30,6 +31,11 @@ export interface JobsDeps {
   executor: Executor;
   store: RunStore;
   instanceId: string;
+  /**
+   * Whether this process asks the AI provider itself (roles `all` and `worker`). An `api` process evaluates nothing:
+   * it emits `job:evaluate`, which reaches the others by NOTIFY, and one of them evaluates (default true).
+   */
+  evaluates?: boolean;
 }
 
 /** States in which the job's run exists (so a stream can attach to it). */
@@ -61,6 +67,9 @@ export function createJobsService(deps: JobsDeps) {
   const evaluating = new Map<string, Promise<void>>();
 
   const emit = (jobId: string, state: JobState) => bus.emit('job:update', { jobId, state });
+  const evaluates = deps.evaluates ?? true;
+  // An evaluation paid for through an `api` process: every process that evaluates hears it; the first to claim it does.
+  if (evaluates) bus.on('job:evaluate', (e) => startEvaluation(e.jobId));
 
   // Paying the evaluation fee starts the evaluation (after commit). A job that no longer awaits it (deleted,
   // expired) cannot take the payment: the settlement holds it for the payer.
@@ -77,7 +86,9 @@ export function createJobsService(deps: JobsDeps) {
     return {
       effect: () => {
         emit(jobId, 'evaluating');
-        startEvaluation(jobId);
+        // Here when this process asks providers; else by whichever other process claims it first.
+        if (evaluates) startEvaluation(jobId);
+        else bus.emit('job:evaluate', { jobId });
       },
     };
   });
@@ -97,7 +108,6 @@ export function createJobsService(deps: JobsDeps) {
       id: job.runId,
       kind: 'job',
       jobId,
-      state: 'queued',
       request: job.request,
       model: deps.models.default.entry.name,
       turn: [{ role: 'user', content: job.request }],
@@ -105,8 +115,8 @@ export function createJobsService(deps: JobsDeps) {
       maxTokens: job.pricing.estimatedOutputTokens,
       pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats },
       debitedSats: inv.amountSats,
-      leaseOwner: deps.instanceId,
-      leaseTtlS: config.LEASE_TTL_S,
+      // Into the shared queue: this process claims it at once if it has a slot, else any other that does.
+      notice: busMessage(deps.instanceId, 'run:queued', { runId: job.runId }),
     });
     return {
       effect: () => {
@@ -136,17 +146,28 @@ export function createJobsService(deps: JobsDeps) {
   });
 
   function startEvaluation(jobId: string) {
-    if (evaluating.has(jobId)) return;
+    if (!evaluates || evaluating.has(jobId)) return;
     const p = evaluate(jobId)
       .catch((err) => log.error({ err, jobId }, 'job evaluation crashed; the sweeper will retry'))
       .finally(() => evaluating.delete(jobId));
     evaluating.set(jobId, p);
   }
 
-  /** Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. */
+  /**
+   * Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. Several processes may
+   * be told of the same evaluation (`job:evaluate` reaches them all, the sweeps find a stale one): the first to move
+   * its `updated_at` from the value it read evaluates it (a compare-and-set on the exact timestamp), the rest do
+   * nothing; for the next 60 s the sweeps leave it to that one.
+   */
   async function evaluate(jobId: string) {
-    const [job] = await db.select().from(jobs).where(eq(jobs.id, jobId));
-    if (!job || job.state !== 'evaluating') return;
+    const [job] = await db.select({ request: jobs.request, at: sql<string>`${jobs.updatedAt}::text` }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating')));
+    if (!job) return;
+    const claimed = await db
+      .update(jobs)
+      .set({ updatedAt: sql`now()` })
+      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating'), sql`${jobs.updatedAt} = ${job.at}::timestamptz`))
+      .returning({ id: jobs.id });
+    if (claimed.length === 0) return;
     let verdict: AiEvaluation;
     try {
       verdict = await deps.models.default.provider.evaluate(job.request, AbortSignal.timeout(EVAL_TIMEOUT_MS));

@@ -6,7 +6,7 @@ import type { RunRow } from '../runs/store.js';
 
 /** What the gauges read at scrape time: nothing is counted on the hot path that a stats() call can answer. */
 export interface MetricSources {
-  executor: { stats(): { running: number; waiting: number } };
+  executor: { stats(): { running: number; queued: number } };
   registry: { stats(): { subscribers: number; watchers: number } };
   pool: { totalCount: number; idleCount: number; waitingCount: number };
   /** The open SSE streams (http/sse.ts). */
@@ -49,10 +49,10 @@ export function createMetrics(opts: MetricsOptions = {}) {
   });
   new Gauge({
     name: 'sluice_runs_queued',
-    help: 'Runs accepted by this process waiting for an execution slot (MAX_CONCURRENT_RUNS)',
+    help: 'Runs waiting in the shared queue (as this process last counted them)',
     registers,
     collect() {
-      if (sources) this.set(sources.executor.stats().waiting);
+      if (sources) this.set(sources.executor.stats().queued);
     },
   });
   new Gauge({
@@ -125,16 +125,16 @@ export function createMetrics(opts: MetricsOptions = {}) {
   const seconds = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e9;
 
   const runMetrics: RunMetrics = {
-    accepted(entry) {
-      accepted.inc({ kind: entry.kind });
-      debited.inc({ kind: entry.kind }, entry.row.debitedSats);
-      acceptedAt.set(entry, process.hrtime.bigint());
+    accepted(run, entry) {
+      accepted.inc({ kind: run.kind });
+      debited.inc({ kind: run.kind }, run.debitedSats);
+      if (entry) acceptedAt.set(entry, process.hrtime.bigint());
     },
     firstToken(entry) {
       const at = acceptedAt.get(entry);
-      if (at === undefined) return;
       acceptedAt.delete(entry);
-      firstToken.observe({ kind: entry.kind }, seconds(at));
+      // A run claimed from the queue (perhaps accepted by another process) is timed from its row's acceptance.
+      firstToken.observe({ kind: entry.kind }, at === undefined ? Math.max(0, Date.now() - entry.row.createdAt.getTime()) / 1000 : seconds(at));
     },
   };
 

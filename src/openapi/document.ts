@@ -56,13 +56,18 @@ function describeService(r: Registry): void {
     operationId: 'healthz',
     tags,
     summary: 'Is the server up?',
-    description: '`200` once the database answers, with the pool of database connections (`total − idle` are in use; `waiting` queries wait for one).',
+    description:
+      '`200` once the database answers, with this process’s role (`all`, `api` or `worker`: route HTTP to `all` and `api` processes only; a worker answers this route alone, and `/metrics`), the runs it executes and the queue as it last counted it, and the pool of database connections (`total − idle` are in use; `waiting` queries wait for one).',
     responses: {
       200: ok(
         'Up.',
         json(
           z.object({
             status: z.literal('ok'),
+            role: z.enum(['all', 'api', 'worker']).meta({ description: 'What this process does (PROCESS_ROLE).' }),
+            runs: z
+              .object({ executing: z.number().int(), queued: z.number().int() })
+              .meta({ description: 'Runs executing in this process; runs waiting in the shared queue, as this process last counted them (0 when it has not needed to).' }),
             pool: z.object({ total: z.number().int(), idle: z.number().int(), waiting: z.number().int() }).meta({ description: 'This process’s Postgres pool.' }),
           }),
         ),

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { RunFace } from '../db/schema.js';
+import { BUS_CHANNEL } from '../bus-bridge.js';
 import { run, variants } from '../db/statements.js';
 import type { PriceSnapshot } from '../db/schema.js';
 import { countSql, countValues } from '../limits/session-budget.js';
@@ -18,8 +19,8 @@ import type { RunRow } from './store.js';
  * an updated row), so they can never both spend the same sats. The ledger row and the run row are inserted from
  * the debit's RETURNING: no debit, no rows; a failure anywhere rolls everything back.
  *
- * #11 goes here too: the run row gets its attempt number (0 when queued, 1 when claimed), and a queued run
- * `pg_notify`s the workers in this same statement (`select … pg_notify('sluice_runs', …) where $6 = 'queued'`).
+ * A claimed run is attempt 1 of its lease; a queued one has no owner (it is in the shared queue, runs/queue.ts) and
+ * this same statement NOTIFYs the claimers (`run:queued`, delivered at its commit): no round trip of its own.
  */
 const ACCEPT = variants((k: 'counted' | 'plain') => {
   const counted = k === 'counted';
@@ -33,12 +34,14 @@ const ACCEPT = variants((k: 'counted' | 'plain') => {
   l as (insert into ledger_entries (session_id, run_id, kind, amount_sats) select s.id, $5, 'debit', -$3::bigint from s),
   r as (
     insert into runs (id, kind, session_id, state, request, model, instructions, turn, input, max_tokens, pricing, debited_sats,
-                      face, face_data, ephemeral, lease_owner, lease_expires_at, started_at, seq_ceiling)
-    select $5, 'session', s.id, $6::text, $7, $8, $9, $10::jsonb, $11::jsonb, $12::int, $13::jsonb, $3::bigint, $14, $15::jsonb, $16::boolean, $17,
-           now() + make_interval(secs => $18::float8), case when $6::text = 'executing' then now() end,
-           case when $6::text = 'executing' then $19::int else 0 end
-    from s returning created_at, lease_expires_at)
-  select (select balance_sats from s) as balance, (select id from s) as session_id, (select created_at from r) as created_at, (select lease_expires_at from r) as lease_expires_at
+                      face, face_data, ephemeral, lease_owner, lease_expires_at, started_at, seq_ceiling, attempt)
+    select $5, 'session', s.id, $6::text, $7, $8, $9, $10::jsonb, $11::jsonb, $12::int, $13::jsonb, $3::bigint, $14, $15::jsonb, $16::boolean,
+           case when $6::text = 'executing' then $17::text end,
+           case when $6::text = 'executing' then now() + make_interval(secs => $18::float8) end, case when $6::text = 'executing' then now() end,
+           case when $6::text = 'executing' then $19::int else 0 end, case when $6::text = 'executing' then 1 else 0 end
+    from s returning id, created_at, lease_expires_at)
+  select (select balance_sats from s) as balance, (select id from s) as session_id, (select created_at from r) as created_at, (select lease_expires_at from r) as lease_expires_at,
+    (select pg_notify('${BUS_CHANNEL}', json_build_object('o', $17::text, 'e', 'run:queued', 'p', json_build_object('runId', r.id))::text) from r where $6::text = 'queued') as queued
     ${counted ? ', (select points from rl) as rl_points, (select expire from rl) as rl_expire' : ''}`;
 });
 
@@ -136,8 +139,9 @@ export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<Pl
     lastSeq: 0,
     seqCeiling: a.claim ? a.window : 0,
     cancelRequested: false,
-    leaseOwner: a.owner,
+    leaseOwner: a.claim ? a.owner : null,
     leaseExpiresAt: r.lease_expires_at,
+    attempt: a.claim ? 1 : 0,
     createdAt,
     startedAt: a.claim ? createdAt : null,
     completedAt: null,

@@ -14,6 +14,7 @@ import type { AiMessage } from '../providers/ai/types.js';
 import { carryOver, composeInput, conversationHistory, isChainable } from './context.js';
 import type { ConversationStore } from './conversations.js';
 import { acceptPlain } from './accept-statement.js';
+import { busMessage } from '../bus-bridge.js';
 import type { Admission, Executor, Refusal } from './executor.js';
 import { claimKey, recordAnswer, type IdempotencyClaim } from './idempotency.js';
 import { LIVE_STATES, type RunRow, type RunStore } from './store.js';
@@ -150,7 +151,7 @@ export function createAccept(deps: AcceptDeps) {
       return refuse(principal, () => new AppError(400, 'invalid_request', 'a request continues either a previous run or a conversation, not both'));
     }
     const plain = !spec.idempotency && !spec.conversation && !spec.previousRunId;
-    const admission = deps.executor.admit(!spec.conversation);
+    const admission = deps.executor.admit(!spec.conversation, principal.sessionId);
     if (typeof admission === 'string') return refuse(principal, () => refusalError(admission));
     try {
       if (plain && principal.credential) return await acceptPlainRequest(principal as Parameters<typeof acceptPlainRequest>[0], spec, admission);
@@ -224,7 +225,6 @@ export function createAccept(deps: AcceptDeps) {
           id: runId,
           kind: 'session',
           sessionId,
-          state: 'queued',
           request: spec.request,
           model: spec.model.name,
           instructions: spec.instructions ?? null,
@@ -241,9 +241,9 @@ export function createAccept(deps: AcceptDeps) {
           face: spec.face,
           faceData: spec.faceData ?? null,
           ephemeral: spec.ephemeral ?? false,
-          leaseOwner: deps.instanceId,
-          leaseTtlS: config.LEASE_TTL_S,
-          ...(claimNow ? { claimWindow: deps.executor.window } : {}),
+          // Claimed now, or into the shared queue for whoever has a slot (the claim keeps the conversation's order).
+          claim: claimNow ? { owner: deps.instanceId, leaseTtlS: config.LEASE_TTL_S, window: deps.executor.window } : undefined,
+          notice: busMessage(deps.instanceId, 'run:queued', { runId }),
         });
         const answer = spec.answer?.(asAccepted(run), balance);
         if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);
@@ -257,8 +257,9 @@ export function createAccept(deps: AcceptDeps) {
       }
       if (out.kind === 'unpaid') throw await refusal(sessionId, out.required);
       deps.executor.accept(out.run);
-      // Runs held here stop now; the others at their owner's next flush or heartbeat.
-      for (const id of interrupted) deps.executor.stop(id, 'cancelled');
+      // Runs held here stop now; the others by the NOTIFY to their owner (or their flag, should it be lost), and a
+      // queued one is finished by whoever gets to it: cancel() here, or the sweep.
+      for (const id of interrupted) void deps.executor.cancel(id).catch(() => {});
       return { replayed: false, run: asAccepted(out.run), balance: out.balance, answer: out.answer };
     } finally {
       admission.release();

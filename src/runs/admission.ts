@@ -4,7 +4,7 @@ export type Refusal = 'shutting_down' | 'overloaded';
 /**
  * The right to accept one run, taken before its debit. `claim`: an execution slot is held for it, so the accept
  * inserts the run `executing` under our lease (claimed in the statement that accepts it) and it starts at once;
- * otherwise it is inserted `queued` and waits here for a slot.
+ * otherwise it is inserted `queued`, into the shared queue, for any process to claim (runs/queue.ts).
  */
 export interface Admission {
   readonly claim: boolean;
@@ -12,20 +12,27 @@ export interface Admission {
 }
 
 /**
- * Who may be accepted, and whether as a run that starts at once: the executor's slots (MAX_CONCURRENT_RUNS) and its
- * queue (MAX_QUEUED_RUNS), counted with the requests whose debit is in flight.
+ * Who may be accepted, and whether as a run that starts at once: this process's slots (WORKER_CONCURRENCY; none in
+ * the `api` role) and the shared queue (MAX_QUEUED_RUNS), counted with the requests whose debit is in flight.
  *
- * Why it cannot overshoot: everything here is synchronous. A slot is counted as taken (`reserved`) from `admit`
- * until the run is running, and a queued place (`reservedQueued`) until the run is waiting; two requests admitted in
- * one tick see each other's reservations. A refusal comes before any money moves.
+ * Why it cannot overshoot its slots: everything here is synchronous. A slot is counted as taken (`reserved`) from
+ * `admit` until the run is running, and so are the slots a claim in flight asked for (`claiming`); two requests
+ * admitted in one tick see each other's reservations. A refusal comes before any money moves. The queue's depth is
+ * an estimate (the last count Postgres gave, plus what this process queued since, minus what it claimed): the bound
+ * protects clients from waiting minutes behind a fast 202, it is not an exact count across the fleet.
  */
 export function createAdmission(o: {
   maxConcurrent: number;
   maxQueued: number;
-  /** Runs waiting for a slot, running, and parked behind an earlier turn. */
-  waiting: () => number;
+  /** The most runs of one session this process starts at once on the fast path (the queue's cap, here). */
+  sessionCap: number;
+  /** Runs of this session (or job) running here. */
+  runningOf: (key: string) => number;
+  /** Runs in the shared queue (an estimate). */
+  queued: () => number;
   running: () => number;
-  parked: () => number;
+  /** Slots a claim in flight asked for. */
+  claiming: () => number;
   /** A slot held for a run that was refused (or queued after all) is free again. */
   slotFreed: () => void;
 }) {
@@ -34,8 +41,8 @@ export function createAdmission(o: {
   let admitting = 0;
   let reserved = 0;
   let reservedQueued = 0;
-  const slotFree = () => o.waiting() === 0 && o.running() + reserved < o.maxConcurrent;
-  const queueFull = () => o.waiting() + o.parked() + reservedQueued >= o.maxQueued;
+  const slotFree = () => o.running() + reserved + o.claiming() < o.maxConcurrent;
+  const queueFull = () => o.queued() + reservedQueued >= o.maxQueued;
   return {
     /** Slots held for runs being accepted (not running yet). */
     get reserved() {
@@ -55,10 +62,13 @@ export function createAdmission(o: {
     get overloaded() {
       return !slotFree() && queueFull();
     },
-    /** The right to accept one run, or why not. `claimable`: it may start at once (it waits for no earlier turn). */
-    admit(claimable: boolean): Admission | Refusal {
+    /**
+     * The right to accept one run, or why not. `claimable`: it may start at once (it waits for no earlier turn).
+     * `key`: its session, when known before the accept (the fast path keeps the per-session cap too).
+     */
+    admit(claimable: boolean, key?: string | null): Admission | Refusal {
       if (!accepting) return 'shutting_down';
-      const claim = claimable && slotFree();
+      const claim = claimable && slotFree() && (!key || o.runningOf(key) < o.sessionCap);
       if (!claim && queueFull()) return 'overloaded';
       admitting++;
       if (claim) reserved++;

@@ -59,10 +59,10 @@ export async function conversationTurns(tx: DbOrTx, conversationId: string) {
 }
 
 /** A run enqueued behind another resolves its context when it starts, now that the runs before it have ended. */
-export async function resolveInput(deps: { db: Db; store: RunStore; owner: string }, run: RunRow): Promise<RunRow> {
+export async function resolveInput(deps: { db: Db; store: RunStore; owner: string; attempt: number }, run: RunRow): Promise<RunRow> {
   if (run.input) return run;
   const history = run.conversationId !== null && run.conversationTurn !== null ? await conversationHistory(deps.db, run.conversationId, run.conversationTurn) : [];
   const input = composeInput(run.instructions, history, run.turn ?? [{ role: 'user', content: run.request }]);
-  await deps.store.setInput(run.id, deps.owner, input);
+  await deps.store.setInput(run.id, deps.owner, deps.attempt, input);
   return { ...run, input };
 }

@@ -11,11 +11,12 @@ export interface ControlDeps {
 }
 
 /**
- * Stop a live run wherever it executes: here by aborting its provider call, or — when another process holds
- * it — by a flag that process reads on its next event flush or lease heartbeat. False if it had already ended.
+ * Stop a live run wherever it is: here by aborting its provider call; executing in another process by a NOTIFY it
+ * acts on at once (and a flag it reads on its next flush or heartbeat, should the NOTIFY be lost); still queued, by
+ * finishing it here. False if it had already ended.
  */
-export async function stopRun(deps: ControlDeps, runId: string): Promise<boolean> {
-  return deps.executor.stop(runId, 'cancelled') || (await deps.store.requestCancel(runId));
+export function stopRun(deps: ControlDeps, runId: string): Promise<boolean> {
+  return deps.executor.cancel(runId);
 }
 
 /**

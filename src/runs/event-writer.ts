@@ -37,6 +37,8 @@ export function createEventWriter(deps: {
   registry: Registry;
   runId: string;
   owner: string;
+  /** The attempt our lease is for: every write names it (the fence, runs/queue.ts). */
+  attempt: number;
   flushMs: number;
   /** How far past the last written event each flush raises the ceiling. */
   window: number;
@@ -80,7 +82,7 @@ export function createEventWriter(deps: {
     const text = batch.map((e) => (e.data as { content: string }).content).join('');
     const last = batch[batch.length - 1]!.seq;
     try {
-      const outcome = await deps.store.appendTokens(deps.runId, deps.owner, batch, text, tokensWritten + batch.length, deps.window);
+      const outcome = await deps.store.appendTokens(deps.runId, deps.owner, deps.attempt, batch, text, tokensWritten + batch.length, deps.window);
       if (outcome === 'lost') {
         leaseLost = true;
         deps.onLeaseLost();

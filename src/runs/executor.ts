@@ -3,15 +3,16 @@ import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import type { Models } from '../models/providers.js';
 import { resolveInput } from './context.js';
-import { retried } from './retry.js';
 import { runLogFields } from '../logger.js';
 import { createEventWriter } from './event-writer.js';
-import { createTurnWait } from './turn-wait.js';
 import { createAdmission } from './admission.js';
 import { generate } from './generate.js';
-import { createFinisher, type Finished, type Outcome, type Settlers } from './finish.js';
+import { createFinisher, type Outcome, type Settlers } from './finish.js';
+import { createEndings } from './endings.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
+import { busMessage } from '../bus-bridge.js';
+import { createClaimer, type Queue } from './queue.js';
 
 export interface ExecutorOptions {
   db: Db;
@@ -22,15 +23,21 @@ export interface ExecutorOptions {
   bus: Bus;
   log: Logger;
   settlers: Settlers;
+  /** The shared queue (runs/queue.ts). */
+  queue: Queue;
   /** This process's lease owner id. */
   instanceId: string;
-  /** Runs executing at once (default 32); the rest wait in order. */
-  maxConcurrent: number;
   /**
-   * Runs waiting for a slot (queued here, or parked behind an earlier turn of their conversation) before a new
-   * request is refused `503 overloaded` (default: unbounded; the config's MAX_QUEUED_RUNS).
+   * Runs executing at once here (WORKER_CONCURRENCY); 0: this process executes nothing (the `api` role), it only
+   * accepts into the queue.
    */
+  maxConcurrent: number;
+  /** Runs in the shared queue before a new request is refused `503 overloaded` (default: unbounded; MAX_QUEUED_RUNS). */
   maxQueued?: number;
+  /** The most runs of one session (or job) executing at once (SESSION_MAX_CONCURRENT_RUNS; default unbounded). */
+  sessionCap?: number;
+  /** How often an idle process with free slots looks at the queue anyway (a lost NOTIFY costs at most this). */
+  pollMs?: number;
   leaseTtlS: number;
   flushMs: number;
   /**
@@ -49,7 +56,8 @@ export interface ExecutorOptions {
 
 /** The executor's only hooks into the operator's metrics: both are synchronous counters, never awaited. */
 export interface RunMetrics {
-  accepted(entry: RunEntry): void;
+  /** `entry`: the run starts here now (the first token is timed from this call), else it was queued. */
+  accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry): void;
   firstToken(entry: RunEntry): void;
 }
 
@@ -60,135 +68,121 @@ export type { Admission, Refusal } from './admission.js';
 
 
 /**
- * Executes accepted runs in the background: provider stream → registry (live subscribers) → event writer
- * (Postgres) → finish transaction (state + money) → bus. HTTP handlers only call `accept` and `stop`, which
- * return at once; nothing here is awaited by a request.
+ * Executes runs in the background: provider stream → registry (live subscribers) → event writer (Postgres) →
+ * finish statement (state + money) → bus. HTTP handlers only call `accept` and `stop`, which return at once; nothing
+ * here is awaited by a request.
  *
- * Why no accepted run is ever stranded (the recovery model, which later work on workers and fenced leases builds
- * on). A run in Postgres that is `queued` or `executing` is, at every moment, in exactly one of three places:
+ * Where a run comes from: claimed at its acceptance by this process (the fast path: a free slot, so the accepting
+ * statement inserted it `executing` under our lease), or claimed from the shared queue (runs/queue.ts) by the claim
+ * loop here, whichever process accepted it.
  *
- * 1. **held** by the process named in its lease (`waiting` or `running` here): that process, and only it, renews
- *    the lease (`held()` is the list the heartbeat renews — never "every run with our name");
- * 2. **abandoned** by it, because its claim or its finish could not be recorded after `RETRIES` tries: it leaves
- *    `held` at once, its registry entry ends *without* inventing a final event (readers then follow Postgres, see
- *    feed.ts), and the sweeper of this process retries `interruptOrphan` on it until Postgres takes it;
- * 3. **orphaned**: its lease ran out (its process died, or forgot it through a bug). Any process's sweeper finishes
- *    it `interrupted` with a full refund — including this one's, for a run of ours we do not hold.
+ * Why no accepted run is ever stranded. A run in Postgres that is `queued` or `executing` is, at every moment, in
+ * exactly one of four places:
+ *
+ * 0. **in the queue**: `queued` with no owner. Any process with a free slot claims it (attempt + 1); a process dying
+ *    or stopping loses nothing queued, since it held none of it. Only a stop takes it out unclaimed (`cancel`).
+ * 1. **held** by the process named in its lease, for the attempt it claimed (`running` here): that process, and only
+ *    it, renews the lease (`held()` is the list the heartbeat renews — never "every run with our name");
+ * 2. **abandoned** by it, because its finish could not be recorded after `RETRIES` tries: it leaves `held` at once,
+ *    its registry entry ends *without* inventing a final event (readers then follow Postgres, see feed.ts), and the
+ *    sweeper of this process retries `interruptOrphan` on it until Postgres takes it;
+ * 3. **orphaned**: its lease ran out (its process died or froze, or forgot it through a bug). Any process's sweeper
+ *    finishes it `interrupted` with a full refund: it was started, and a half-done model call cannot be resumed.
  *
  * Every path out of `execute` ends in a finish or in (2); an exception anywhere leads to (2). The finish is a
- * compare-and-set on the state (finish.ts), so two of these racing — a stop and recovery, two sweepers, an owner
- * whose lease ran out during an outage and the process that recovered it — finish a run once; the loser reads
- * and delivers the winner's final event. The seq ceiling (event-writer.ts) keeps a recovered run's final event
- * above every id its owner sent.
+ * compare-and-set on the state, and an owner's writes are fenced by its attempt (finish.ts, store.ts), so two of
+ * these racing — a stop and recovery, two sweepers, an owner frozen past its lease and the process that recovered
+ * it — finish a run once, and the late one writes nothing; the loser reads and delivers the winner's final event.
+ * The seq ceiling (event-writer.ts) keeps a recovered run's final event above every id its owner sent.
  */
 export function createExecutor(opts: ExecutorOptions) {
-  const waiting: string[] = [];
-  /** Runs parked behind an earlier turn of their conversation; released into `waiting` when it ends. */
-  const turns = createTurnWait({
-    store: opts.store,
-    log: opts.log,
-    release: (ids) => {
-      waiting.push(...ids);
-      pump();
-    },
-  });
-  opts.bus.on('run:finish', (e) => turns.finished(e.runId));
   const running = new Map<string, Promise<void>>();
+  /** Runs running here per session (or job): the fast path keeps the per-session cap too. */
+  const perKey = new Map<string, number>();
+  const keyOf = (r: { sessionId: string | null; jobId: string | null }) => r.sessionId ?? r.jobId ?? '';
+  const sessionCap = opts.sessionCap ?? Infinity;
   /** How many events may be published ahead of Postgres (the seq ceiling's window). */
   const window = Math.max(1, opts.maxBacklog ?? 2048);
-  /** Runs whose claim or end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
+  /**
+   * Runs a stop found claimed by us before our claim's reply was handled (`cancel` raced our own claim; the NOTIFY
+   * it sends is not delivered back to its sender): aborted as soon as they are taken.
+   */
+  const stopsBeforeTake = new Set<string>();
+  /** Runs whose end could not be recorded: not held, so not renewed; the sweeper hands them to recovery. */
   const abandoned = new Set<string>();
+  /** The shared queue's depth as last counted, plus what this process queued since, minus what it claimed. */
+  let queued = 0;
+  let counting: Promise<void> | null = null;
+  const maxQueued = opts.maxQueued ?? Infinity;
+  const claimer = createClaimer({
+    claim: (n) => opts.queue.claim(n, { owner: opts.instanceId, leaseTtlS: opts.leaseTtlS, sessionCap: sessionCap === Infinity ? 2 ** 31 - 1 : sessionCap, window }),
+    free: () => (admission.accepting ? opts.maxConcurrent - running.size - admission.reserved : 0),
+    take: (rows) => {
+      queued = Math.max(0, queued - rows.length);
+      for (const row of rows) {
+        const entry = opts.registry.open(row);
+        if (stopsBeforeTake.delete(row.id)) entry.controller.abort('cancelled');
+        start(entry);
+      }
+    },
+    pollMs: opts.pollMs ?? 1_000,
+    log: opts.log,
+    // A backlog is claimed a quarter of the slots at a time (at most 5 ms late): one claim per run would cost
+    // Postgres as much as the run's own finish.
+    batch: Math.max(1, Math.floor(opts.maxConcurrent / 4)),
+    batchMs: 5,
+  });
   const admission = createAdmission({
     maxConcurrent: opts.maxConcurrent,
-    maxQueued: opts.maxQueued ?? Infinity,
-    waiting: () => waiting.length,
+    maxQueued,
+    sessionCap,
+    runningOf: (key) => perKey.get(key) ?? 0,
+    queued: () => queued,
     running: () => running.size,
-    parked: () => turns.size,
-    // A slot held for a run that was refused (or that queued after all) may now be taken by a waiting one.
-    slotFreed: () => {
-      if (waiting.length > 0) setImmediate(pump);
-    },
+    claiming: () => claimer.claiming,
+    // A slot held for a run that was refused (or that queued after all) may now take one from the queue.
+    slotFreed: () => claimer.slotFreed(),
   });
   const finisher = createFinisher({ db: opts.db, pool: opts.store.pool, settlers: opts.settlers, origin: opts.instanceId, models: opts.models });
+  // A stop asked through another process, for a run executing here: at once (the flag stays the fallback).
+  opts.bus.on('run:cancel', (e) => void stop(e.runId, 'cancelled'));
+  // A run queued anywhere: look, if a slot is free. (A conversation's turn ending wakes the process that ran it,
+  // which has a slot free just then; the poll covers the rest.)
+  opts.bus.on('run:queued', () => claimer.wake());
 
-  function start(runId: string) {
-    const p = execute(runId)
-      .catch((err) => opts.log.error({ err, runId }, 'run executor crashed'))
+  function start(entry: RunEntry) {
+    const key = keyOf(entry);
+    perKey.set(key, (perKey.get(key) ?? 0) + 1);
+    const p = execute(entry.runId)
+      .catch((err) => opts.log.error({ err, runId: entry.runId }, 'run executor crashed'))
       .finally(() => {
-        running.delete(runId);
-        pump();
+        running.delete(entry.runId);
+        const n = (perKey.get(key) ?? 1) - 1;
+        if (n > 0) perKey.set(key, n);
+        else perKey.delete(key);
+        // A conversation's next turn may wait on this one; otherwise a claim only if something may be queued.
+        if (entry.row.conversationId) claimer.wake();
+        else claimer.slotFreed();
       });
-    running.set(runId, p);
-  }
-
-  function pump() {
-    while (running.size + admission.reserved < opts.maxConcurrent && waiting.length > 0) start(waiting.shift()!);
+    running.set(entry.runId, p);
   }
 
   /**
-   * Publish a finish to whoever watches here, then let the registry forget the run. `ownLog`: the finisher was the
-   * owner, so what this process published is exactly the log Postgres now has (a recovered run's memory may hold
-   * tokens Postgres never got: it is not offered as the run's log).
+   * Recount the queue (one statement, at most one at a time): an `api` process learns what the workers took, an
+   * `all` one what other processes queued. Only while the estimate matters (something is queued).
    */
-  function announce(entry: RunEntry | undefined, fin: Finished | undefined, ownLog: boolean) {
-    if (fin && entry) {
-      entry.state = fin.run.state;
-      opts.registry.publish(entry.runId, fin.final);
-    }
-    // Before `end`, which may drop the entry: the log is copied only if the listener asks for it.
-    if (fin?.won && opts.onFinish) {
-      opts.onFinish(fin.run, () => {
-        const snap = entry && ownLog ? opts.registry.snapshot(entry.runId, 0) : null;
-        return snap?.complete ? snap.events : null;
-      });
-    }
-    if (entry) opts.registry.end(entry.runId);
-    if (!fin?.won) return;
-    const r = fin.run;
-    opts.bus.emit('run:finish', { runId: r.id, kind: r.kind, state: r.state, sessionId: r.sessionId, jobId: r.jobId });
-    if (r.kind === 'session' && r.sessionId) {
-      opts.bus.emit('session:request:complete', { sessionId: r.sessionId, requestId: r.id, state: r.state });
-    }
+  function recount() {
+    if (counting || queued === 0 || maxQueued === Infinity) return;
+    counting = opts.queue
+      .depth(maxQueued + 1)
+      .then((n) => void (queued = n))
+      .catch((err) => opts.log.warn({ err }, 'counting the queue failed'))
+      .finally(() => (counting = null));
   }
+  const recounter = setInterval(recount, opts.pollMs ?? 1_000);
+  recounter.unref();
 
-  const retrying = <T>(what: string, runId: string, fn: () => Promise<T>) => retried(opts.log, what, runId, fn);
-
-  /**
-   * Give a run up to recovery (place 2 of the model above): stop renewing its lease, end its entry without a final
-   * event (we do not know the outcome Postgres will record), and let the sweeper finish it once Postgres is back.
-   */
-  function abandon(runId: string, err: unknown) {
-    opts.log.error({ err, runId }, 'could not record the state of a run; leaving it to recovery');
-    abandoned.add(runId);
-    const entry = opts.registry.get(runId);
-    if (entry && !entry.ended) {
-      if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
-      opts.registry.end(runId);
-    }
-    opts.bus.emit('run:abandoned', { runId });
-  }
-
-  /**
-   * Finish (retrying while Postgres is unwell), then announce; if it cannot be recorded at all, abandon the run.
-   * With `published` (the owner finishing its own run: it knows everything the finish needs) the finish is one
-   * statement; without it, a locked read first (finish.ts).
-   */
-  async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
-    let fin: Finished | undefined;
-    const own = entry && published !== undefined && entry.row.leaseOwner === opts.instanceId ? entry : undefined;
-    try {
-      fin = await retrying('finishing a run', runId, () =>
-        own
-          ? finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result)
-          : finisher.any(runId, outcome, pending, published),
-      );
-    } catch (err) {
-      abandon(runId, err);
-      return undefined;
-    }
-    announce(entry, fin, published !== undefined);
-    return fin;
-  }
+  const { announce, abandon, finishAndAnnounce } = createEndings({ ...opts, finisher, abandoned });
 
   async function execute(runId: string): Promise<void> {
     const entry = opts.registry.get(runId);
@@ -206,30 +200,13 @@ export function createExecutor(opts: ExecutorOptions) {
     const log = opts.log.child({ runId });
     const signal = entry.controller.signal;
     if (signal.aborted) {
-      // Stopped while queued: nothing ran, so everything is refunded.
+      // Stopped between its claim and here: nothing ran, so everything is refunded.
       await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
       return;
     }
-    // Claimed at acceptance (the usual case: the accept statement inserted it executing under our lease), or now.
-    // A claim that keeps failing throws out of here: `execute` abandons the run.
-    const claimed =
-      entry.row.state === 'executing' && entry.row.leaseOwner === opts.instanceId
-        ? entry.row
-        : await retrying('claiming a run', runId, () => opts.store.claim(runId, opts.instanceId, opts.leaseTtlS, window));
-    if (claimed && 'blockedBy' in claimed) {
-      // An earlier turn of its conversation is still live: wait for it (the entry stays; streams stay attached).
-      turns.park(runId, claimed.blockedBy);
-      return;
-    }
-    if (!claimed) {
-      // Someone else finished it (a stop from another process, recovery): deliver their final event. We published
-      // nothing, and do not know who did: no `published`, so a still-live row would be numbered past its ceiling.
-      await finishAndAnnounce(entry, runId, { state: 'interrupted' });
-      return;
-    }
-    let run: RunRow = { ...entry.row, ...claimed, state: 'executing', leaseOwner: opts.instanceId };
+    // Claimed already: at acceptance (the accept statement inserted it executing under our lease) or from the queue.
+    let run: RunRow = entry.row;
     entry.state = 'executing';
-    entry.row = run;
     if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
     // Logged in the next turn: the provider is asked first (the time to the first token waits for nothing else).
     const started = run;
@@ -240,12 +217,13 @@ export function createExecutor(opts: ExecutorOptions) {
       registry: opts.registry,
       runId,
       owner: opts.instanceId,
+      attempt: run.attempt,
       flushMs: opts.flushMs,
       window,
       ceiling: run.seqCeiling,
       log,
       onLeaseLost: () => {
-        log.warn('lease lost: another process finished this run');
+        log.warn({ attempt: run.attempt }, 'lease lost: another process took this run over; writing nothing more');
         if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
       },
       onCancelRequested: () => {
@@ -255,7 +233,7 @@ export function createExecutor(opts: ExecutorOptions) {
     let outcome: Outcome;
     try {
       // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
-      if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId }, run);
+      if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId, attempt: run.attempt }, run);
       outcome = await generate(opts, run, entry, writer, log);
     } catch (err) {
       // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
@@ -267,27 +245,58 @@ export function createExecutor(opts: ExecutorOptions) {
     await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
   }
 
+  /**
+   * Stop a run this process executes: its provider call is aborted and it finishes through its own loop within a
+   * tick of the provider noticing. False if it is not executing here.
+   */
+  function stop(runId: string, reason: StopReason): boolean {
+    if (abandoned.has(runId)) {
+      // Given up to recovery: try it now (Postgres may be back); the sweeper keeps trying if not.
+      void interruptOrphan(runId).catch((err) => opts.log.warn({ err, runId }, 'recovering a stopped run failed; the sweeper will retry'));
+      return true;
+    }
+    const entry = opts.registry.get(runId);
+    if (!entry || entry.ended) return false;
+    if (!entry.controller.signal.aborted) entry.controller.abort(reason);
+    return true;
+  }
+
+  /**
+   * Finish a run no live process drives (recovery), or a queued run stopped before anyone claimed it: refunded in
+   * full, its final event numbered past its seq ceiling. Readers here (of an abandoned run) get that event; the rest
+   * read it from Postgres.
+   */
+  async function interruptOrphan(runId: string, state: 'interrupted' | 'cancelled' = 'interrupted'): Promise<boolean> {
+    const fin = await finisher.any(runId, { state });
+    abandoned.delete(runId);
+    announce(opts.registry.get(runId), fin, false);
+    return Boolean(fin?.won);
+  }
+
   return {
     /**
-     * Take an accepted run (inserted with our lease: `executing` when its admission held a slot, else `queued`) and
-     * execute it in the background. A claimed run starts now, in this call: its provider is asked before the
-     * request that accepted it has even answered.
+     * Take an accepted run. Claimed at acceptance (`executing` under our lease: its admission held a slot), it
+     * starts now, in this call: its provider is asked before the request that accepted it has even answered.
+     * Queued, it is in the shared queue: this process's claimer looks (the accepting statement woke the others).
      */
-    accept(run: RunRow): RunEntry {
+    accept(run: RunRow): RunEntry | undefined {
+      if (run.state !== 'executing' || run.leaseOwner !== opts.instanceId) {
+        opts.metrics?.accepted(run);
+        queued++;
+        claimer.wake();
+        return undefined;
+      }
       const entry = opts.registry.open(run);
-      opts.metrics?.accepted(entry);
-      if (run.waitsFor) turns.park(run.id, run.waitsFor);
-      else if (run.state === 'executing' && admission.accepting) start(run.id);
-      else waiting.push(run.id);
-      if (admission.accepting) setImmediate(pump);
-      // Paid for after shutdown began (a settlement landing late): interrupted and refunded, never left queued.
-      else this.stop(run.id, 'interrupted');
+      opts.metrics?.accepted(run, entry);
+      start(entry);
+      // Paid for after shutdown began (a settlement landing late): interrupted and refunded at once.
+      if (!admission.accepting) stop(run.id, 'interrupted');
       return entry;
     },
 
-    /** Release parked runs whose predecessor Postgres says has ended (a lost wake-up from another process). */
-    recheckBlocked(): Promise<void> {
-      return turns.recheck();
+    /** Claim from the queue whenever a slot is free (never in the `api` role: it has no slots). */
+    startClaiming() {
+      if (opts.maxConcurrent > 0) claimer.start();
     },
 
     get accepting() {
@@ -296,7 +305,11 @@ export function createExecutor(opts: ExecutorOptions) {
 
     /** No slot is free and MAX_QUEUED_RUNS runs wait: new work is refused `503 overloaded` before anything is paid. */
     get overloaded() {
-      return admission.overloaded;
+      if (admission.overloaded) {
+        recount();
+        return true;
+      }
+      return false;
     },
 
     /** How many events a run may publish ahead of Postgres: the seq ceiling a run claimed at acceptance starts with. */
@@ -306,10 +319,12 @@ export function createExecutor(opts: ExecutorOptions) {
 
     /**
      * Reserve the right to accept one run before its debit (release after `accept`), or why not (admission.ts).
-     * `claimable`: the run may start at once (it waits for no earlier turn).
+     * `claimable`: the run may start at once (it waits for no earlier turn); `key`: its session, if known.
      */
-    admit(claimable = true) {
-      return admission.admit(claimable);
+    admit(claimable = true, key?: string | null) {
+      const a = admission.admit(claimable, key);
+      if (a === 'overloaded') recount();
+      return a;
     },
 
     /** Runs this process has given up on, for the sweeper to hand to recovery. */
@@ -318,79 +333,60 @@ export function createExecutor(opts: ExecutorOptions) {
     },
 
     /**
-     * Runs this process drives (waiting, executing, or parked behind an earlier turn of their conversation):
-     * exactly the leases its heartbeat renews. A parked turn is held too — else its lease would lapse and
-     * recovery would interrupt a run that is only waiting its turn.
+     * Runs this process executes, with the attempt it claimed: exactly the leases its heartbeat renews (a renewal
+     * names the attempt, so it can never extend a lease another process has since claimed).
      */
-    held(): string[] {
-      return [...new Set([...waiting, ...running.keys(), ...turns.runs()])];
+    held(): Array<{ id: string; attempt: number }> {
+      const out: Array<{ id: string; attempt: number }> = [];
+      for (const id of running.keys()) {
+        const entry = opts.registry.get(id);
+        if (entry && !abandoned.has(id)) out.push({ id, attempt: entry.row.attempt });
+      }
+      return out;
     },
 
+    stop,
+
     /**
-     * Stop a run this process holds. A queued one is finished at once (full refund); an executing one is
-     * aborted and finishes through its own loop within a tick of the provider noticing.
+     * Stop a run wherever it is: here by aborting it; executing elsewhere by the flag and a NOTIFY its owner acts on
+     * at once; queued, by finishing it here (`cancelled`, refunded in full) — no claim can take it meanwhile, since
+     * the flag is set first and claims skip flagged runs. False if it had already ended.
      */
-    stop(runId: string, reason: StopReason): boolean {
-      if (abandoned.has(runId)) {
-        // Given up to recovery: try it now (Postgres may be back); the sweeper keeps trying if not.
-        void this.interruptOrphan(runId).catch((err) => opts.log.warn({ err, runId }, 'recovering a stopped run failed; the sweeper will retry'));
-        return true;
-      }
-      const entry = opts.registry.get(runId);
-      if (!entry || entry.ended) return false;
-      if (!entry.controller.signal.aborted) entry.controller.abort(reason);
-      const i = waiting.indexOf(runId);
-      if (i >= 0 || turns.unpark(runId)) {
-        if (i >= 0) waiting.splice(i, 1);
-        const p = finishAndAnnounce(entry, runId, { state: reason }, [], entry.lastSeq).then(
-          () => undefined,
-          (err) => opts.log.error({ err, runId }, 'stopping a queued run failed'),
-        );
-        running.set(
-          runId,
-          p.finally(() => {
-            running.delete(runId);
-            pump();
-          }),
-        );
-      }
+    async cancel(runId: string): Promise<boolean> {
+      if (stop(runId, 'cancelled')) return true;
+      const now = await opts.queue.cancel(runId, busMessage(opts.instanceId, 'run:cancel', { runId }));
+      if (!now) return false;
+      if (now.state === 'queued' && now.leaseOwner === null && (await interruptOrphan(runId, 'cancelled'))) queued = Math.max(0, queued - 1);
+      // Claimed by us meanwhile: stop it here (now, or as soon as the claim hands it over).
+      else if (now.state === 'executing' && now.leaseOwner === opts.instanceId && !stop(runId, 'cancelled')) stopsBeforeTake.add(runId);
       return true;
     },
 
-    /**
-     * Finish a run no live process drives (recovery): interrupted, refunded in full, its final event numbered past
-     * its seq ceiling. Readers here (of an abandoned run) get that event; the rest read it from Postgres.
-     */
-    async interruptOrphan(runId: string): Promise<boolean> {
-      const fin = await finisher.any(runId, { state: 'interrupted' });
-      abandoned.delete(runId);
-      announce(opts.registry.get(runId), fin, false);
-      return Boolean(fin?.won);
-    },
+    interruptOrphan,
 
     /**
-     * Shut down: take no more work, let running work finish for `graceMs`, then interrupt (and refund) the
-     * rest and wait for their finish transactions.
+     * Shut down: claim and take no more work, let running work finish for `graceMs`, then interrupt (and refund)
+     * the rest and wait for their finish statements. Queued runs are not ours: they stay in the queue for others.
      */
     async drain(graceMs: number): Promise<{ interrupted: number }> {
       admission.close();
+      clearInterval(recounter);
+      await claimer.stop();
       // Requests already past the accepting check finish their debit and hand us their run first.
       const admitDeadline = Date.now() + 5_000;
       while (admission.admitting > 0 && Date.now() < admitDeadline) await new Promise((r) => setTimeout(r, 5));
-      for (const id of [...waiting]) this.stop(id, 'interrupted');
-      for (const id of turns.runs()) this.stop(id, 'interrupted');
       const deadline = Date.now() + graceMs;
       while (running.size > 0 && Date.now() < deadline) {
         await Promise.race([Promise.allSettled(running.values()), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
       }
       const left = [...running.keys()];
-      for (const id of left) this.stop(id, 'interrupted');
+      for (const id of left) stop(id, 'interrupted');
       await Promise.allSettled(running.values());
       return { interrupted: left.length };
     },
 
     stats() {
-      return { running: running.size, waiting: waiting.length, blocked: turns.size };
+      return { running: running.size, queued };
     },
   };
 }

@@ -60,8 +60,10 @@ export interface FinishDeps {
  * The finish of a run, in ONE statement: the token events not yet in the log (those past the row's `last_seq`,
  * so a batch whose commit we never heard of is not written twice), the final event (its `completedAt` from the
  * same `now()` as the row's), the state with its usage and money, the front doors' settlement CTEs, and the
- * NOTIFYs of `run:finish` and `session:request:complete`. It is a compare-and-set: only a live run, and, when
- * `$11` names an owner, only while that owner holds its lease (#11's attempt fence goes there too).
+ * NOTIFY of `run:finish` (one: every process that hears it tells its session's waiters too, bus-bridge.ts). It is a
+ * compare-and-set: only a live run, and, when `$11` names an owner, only while that owner holds its lease for the
+ * attempt `$15` (the fence: an owner whose lease
+ * was taken over finishes nothing).
  */
 function finishStatement(settlers: Settlers): Statement {
   const parts = Object.values(settlers).map((s) => s.sql.trim()).filter(Boolean);
@@ -75,7 +77,7 @@ function finishStatement(settlers: Settlers): Statement {
       update runs set state = $2, result = result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok), ''),
         input_tokens = $4, output_tokens = $5, charged_sats = $6, refunded_sats = $7, error = $8::jsonb, stop_reason = $9,
         last_seq = $10::int, completed_at = now(), lease_owner = null, lease_expires_at = null
-      where id = $1 and state in ('queued','executing') and ($11::text is null or lease_owner = $11)
+      where id = $1 and state in ('queued','executing') and ($11::text is null or (lease_owner = $11 and attempt = $15::int))
       returning id, kind, state, session_id, job_id, refunded_sats, error, completed_at
     ),
     ev as (
@@ -84,15 +86,15 @@ function finishStatement(settlers: Settlers): Statement {
       union all
       select fin.id, $10::int, $12::text, $13::jsonb || jsonb_build_object('completedAt', to_char(fin.completed_at at time zone 'UTC', ${ISO_MS})) from fin
     )${parts.length ? `,\n    ${parts.join(',\n    ')}` : ''}
-    select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14),
-      case when $15::text is not null then pg_notify('${BUS_CHANNEL}', $15) end
-    from fin`);
+    select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14) from fin`);
 }
 
 /** What a finish writes, worked out from what the finisher knows of the run. */
 interface Plan {
   runId: string;
   owner: string | null;
+  /** The owner's attempt (its fence); ignored without an owner. */
+  attempt: number;
   fresh: RunEvent[];
   updated: RunRow;
 }
@@ -101,7 +103,6 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
   const u = p.updated;
   const final = finalEvent(u, u.lastSeq);
   const finish = busMessage(origin, 'run:finish', { runId: u.id, kind: u.kind, state: u.state, sessionId: u.sessionId, jobId: u.jobId });
-  const complete = u.kind === 'session' && u.sessionId ? busMessage(origin, 'session:request:complete', { sessionId: u.sessionId, requestId: u.id, state: u.state }) : null;
   const res = await run<{ completed_at: Date }>(on, st, [
     p.runId,
     u.state,
@@ -117,7 +118,7 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
     final.type,
     JSON.stringify(final.data),
     finish,
-    complete,
+    p.attempt,
   ]);
   const done = res.rows[0];
   if (!done) return undefined;
@@ -158,7 +159,7 @@ function plan(models: FinishDeps['models'], row: RunRow, runId: string, owner: s
     leaseOwner: null,
     leaseExpiresAt: null,
   };
-  return { runId, owner, fresh, updated };
+  return { runId, owner, attempt: row.attempt, fresh, updated };
 }
 
 const tokenText = (events: RunEvent[]) => events.map((e) => (e.data as { content: string }).content).join('');
@@ -187,11 +188,12 @@ export function createFinisher(deps: FinishDeps) {
       // `result`: the text of every token it published (in the log or in `pending`), which is what the row holds after.
       const p = plan(deps.models, row, row.id, owner, outcome, fresh, Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0) + 1, tokensSeen, result);
       const done = await write(deps.pool, st, deps.origin, p);
-      return done ?? this.any(row.id, outcome, pending, published);
+      return done ?? this.any(row.id, outcome, pending, published, { owner, attempt: row.attempt });
     },
 
     /**
-     * Finish a run whoever holds it (recovery, a stop of a queued run, an owner that lost track): in one transaction,
+     * Finish a run whoever holds it (recovery, a stop of a queued run, an owner that lost track; `fence`: only while
+     * that owner's attempt still holds it): in one transaction,
      * the row is read and locked, then the finish statement runs. The row lock plus the state check make it a
      * compare-and-set: whoever comes second reads the winner's final event instead of writing its own.
      *
@@ -201,11 +203,13 @@ export function createFinisher(deps: FinishDeps) {
      * final event after the run's seq ceiling, the most the owner was ever allowed to publish: the log then has a
      * gap before its final event, which every reader accepts (see feed.ts).
      */
-    async any(runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number): Promise<Finished | undefined> {
+    async any(runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number, fence?: { owner: string; attempt: number }): Promise<Finished | undefined> {
       const out = await deps.db.transaction(async (tx) => {
         const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
         if (!row) return { none: true as const };
         if (!isLive(row.state)) return { lost: true as const };
+        // An owner whose attempt was taken over finishes nothing, live or not (the winner is read, if there is one).
+        if (fence && (row.leaseOwner !== fence.owner || row.attempt !== fence.attempt)) return { lost: true as const };
         const fresh = pending.filter((e) => e.seq > row.lastSeq && e.type === 'token');
         const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
         const p = plan(deps.models, row, runId, null, outcome, fresh, lastSeq, row.outputTokens + fresh.length, row.result + tokenText(fresh));

@@ -27,16 +27,20 @@ export function createMaintenance(deps: MaintenanceDeps) {
   let sweeper: NodeJS.Timeout | null = null;
   let sweeping: Promise<void> | null = null;
 
-  /** Finish live runs no process holds. `everyone`: we are the only process (embedded Postgres), so all are. */
+  /**
+   * Finish started runs no process holds. `everyone`: we are the only process (embedded Postgres), so all are.
+   * Queued runs are never finished here: they wait in the queue (runs/queue.ts) for any process to claim them.
+   */
   async function recoverOrphans(everyone = false): Promise<number> {
     let n = 0;
     for (;;) {
-      const ids = await store.orphans(everyone, deps.executor.held());
+      const ids = await store.orphans(everyone, deps.executor.held().map((h) => h.id));
       if (ids.length === 0) return n;
-      for (const id of ids) {
-        if (await deps.executor.interruptOrphan(id)) {
+      for (const { id, state } of ids) {
+        // A queued run here was stopped by a process that died before finishing it; the rest were started.
+        if (await deps.executor.interruptOrphan(id, state === 'queued' ? 'cancelled' : 'interrupted')) {
           n++;
-          log.warn({ runId: id }, 'orphaned run interrupted and refunded');
+          log.warn({ runId: id, state }, state === 'queued' ? 'stopped queued run cancelled and refunded' : 'orphaned run interrupted and refunded');
         }
       }
       if (ids.length < 100) return n;
@@ -86,8 +90,12 @@ export function createMaintenance(deps: MaintenanceDeps) {
       heartbeat = setInterval(() => {
         store
           .renewLeases(deps.instanceId, config.LEASE_TTL_S, deps.executor.held())
-          // A stop asked through another process reaches a run here even while it streams no tokens.
-          .then((stops) => stops.forEach((id) => deps.executor.stop(id, 'cancelled')))
+          // A stop asked through another process reaches a run here even while it streams no tokens (should its
+          // NOTIFY have been lost); a lease taken over (we were frozen past it) stops the provider call at once.
+          .then(({ stops, lost }) => {
+            for (const id of stops) deps.executor.stop(id, 'cancelled');
+            for (const id of lost) if (deps.executor.stop(id, 'interrupted')) log.warn({ runId: id }, 'lease lost at its renewal: another process took this run over; writing nothing more');
+          })
           .catch((err) => log.error({ err }, 'renewing leases failed'));
       }, Math.max(100, (config.LEASE_TTL_S * 1000) / 3));
       sweeper = setInterval(guarded('sweep', sweep), config.SWEEP_INTERVAL_S * 1000);

@@ -1,8 +1,7 @@
 import type { Bus } from '../bus.js';
-import type { RunState } from '../db/schema.js';
+import type { RunKind, RunState } from '../db/schema.js';
 import type { RunMetrics } from './executor.js';
 import { keyedListeners } from './listeners.js';
-import type { RunEntry } from './registry.js';
 
 /** A session notice: a run of the session was created, started, or ended in `state`. */
 export interface SessionNotice {
@@ -17,18 +16,15 @@ export interface SessionNotice {
  * local to the process that accepted the run, while its end (`session:request:complete`) reaches every process.
  */
 export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
-  const queued = new WeakSet<RunEntry>();
+  const tell = (runId: string, kind: RunKind, sessionId: string | null, state: RunState) => {
+    if (kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId, kind, sessionId, state });
+  };
   return {
-    accepted(entry) {
-      hooks.accepted(entry);
-      if (entry.state === 'queued') queued.add(entry);
-      if (entry.kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId: entry.runId, kind: entry.kind, sessionId: entry.sessionId, state: entry.state });
+    accepted(run, entry) {
+      hooks.accepted(run, entry);
+      tell(run.id, run.kind, run.sessionId, run.state);
     },
-    firstToken(entry) {
-      hooks.firstToken(entry);
-      if (!queued.delete(entry)) return;
-      if (entry.kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId: entry.runId, kind: entry.kind, sessionId: entry.sessionId, state: 'executing' });
-    },
+    firstToken: (entry) => hooks.firstToken(entry),
   };
 }
 

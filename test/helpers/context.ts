@@ -50,6 +50,7 @@ export async function startTestServer(
   const database = createDatabase(databaseUrl, { max: 10, connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS, log });
   const ctx = createContext({ config, database, log, ai: opts.ai, payments: opts.payments, env: opts.env });
   await ctx.bridge.start();
+  ctx.executor.startClaiming();
   const app = createApp(ctx);
   const server: Server = await listen(app, config, opts.port ?? 0, '127.0.0.1');
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

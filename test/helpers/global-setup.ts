@@ -52,7 +52,7 @@ export default async function setup(project: TestProject) {
   await admin.close();
   await ensureDatabase(adminUrl, template);
   const tpl = createDatabase(adminUrl.replace(/\/[^/?]+(\?|$)/, `/${template}$1`), { max: 1 });
-  await runMigrations(tpl.db);
+  await runMigrations(tpl);
   await tpl.close();
   project.provide('pgAdminUrl', adminUrl);
   project.provide('pgTemplate', template);

@@ -1,0 +1,2 @@
+ALTER TABLE "runs" ADD COLUMN "attempt" integer DEFAULT 0 NOT NULL;--> statement-breakpoint
+CREATE INDEX "runs_queue_idx" ON "runs" USING btree ("created_at","id") WHERE "runs"."state" = 'queued' and "runs"."lease_owner" is null and not "runs"."cancel_requested";
