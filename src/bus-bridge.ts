@@ -6,10 +6,10 @@ import type { Bus, BusEvents } from './bus.js';
 export const BUS_CHANNEL = 'sluice_bus';
 
 /** Events that cross processes. The others stay local (they name in-process things). */
-const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:cancel', 'job:update', 'job:evaluate', 'invoice:settle'] as const satisfies ReadonlyArray<keyof BusEvents>;
+const BRIDGED = ['run:finish', 'run:progress', 'run:queued', 'run:state', 'run:cancel', 'job:update', 'job:evaluate', 'invoice:settle'] as const satisfies ReadonlyArray<keyof BusEvents>;
 type Bridged = (typeof BRIDGED)[number];
 /** Bridged events whose NOTIFY is part of the statement that causes them: no round trip of their own. */
-const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'run:queued', 'run:cancel']);
+const SENT_BY_STATEMENTS = new Set<Bridged>(['run:progress', 'run:finish', 'run:queued', 'run:state', 'run:cancel']);
 
 export interface BusBridge {
   start(): Promise<void>;
@@ -18,7 +18,7 @@ export interface BusBridge {
 
 /** The NOTIFY payload: who sent it (so a process ignores its own), which event, its payload. */
 export function busMessage(origin: string, event: Bridged, payload: unknown): string {
-  // (accept-statement.ts builds the same shape in SQL for `run:queued`: keep them alike.)
+  // (accept-statement.ts builds the same shape in SQL for `run:queued`, queue.ts for `run:state`: keep them alike.)
   return JSON.stringify({ o: origin, e: event, p: payload });
 }
 

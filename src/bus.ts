@@ -9,8 +9,10 @@ export interface BusEvents {
   /** A session request reached a final state (complete, failed, cancelled, interrupted). */
   'session:request:complete': (e: { sessionId: string; requestId: string; state: RunState }) => void;
   /**
-   * A session run was accepted here (`queued` or `executing`), or one accepted `queued` started (its first token).
-   * Local to the process, and emitted only while someone listens (runs/session-notices.ts): it costs no statement.
+   * A session run was accepted (`queued` or `executing`), or a queued one was claimed (`executing`). Emitted here by
+   * the process that did it (runs/session-notices.ts); other processes hear a queued run from its `run:queued` and a
+   * claim from the NOTIFY the claim statement sends itself (bus-bridge.ts), so it costs no statement of its own. A
+   * run accepted straight into executing (a free slot on an `all` process) is announced to that process only.
    */
   'run:state': (e: { runId: string; kind: RunKind; sessionId: string | null; state: RunState }) => void;
   /** Any run reached a final state. */
@@ -21,7 +23,7 @@ export interface BusEvents {
    */
   'run:progress': (e: { runId: string; lastSeq: number; events?: Array<{ seq: number; type: RunEventType; data: unknown }> }) => void;
   /** A run went into the shared queue (sent by the statement that queued it): a claimer with a free slot looks. */
-  'run:queued': (e: { runId: string }) => void;
+  'run:queued': (e: { runId: string; sessionId?: string | null }) => void;
   /** A stop was asked for a run executing somewhere (sent by the statement that flagged it): its owner aborts it. */
   'run:cancel': (e: { runId: string }) => void;
   /**

@@ -6,6 +6,7 @@ import { startServerProcess, type ServerProcess } from './helpers/process.js';
 import { paidSession, postRequest, type PaidSession } from './helpers/sessions.js';
 import { idsOf, readSse, tokensOf } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
+import { WsClient } from './helpers/ws.js';
 
 /**
  * A fleet of real processes on one Postgres (issue #11): 1 API process that accepts and streams and executes
@@ -96,6 +97,23 @@ describe('1 API + 2 workers', () => {
     for (const w of workers) expect(ids.filter((id) => executorOf(id) === w).length).toBeGreaterThan(0);
     expect(started(api)).toEqual([]);
     await expectLedgerExact(s.id);
+  });
+
+  it("a socket on the API hears each run of its session queued there, started on a worker, and ended (GET /api/ws)", async () => {
+    const c = await WsClient.open(api.url, { token: s.token });
+    try {
+      await c.wait((m) => m.type === 'authenticated');
+      c.send({ type: 'subscribe', session: true });
+      await c.wait((m) => m.type === 'subscribed' && m.session === true);
+      const r = await post('notices [stub:tokens=3] [stub:delay=5]');
+      await c.wait((m) => m.type === 'run' && m.runId === r.requestId && m.state === 'complete', { timeoutMs: 15_000 });
+      // `queued` from the API's own accept, `executing` from the worker's claim statement (its NOTIFY), the end from
+      // the worker's finish statement: every state, in order, once.
+      expect(c.messages.filter((m) => m.type === 'run' && m.runId === r.requestId).map((m) => m.state)).toEqual(['queued', 'executing', 'complete']);
+    } finally {
+      c.ws.close();
+      await c.closed;
+    }
   });
 
   it('a stop sent to the API lands on the worker at once (NOTIFY, not the heartbeat or a flush)', async () => {

@@ -41,7 +41,7 @@ const ACCEPT = variants((k: 'counted' | 'plain') => {
            case when $6::text = 'executing' then $19::int else 0 end, case when $6::text = 'executing' then 1 else 0 end
     from s returning id, created_at, lease_expires_at)
   select (select balance_sats from s) as balance, (select id from s) as session_id, (select created_at from r) as created_at, (select lease_expires_at from r) as lease_expires_at,
-    (select pg_notify('${BUS_CHANNEL}', json_build_object('o', $17::text, 'e', 'run:queued', 'p', json_build_object('runId', r.id))::text) from r where $6::text = 'queued') as queued
+    (select pg_notify('${BUS_CHANNEL}', json_build_object('o', $17::text, 'e', 'run:queued', 'p', json_build_object('runId', r.id, 'sessionId', (select id from s)))::text) from r where $6::text = 'queued') as queued
     ${counted ? ', (select points from rl) as rl_points, (select expire from rl) as rl_expire' : ''}`;
 });
 

@@ -243,7 +243,7 @@ export function createAccept(deps: AcceptDeps) {
           ephemeral: spec.ephemeral ?? false,
           // Claimed now, or into the shared queue for whoever has a slot (the claim keeps the conversation's order).
           claim: claimNow ? { owner: deps.instanceId, leaseTtlS: config.LEASE_TTL_S, window: deps.executor.window } : undefined,
-          notice: busMessage(deps.instanceId, 'run:queued', { runId }),
+          notice: busMessage(deps.instanceId, 'run:queued', { runId, sessionId }),
         });
         const answer = spec.answer?.(asAccepted(run), balance);
         if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);

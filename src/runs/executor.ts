@@ -58,6 +58,8 @@ export interface ExecutorOptions {
 export interface RunMetrics {
   /** `entry`: the run starts here now (the first token is timed from this call), else it was queued. */
   accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry): void;
+  /** A queued run this process claimed from the shared queue starts now. */
+  claimed?(entry: RunEntry): void;
   firstToken(entry: RunEntry): void;
 }
 
@@ -122,6 +124,7 @@ export function createExecutor(opts: ExecutorOptions) {
       for (const row of rows) {
         const entry = opts.registry.open(row);
         if (stopsBeforeTake.delete(row.id)) entry.controller.abort('cancelled');
+        opts.metrics?.claimed?.(entry);
         start(entry);
       }
     },

@@ -53,8 +53,11 @@ const CLAIM = statement(`
     where runs.id = any (array(select pid from pick)) and runs.state = 'queued' and runs.lease_owner is null and not runs.cancel_requested
     returning ${RUN_COLUMNS}
   )
-  -- (An UPDATE returns its rows in no particular order: they are started in the queue's.)
-  select claimed.* from claimed join q on q.id = claimed.id order by q.rn, q.created_at, q.id`);
+  -- (An UPDATE returns its rows in no particular order: they are started in the queue's.) A session run's start is
+  -- told to every other process's session notices (GET /api/ws) by this statement itself: no round trip of its own.
+  select claimed.*, case when claimed.kind = 'session' then pg_notify('${BUS_CHANNEL}', json_build_object('o', $1::text, 'e', 'run:state',
+      'p', json_build_object('runId', claimed.id, 'kind', claimed.kind, 'sessionId', claimed.session_id, 'state', 'executing'))::text) end as started
+  from claimed join q on q.id = claimed.id order by q.rn, q.created_at, q.id`);
 
 /**
  * Ask a live run to stop, wherever it is: the flag (read by its owner's next flush or heartbeat, and by every

@@ -10,10 +10,10 @@ export interface SessionNotice {
 }
 
 /**
- * The executor's two hooks (accepted, first token), also announcing `run:state` on the bus: a run accepted here
- * (`queued` or `executing`), and a run accepted `queued` that has started (at its first token: the executor has no
- * hook at its claim). Synchronous and free when no socket listens: no statement, no NOTIFY — so these notices are
- * local to the process that accepted the run, while its end (`session:request:complete`) reaches every process.
+ * The executor's hooks, also announcing `run:state` on this process's bus: a session run accepted here (`queued` or
+ * `executing`), and a queued one this process claimed (`executing`). Synchronous and free when no socket listens.
+ * Other processes hear the same from Postgres: a queued run from the accept's own `run:queued` NOTIFY, a claim from
+ * the claim statement's `run:state` (see createSessionNotices), its end from the finish's.
  */
 export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
   const tell = (runId: string, kind: RunKind, sessionId: string | null, state: RunState) => {
@@ -23,6 +23,10 @@ export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
     accepted(run, entry) {
       hooks.accepted(run, entry);
       tell(run.id, run.kind, run.sessionId, run.state);
+    },
+    claimed(entry) {
+      hooks.claimed?.(entry);
+      tell(entry.runId, entry.kind, entry.sessionId, 'executing');
     },
     firstToken: (entry) => hooks.firstToken(entry),
   };
@@ -34,7 +38,9 @@ export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
  */
 export function createSessionNotices(bus: Bus) {
   const listeners = keyedListeners<SessionNotice>();
-  bus.on('run:state', (e) => listeners.tell(e.sessionId, { runId: e.runId, state: e.state }));
+  bus.on('run:state', (e) => e.sessionId && listeners.tell(e.sessionId, { runId: e.runId, state: e.state }));
+  // A run another process queued (its accept statement's NOTIFY); this process's own are told by `withRunStates`.
+  bus.on('run:queued', (e) => e.sessionId && listeners.tell(e.sessionId, { runId: e.runId, state: 'queued' }));
   // From any process: the finish statement NOTIFYs it (bus-bridge.ts).
   bus.on('session:request:complete', (e) => listeners.tell(e.sessionId, { runId: e.requestId, state: e.state }));
   return {
