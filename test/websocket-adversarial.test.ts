@@ -1,0 +1,146 @@
+import net from 'node:net';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestServers, type TestServer } from './helpers/context.js';
+import { paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
+import { readSse } from './helpers/sse.js';
+import { waitFor } from './helpers/wait.js';
+import { authed, isError, noSocketLeaks as noLeaks, range, seqs, WsClient } from './helpers/ws.js';
+
+/**
+ * `GET /api/ws` against clients that misbehave: raw frames and handshakes, messages in the wrong order or twice,
+ * cursors outside the log, clients that leave mid-handshake — over real sockets, against the real server and
+ * Postgres. Each case ends with nothing left behind (registry, per-IP counts, stream slots).
+ */
+const { server } = useTestServers();
+let t: TestServer;
+let s: PaidSession;
+beforeAll(async () => {
+  t = await server({ SESSION_RATE_LIMIT_PER_MIN: 0 });
+  s = await paidSession(t, 5000);
+});
+
+const liveSlots = async (x: TestServer) => (await x.ctx.database.pool.query<{ n: number }>('select count(*)::int as n from stream_slots where expires_at > now()')).rows[0]!.n;
+
+/** A client's masked text frame (RFC 6455 §5.2) of a short payload. */
+function frame(text: string): Buffer {
+  const payload = Buffer.from(text);
+  if (payload.length > 125) throw new Error('short frames only');
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!));
+  return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
+}
+
+const handshake = (path: string) =>
+  `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+
+describe('handshakes', () => {
+  it('a client that resets its connection while its upgrade is being authenticated leaves no stream counted', async () => {
+    for (let i = 0; i < 5; i++) {
+      await new Promise<void>((resolve, reject) => {
+        const sock = net.connect(Number(new URL(t.url).port), '127.0.0.1', () => {
+          sock.write(handshake(`/api/ws?access_token=${s.token}`));
+          // Gone before the server has read the session from Postgres.
+          setImmediate(() => sock.resetAndDestroy());
+        });
+        sock.on('close', () => resolve());
+        sock.on('error', reject);
+      }).catch(() => undefined);
+    }
+    await waitFor(() => t.ctx.streams.size === 0 && t.ctx.sockets.size === 0, { what: `no stream counted (now ${t.ctx.streams.size})`, timeoutMs: 3000 });
+    await waitFor(async () => (await liveSlots(t)) === 0, { what: 'no stream slot held' });
+    await noLeaks(t);
+  });
+});
+
+describe('frames', () => {
+  // RFC 6455 §4.1 asks a client to wait for the 101 before sending, but a message that comes early must not be lost.
+  it('takes an auth and a subscribe pipelined in the handshake’s own packet, in order', async () => {
+    const r = await postRequest(t, s, 'pipelined [stub:tokens=3] [stub:delay=1]');
+    await waitFinal(t, s, r.requestId);
+    const got = await new Promise<string>((resolve, reject) => {
+      let text = '';
+      const sock = net.connect(Number(new URL(t.url).port), '127.0.0.1', () => {
+        sock.write(Buffer.concat([Buffer.from(handshake('/api/ws')), frame(JSON.stringify({ type: 'auth', token: s.token })), frame(JSON.stringify({ type: 'subscribe', runId: r.requestId }))]));
+      });
+      sock.setEncoding('latin1');
+      sock.on('data', (d) => {
+        text += d;
+        if (text.includes('"event":"done"')) sock.destroy();
+      });
+      sock.on('close', () => resolve(text));
+      sock.on('error', reject);
+      setTimeout(() => sock.destroy(), 5000);
+    });
+    expect(got).toMatch(/^HTTP\/1\.1 101 Switching Protocols/);
+    const types = [...got.matchAll(/\{"type":"(\w+)"/g)].map((m) => m[1]);
+    expect(types).toEqual(['authenticated', 'subscribed', 'event', 'event', 'event', 'event']);
+    await noLeaks(t);
+  });
+
+  it('closes a text frame that is not UTF-8 with 1007, and leaves nothing behind', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'utf8 [stub:tokens=50] [stub:delay=5]');
+    await c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed');
+    c.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
+    expect((await c.closed).code).toBe(1007);
+    await waitFinal(t, s, r.requestId);
+    await noLeaks(t);
+  });
+
+  it('answers messages before authentication with unauthorized, and keeps the socket for its auth', async () => {
+    const r = await postRequest(t, s, 'early [stub:tokens=2]');
+    const c = await WsClient.open(t.url);
+    for (const m of [{ type: 'subscribe', runId: r.requestId }, { type: 'stop', runId: r.requestId }, { type: 'unsubscribe', runId: r.requestId }, { type: 'subscribe', session: true }]) {
+      expect(await c.ask(m, isError()), JSON.stringify(m)).toMatchObject({ code: 'unauthorized' });
+    }
+    // Nothing was done for them: the run is untouched, the socket subscribed to nothing.
+    await c.ask({ type: 'auth', token: s.token }, (m) => m.type === 'authenticated');
+    expect((await waitFinal(t, s, r.requestId)).state).toBe('complete');
+    expect(c.events(r.requestId)).toEqual([]);
+    await c.close();
+    await noLeaks(t);
+  });
+});
+
+describe('subscriptions', () => {
+  it('refuses a second subscribe to a run already followed, and the first goes on exactly once', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'twice [stub:tokens=30] [stub:delay=5]');
+    await c.ask({ type: 'subscribe', runId: r.requestId }, (m) => m.type === 'subscribed');
+    const e = await c.ask({ type: 'subscribe', runId: r.requestId, after: 0 }, isError(r.requestId));
+    expect(e).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/already subscribed/) });
+    await c.final(r.requestId);
+    expect(seqs(c.events(r.requestId))).toEqual(range(1, 31));
+    expect(c.messages.filter((m) => m.type === 'subscribed' && m.runId === r.requestId)).toHaveLength(1);
+    await c.close();
+    await noLeaks(t);
+  });
+
+  it('a cursor past the end of a live run gets its final event only, as its SSE stream does', async () => {
+    const c = await authed(t.url, s.token);
+    const r = await postRequest(t, s, 'beyond [stub:tokens=20] [stub:delay=5]');
+    const sse = readSse(`${t.url}/api/runs/${r.requestId}/stream?starting_after=1000`, { headers: s.auth });
+    c.send({ type: 'subscribe', runId: r.requestId, after: 1000 });
+    const fin = await c.final(r.requestId);
+    expect(c.events(r.requestId)).toEqual([fin]);
+    const fromSse = (await sse).events.filter((e) => e.id !== undefined).map((e) => ({ seq: Number(e.id), event: e.event, data: e.data }));
+    expect([{ seq: fin.seq, event: fin.event, data: fin.data }]).toEqual(fromSse);
+    // The same cursor on the run now ended: the final event again (not `unsubscribed`: it is not at the end).
+    c.send({ type: 'subscribe', runId: r.requestId, after: 1000 });
+    await c.wait((m) => m.type === 'event' && m.runId === r.requestId, { from: c.messages.indexOf(fin) + 1 });
+    for (const bad of [2 ** 31, '3', null, Number.MAX_SAFE_INTEGER + 2]) {
+      expect((await c.ask({ type: 'subscribe', runId: r.requestId, after: bad }, isError())).code, String(bad)).toBe('invalid_request');
+    }
+    await c.close();
+    await noLeaks(t);
+  });
+
+  it('unsubscribing from what was never subscribed is answered, harmlessly (as a subscription that just ended)', async () => {
+    const c = await authed(t.url, s.token);
+    const missing = '00000000-0000-4000-8000-000000000001';
+    expect(await c.ask({ type: 'unsubscribe', runId: missing }, (m) => m.type !== 'authenticated')).toEqual({ type: 'unsubscribed', runId: missing });
+    expect(await c.ask({ type: 'unsubscribe', session: true }, (m) => m.type === 'unsubscribed' && m.session)).toEqual({ type: 'unsubscribed', session: true });
+    await c.close();
+    await noLeaks(t);
+  });
+});
