@@ -46,6 +46,11 @@ export class Peer implements KeepAlive {
     ws.on('pong', () => (this.#alive = true));
   }
 
+  /** Start reading messages, once their listener is attached (the handshake left the socket paused). */
+  listen(): void {
+    this.ws.resume();
+  }
+
   get open(): boolean {
     return this.ws.readyState === WebSocket.OPEN;
   }
@@ -124,6 +129,10 @@ export function createSocketHub(opts: SocketHubOptions) {
         upgrade.socket.once('close', refused);
         wss.handleUpgrade(req, upgrade.socket, upgrade.head, (ws) => {
           upgrade.socket.off('close', refused);
+          // Nothing is read until the protocol listens (`Peer.listen`): bytes that came with the handshake (a client
+          // that did not wait for the 101) are parsed on the next tick, before the awaiting route runs, and their
+          // messages would be emitted to no listener — lost.
+          ws.pause();
           const peer = new Peer(ws, req, opts);
           open.add(peer);
           const stop = opts.keepAlive(peer);

@@ -124,6 +124,8 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
     subs.clear();
     offNotices?.();
   });
+  // Listening now: whatever the client sent with its handshake is read from here on.
+  peer.listen();
 
   /** Parse one message: JSON, a known type, the fields its type needs. Throws the 400 a body would get. */
   function parse(text: string | null): ClientMessage {
