@@ -157,6 +157,30 @@ async function nothingHeld(x: TestServer) {
   await waitFor(async () => (await liveSlots(x)) === 0, { what: 'no stream slot row' });
 }
 
+describe('run ids', () => {
+  it('are one run whatever their case: an upper-case id is followed live, stopped at once, and cannot be subscribed twice', async () => {
+    // Postgres would find the run by either case; only the canonical id is the run in this process's memory.
+    const x = await server({ SSE_POLL_MS: 60_000, SESSION_RATE_LIMIT_PER_MIN: 0 });
+    const xs = await paidSession(x, 5000);
+    const c = await authed(x.url, xs.token);
+    const r = await postRequest(x, xs, 'cased [stub:tokens=300] [stub:delay=5]');
+    const upper = r.requestId.toUpperCase();
+    expect(await c.ask({ type: 'subscribe', runId: upper }, (m) => m.type === 'subscribed' || m.type === 'error')).toEqual({ type: 'subscribed', runId: r.requestId, state: 'executing' });
+    // Live: from the run's own entry, not a follower polling Postgres for it.
+    await c.wait((m) => m.type === 'event' && m.seq === 5, { timeoutMs: 3000 });
+    expect(x.ctx.followers.size).toBe(0);
+    expect(await c.ask({ type: 'subscribe', runId: r.requestId }, isError())).toMatchObject({ code: 'invalid_request', runId: r.requestId });
+    expect(await c.ask({ type: 'stop', runId: upper }, (m) => m.type === 'stopping')).toEqual({ type: 'stopping', runId: r.requestId, state: 'cancelling' });
+    expect((await c.final(r.requestId, 3000)).data.state).toBe('cancelled');
+    const seen = c.events(r.requestId);
+    expect(seqs(seen)).toEqual(range(1, seen.length));
+    expect(c.messages.filter((m) => m.runId !== undefined && m.runId !== r.requestId)).toEqual([]);
+    expect(await c.ask({ type: 'unsubscribe', runId: upper }, (m) => m.type === 'unsubscribed')).toEqual({ type: 'unsubscribed', runId: r.requestId });
+    await c.close();
+    await nothingHeld(x);
+  });
+});
+
 describe('many cycles', () => {
   it('subscribe and unsubscribe hundreds of times, here and across processes, and close sockets mid-subscribe: nothing leaks', async () => {
     const b = await t.sibling({ SESSION_RATE_LIMIT_PER_MIN: 0 });
