@@ -140,7 +140,9 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new AppError(400, 'invalid_json', 'a message is a JSON object');
     if (!CLIENT_TYPES.includes(type as never)) throw badRequest(`type must be one of ${CLIENT_TYPES.join(', ')}`, [{ path: 'type', message: `got ${JSON.stringify(type)}`, code: 'invalid_value' }]);
     const parsed = schemaOf(type as (typeof CLIENT_TYPES)[number], raw).safeParse(raw);
-    if (parsed.success) return parsed.data;
+    // A run id in any case names the run (Postgres compares UUIDs so), but only its canonical form — lower case, as
+    // the API writes it — is its key in memory: the registry's entry, a subscription, the stop of the run here.
+    if (parsed.success) return 'runId' in parsed.data ? { ...parsed.data, runId: parsed.data.runId.toLowerCase() } : parsed.data;
     const details = parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message, code: i.code }));
     const first = details.find((d) => d.path !== 'type' && d.path !== '') ?? details[0];
     throw badRequest(`invalid ${String(type)} message${first ? `: ${first.path ? `${first.path}: ` : ''}${first.message}` : ''}`, details);
