@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { useTestServers, type TestServer } from './helpers/context.js';
 import { bigTokens } from './helpers/providers.js';
-import { paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
+import { expectLedgerBalanced, paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 import { authed, isError, noSocketLeaks as noLeaks, range, seqs, WsClient } from './helpers/ws.js';
@@ -178,6 +178,102 @@ describe('run ids', () => {
     expect(await c.ask({ type: 'unsubscribe', runId: upper }, (m) => m.type === 'unsubscribed')).toEqual({ type: 'unsubscribed', runId: r.requestId });
     await c.close();
     await nothingHeld(x);
+  });
+});
+
+describe('the same events as SSE', () => {
+  it('for every ending (done, failed, cancelled, filtered), every cursor, from memory and from Postgres', async () => {
+    const b = await t.sibling();
+    const runs = await Promise.all(['ok [stub:tokens=6]', 'fails [stub:tokens=8] [stub:fail]', 'filtered [stub:tokens=8] [stub:filter]', 'stopped [stub:tokens=400] [stub:delay=5]'].map((p) => postRequest(t, s, p)));
+    const stopped = runs[3]!.requestId;
+    await waitFor(async () => (await t.http.get(`/api/runs/${stopped}`).set(s.auth)).body.usage?.outputTokens >= 3, { what: 'the run under way' });
+    await t.http.post(`/api/runs/${stopped}/stop`).set(s.auth).expect(202);
+    const finals = await Promise.all(runs.map((r) => waitFinal(t, s, r.requestId)));
+    expect(finals.map((f) => f.state)).toEqual(['complete', 'failed', 'complete', 'cancelled']);
+    for (const x of [t, b]) {
+      const c = await authed(x.url, s.token);
+      for (const r of runs) {
+        const whole = (await readSse(`${x.url}/api/runs/${r.requestId}/stream`, { headers: s.auth })).events.filter((e) => e.id !== undefined);
+        const last = Number(whole.at(-1)!.id);
+        expect(whole.length).toBeGreaterThan(1);
+        for (const after of [0, 2, last - 1, last, last + 7]) {
+          const what = `${x === t ? 'memory' : 'Postgres'} ${r.requestId} after ${after}`;
+          const sse = await readSse(`${x.url}/api/runs/${r.requestId}/stream?starting_after=${after}`, { headers: s.auth });
+          const from = c.messages.length;
+          c.send({ type: 'subscribe', runId: r.requestId, after });
+          const end = await c.wait((m) => m.runId === r.requestId && (m.type === 'unsubscribed' || m.type === 'resync' || m.type === 'error' || (m.type === 'event' && ['done', 'error'].includes(m.event))), { from, what });
+          const got = c.messages.slice(from).filter((m) => m.type === 'event').map(({ seq, event, data }) => ({ seq, event, data }));
+          if (sse.status === 204) {
+            expect(end.type, what).toBe('unsubscribed');
+            expect(got, what).toEqual([]);
+            continue;
+          }
+          expect(got, what).toEqual(sse.events.filter((e) => e.id !== undefined).map((e) => ({ seq: Number(e.id), event: e.event, data: e.data })));
+        }
+      }
+      await c.close();
+    }
+    await b.close();
+    await noLeaks(t);
+  });
+});
+
+describe('the session', () => {
+  it('a run’s end is noticed only once its money is settled: the balance read on the notice is final, here and on another process', async () => {
+    const b = await t.sibling();
+    const xs = await paidSession(t, 5000);
+    for (const [x, prompt] of [[t, 'settled here [stub:tokens=40] [stub:delay=2]'], [b, 'settled there [stub:tokens=40] [stub:delay=2]'], [t, 'stopped [stub:tokens=400] [stub:delay=5]']] as const) {
+      const c = await authed(x.url, xs.token);
+      await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed');
+      const r = await postRequest(t, xs, prompt);
+      if (prompt.startsWith('stopped')) {
+        c.send({ type: 'subscribe', runId: r.requestId });
+        await c.wait((m) => m.type === 'event' && m.runId === r.requestId);
+        c.send({ type: 'stop', runId: r.requestId });
+      }
+      // On the notice, at once, as the console does: the session's balance and the run's charge are the final ones.
+      const balance = new Promise<number>((resolve) =>
+        c.ws.on('message', (d) => {
+          const m = JSON.parse(d.toString());
+          if (m.type === 'run' && m.runId === r.requestId && !['queued', 'executing'].includes(m.state))
+            void x.http.get(`/api/sessions/${xs.id}`).set(xs.auth).then((res) => resolve(res.body.balanceSats));
+        }),
+      );
+      const seen = await balance;
+      const fin = await waitFinal(t, xs, r.requestId);
+      const ledger = await expectLedgerBalanced(t, xs);
+      expect(seen, prompt).toBe(ledger.balanceSats);
+      expect(ledger.entries.filter((e) => e.runId === r.requestId).reduce((a, e) => a + e.amountSats, 0)).toBe(-fin.chargedSats);
+      await c.close();
+    }
+    await b.close();
+  });
+
+  it('a session that expires while its socket is open still watches and stops its runs, as it may over HTTP; it cannot spend', async () => {
+    const xs = await paidSession(t, 5000);
+    const c = await authed(t.url, xs.token);
+    const r = await postRequest(t, xs, 'outlives [stub:tokens=300] [stub:delay=5]');
+    await c.ask({ type: 'subscribe', session: true }, (m) => m.type === 'subscribed');
+    c.send({ type: 'subscribe', runId: r.requestId });
+    await c.wait((m) => m.type === 'event' && m.runId === r.requestId);
+    await t.ctx.database.pool.query(`update sessions set expires_at = now() - interval '1 second' where id = $1`, [xs.id]);
+    // HTTP: reading its runs still works; spending does not.
+    expect((await t.http.get(`/api/runs/${r.requestId}`).set(xs.auth)).status).toBe(200);
+    expect((await t.http.post(`/api/sessions/${xs.id}/request`).set(xs.auth).send({ request: 'more' })).body.error.code).toBe('session_not_active');
+    // The socket: the same.
+    expect((await c.ask({ type: 'subscribe', runId: r.requestId, after: 0 }, isError(r.requestId))).code).toBe('invalid_request');
+    expect(await c.ask({ type: 'stop', runId: r.requestId }, (m) => m.type === 'stopping')).toMatchObject({ state: 'cancelling' });
+    const fin = await c.final(r.requestId);
+    expect(fin.data.state).toBe('cancelled');
+    await c.wait((m) => m.type === 'run' && m.runId === r.requestId && m.state === 'cancelled');
+    expect(seqs(c.events(r.requestId))).toEqual(range(1, fin.seq));
+    // A new socket with the expired session's token is let in, as its HTTP reads are.
+    const again = await authed(t.url, xs.token);
+    again.send({ type: 'subscribe', runId: r.requestId, after: fin.seq - 1 });
+    expect(await again.final(r.requestId)).toEqual(fin);
+    await again.close();
+    await c.close();
+    await noLeaks(t);
   });
 });
 
