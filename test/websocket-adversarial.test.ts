@@ -397,3 +397,24 @@ describe('a reader that stops reading mid-replay', () => {
     await x.close();
   });
 });
+
+describe('shutdown', () => {
+  it('gives back the stream slots of the sockets it closes, so their clients can reconnect at once elsewhere', async () => {
+    const x = await server({ SESSION_MAX_STREAMS: 2 });
+    const other = await x.sibling({ SESSION_MAX_STREAMS: 2 });
+    const xs = await paidSession(x, 2000);
+    const r = await postRequest(x, xs, 'outlasts [stub:tokens=20] [stub:delay=5]');
+    const sockets = [await authed(x.url, xs.token), await WsClient.open(x.url)];
+    await sockets[1]!.ask({ type: 'auth', token: xs.token }, (m) => m.type === 'authenticated');
+    sockets[0]!.send({ type: 'subscribe', runId: r.requestId });
+    await waitFor(async () => (await liveSlots(other)) === 2, { what: 'both slots held' });
+    await x.close();
+    for (const c of sockets) expect((await c.closed).code).toBe(1001);
+    // Told to go away and come back: their session's slots are free now, not when they lapse (STREAM_SLOT_TTL_S).
+    expect(await liveSlots(other)).toBe(0);
+    const back = await Promise.all([authed(other.url, xs.token), authed(other.url, xs.token)]);
+    for (const c of back) await c.close();
+    await other.close();
+  });
+});
+
