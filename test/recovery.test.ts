@@ -146,6 +146,8 @@ describe('graceful shutdown', () => {
     expect((await ws.final(long.requestId)).data.state).toBe('interrupted');
     expect((await ws.closed).code).toBe(1001);
     expect(await p.exited).toBe(0);
+    // The socket's stream slot was given back on the way out: its client may reconnect at once.
+    expect((await t.ctx.database.pool.query('select count(*)::int as n from stream_slots where expires_at > now()')).rows[0].n).toBe(0);
     expect((await runRow(short.requestId)).state).toBe('complete');
     expect(await runRow(long.requestId)).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: long.debitedSats });
     const ledger = await expectLedgerBalanced(t, s);
