@@ -105,6 +105,37 @@ describe('frames', () => {
   });
 });
 
+describe('a client that sends and never reads', () => {
+  // It reads nothing, so a close frame would never reach it, and `ws` would wait 30 s for the closing handshake
+  // with its subscriptions attached: it is cut at once (1006 on its side).
+  it('is cut once its answers pile up past twice WS_MAX_BUFFERED_BYTES, holding no more and nothing after', async () => {
+    const x = await server({ WS_MAX_BUFFERED_BYTES: 16 * 1024, SESSION_RATE_LIMIT_PER_MIN: 0 });
+    const xs = await paidSession(x, 1000);
+    const c = await authed(x.url, xs.token);
+    let most = 0;
+    const spy = vi.spyOn(WebSocket.prototype, 'send').mockImplementation(function (this: WebSocket, ...args: Parameters<WebSocket['send']>) {
+      send.call(this, ...args);
+      if ((this as unknown as { _isServer: boolean })._isServer) most = Math.max(most, this.bufferedAmount);
+    });
+    try {
+      c.ws.pause();
+      // Each a bad message with a long answer; far more than the loopback's buffers hold.
+      const bad = JSON.stringify({ type: 'subscribe', runId: 'x'.repeat(200), after: -1 });
+      for (let i = 0; i < 40_000 && x.ctx.sockets.size > 0; i++) {
+        c.ws.send(bad);
+        if (i % 500 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      await waitFor(() => x.ctx.sockets.size === 0, { what: 'the flooding socket closed', timeoutMs: 10_000 });
+      expect(most).toBeLessThanOrEqual(2 * 16 * 1024 + 1024);
+    } finally {
+      spy.mockRestore();
+    }
+    c.ws.resume();
+    expect((await c.closed).code).toBe(1006);
+    await nothingHeld(x);
+  });
+});
+
 describe('subscriptions', () => {
   it('refuses a second subscribe to a run already followed, and the first goes on exactly once', async () => {
     const c = await authed(t.url, s.token);
