@@ -101,15 +101,17 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
   if (preauthenticated) authenticated(preauthenticated);
 
   // Messages wait their turn here; past MAX_PENDING the socket stops reading, so a client that sends faster than it
-  // is answered is held back by TCP rather than by our memory.
+  // is answered is held back by TCP rather than by our memory (beyond the rest of the chunk `ws` has already read).
   let pending = 0;
   peer.ws.on('message', (data: RawData, isBinary: boolean) => {
-    // A client that keeps sending but reads nothing (its answers pile up far past WS_MAX_BUFFERED_BYTES) is cut.
-    if (peer.flooded) return peer.close(CLOSE.policy, 'not reading');
     const text = isBinary ? null : data.toString();
     if (++pending >= MAX_PENDING) peer.ws.pause();
     chain = chain
-      .then(() => (closed ? undefined : handle(text)))
+      // A client that keeps sending but reads nothing (its answers pile up past twice WS_MAX_BUFFERED_BYTES) is cut:
+      // dropped, not closed — it would never read a close frame, and `ws` waits 30 s for the closing handshake, its
+      // subscriptions attached. Checked as each message is about to be answered, not as it comes in: `ws` emits every
+      // message of a chunk it has read (up to 64 KiB of them) before pausing takes effect, all before the first answer.
+      .then(() => (closed ? undefined : peer.flooded ? peer.ws.terminate() : handle(text)))
       .catch((err: unknown) => void refuse(err))
       .finally(() => {
         if (--pending < MAX_PENDING && peer.ws.isPaused) peer.ws.resume();
