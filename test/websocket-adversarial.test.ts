@@ -346,6 +346,13 @@ describe('many cycles', () => {
       if (i % 3 === 0) await c.wait((m) => m.type === 'subscribed');
       c.ws.terminate();
     }
+    // Sockets gone while their first-message auth takes its stream slot in Postgres.
+    for (let i = 0; i < 10; i++) {
+      const c = await WsClient.open(i % 2 ? b.url : t.url);
+      c.send({ type: 'auth', token: s.token });
+      if (i % 2) await new Promise((resolve) => setImmediate(resolve));
+      c.ws.terminate();
+    }
     await ca.close();
     await cb.close();
     for (const x of [t, b]) await nothingHeld(x);
