@@ -1,17 +1,16 @@
 import net from 'node:net';
-import { beforeAll, describe, expect, it, vi } from 'vitest';
-import WebSocket from 'ws';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { useTestServers, type TestServer } from './helpers/context.js';
-import { bigTokens } from './helpers/providers.js';
 import { expectLedgerBalanced, paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
-import { authed, isError, noSocketLeaks as noLeaks, range, seqs, WsClient } from './helpers/ws.js';
+import { authed, isError, liveSlots, noSocketLeaks as noLeaks, nothingHeld, range, seqs, WsClient } from './helpers/ws.js';
 
 /**
- * `GET /api/ws` against clients that misbehave: raw frames and handshakes, messages in the wrong order or twice,
- * cursors outside the log, clients that leave mid-handshake — over real sockets, against the real server and
- * Postgres. Each case ends with nothing left behind (registry, per-IP counts, stream slots).
+ * `GET /api/ws` against clients that misbehave or look for gaps: raw frames and handshakes, messages in the wrong
+ * order or twice, cursors outside the log, run ids in another case, the SSE stream's events compared for every ending
+ * and cursor, the session's money and expiry — over real sockets, against the real server and Postgres. Each case ends
+ * with nothing left behind. Floods, cycles, stalled readers and shutdown: websocket-pressure.test.ts.
  */
 const { server } = useTestServers();
 let t: TestServer;
@@ -20,9 +19,6 @@ beforeAll(async () => {
   t = await server({ SESSION_RATE_LIMIT_PER_MIN: 0 });
   s = await paidSession(t, 5000);
 });
-
-const send = WebSocket.prototype.send;
-const liveSlots = async (x: TestServer) => (await x.ctx.database.pool.query<{ n: number }>('select count(*)::int as n from stream_slots where expires_at > now()')).rows[0]!.n;
 
 /** A client's masked text frame (RFC 6455 §5.2) of a short payload. */
 function frame(text: string): Buffer {
@@ -105,37 +101,6 @@ describe('frames', () => {
   });
 });
 
-describe('a client that sends and never reads', () => {
-  // It reads nothing, so a close frame would never reach it, and `ws` would wait 30 s for the closing handshake
-  // with its subscriptions attached: it is cut at once (1006 on its side).
-  it('is cut once its answers pile up past twice WS_MAX_BUFFERED_BYTES, holding no more and nothing after', async () => {
-    const x = await server({ WS_MAX_BUFFERED_BYTES: 16 * 1024, SESSION_RATE_LIMIT_PER_MIN: 0 });
-    const xs = await paidSession(x, 1000);
-    const c = await authed(x.url, xs.token);
-    let most = 0;
-    const spy = vi.spyOn(WebSocket.prototype, 'send').mockImplementation(function (this: WebSocket, ...args: Parameters<WebSocket['send']>) {
-      send.call(this, ...args);
-      if ((this as unknown as { _isServer: boolean })._isServer) most = Math.max(most, this.bufferedAmount);
-    });
-    try {
-      c.ws.pause();
-      // Each a bad message with a long answer; far more than the loopback's buffers hold.
-      const bad = JSON.stringify({ type: 'subscribe', runId: 'x'.repeat(200), after: -1 });
-      for (let i = 0; i < 40_000 && x.ctx.sockets.size > 0; i++) {
-        c.ws.send(bad);
-        if (i % 500 === 0) await new Promise((resolve) => setImmediate(resolve));
-      }
-      await waitFor(() => x.ctx.sockets.size === 0, { what: 'the flooding socket closed', timeoutMs: 10_000 });
-      expect(most).toBeLessThanOrEqual(2 * 16 * 1024 + 1024);
-    } finally {
-      spy.mockRestore();
-    }
-    c.ws.resume();
-    expect((await c.closed).code).toBe(1006);
-    await nothingHeld(x);
-  });
-});
-
 describe('subscriptions', () => {
   it('refuses a second subscribe to a run already followed, and the first goes on exactly once', async () => {
     const c = await authed(t.url, s.token);
@@ -178,15 +143,6 @@ describe('subscriptions', () => {
     await noLeaks(t);
   });
 });
-
-/** Everything a socket can hold, back to zero: registry, followers, news, per-IP counts, stream slots (here and in Postgres). */
-async function nothingHeld(x: TestServer) {
-  await noLeaks(x);
-  await waitFor(() => x.ctx.followers.size === 0 && x.ctx.limits.streamSlotsHeld === 0 && x.ctx.sse.size === 0, {
-    what: `nothing held (followers ${x.ctx.followers.size}, slots ${x.ctx.limits.streamSlotsHeld})`,
-  });
-  await waitFor(async () => (await liveSlots(x)) === 0, { what: 'no stream slot row' });
-}
 
 describe('run ids', () => {
   it('are one run whatever their case: an upper-case id is followed live, stopped at once, and cannot be subscribed twice', async () => {
@@ -307,152 +263,3 @@ describe('the session', () => {
     await noLeaks(t);
   });
 });
-
-describe('many cycles', () => {
-  it('subscribe and unsubscribe hundreds of times, here and across processes, and close sockets mid-subscribe: nothing leaks', async () => {
-    const b = await t.sibling({ SESSION_RATE_LIMIT_PER_MIN: 0 });
-    const here = await postRequest(t, s, 'cycles here [stub:tokens=400] [stub:delay=5]');
-    const there = await postRequest(t, s, 'cycles there [stub:tokens=400] [stub:delay=5]');
-    const ca = await authed(t.url, s.token);
-    const cb = await authed(b.url, s.token);
-    for (const [c, r] of [[ca, here], [cb, there]] as const) {
-      const from = c.messages.length;
-      // Pipelined: each unsubscribe right behind its subscribe, 150 times, then the session notices on and off.
-      for (let i = 0; i < 150; i++) {
-        c.send({ type: 'subscribe', runId: r.requestId, after: i });
-        c.send({ type: 'unsubscribe', runId: r.requestId });
-        c.send({ type: 'subscribe', session: true });
-        c.send({ type: 'unsubscribe', session: true });
-      }
-      await waitFor(() => c.messages.slice(from).filter((m) => m.type === 'unsubscribed').length >= 300, { what: 'every unsubscribe answered', timeoutMs: 20_000 });
-      expect(c.messages.slice(from).filter(isError())).toEqual([]);
-      // What each subscription sent before its unsubscribe came in order, from its own cursor.
-      let after = -1;
-      let last = 0;
-      for (const m of c.messages.slice(from)) {
-        if (m.type === 'subscribed' && m.runId) last = ++after;
-        if (m.type === 'event') {
-          expect(m.seq).toBe(last + 1);
-          last = m.seq;
-        }
-      }
-      expect(after).toBe(149);
-    }
-    // Sockets closed while their subscribe is being read from Postgres, or just after.
-    for (let i = 0; i < 20; i++) {
-      const c = await authed(i % 2 ? b.url : t.url, s.token);
-      c.send({ type: 'subscribe', runId: i % 2 ? there.requestId : here.requestId });
-      c.send({ type: 'subscribe', session: true });
-      if (i % 3 === 0) await c.wait((m) => m.type === 'subscribed');
-      c.ws.terminate();
-    }
-    // Sockets gone while their first-message auth takes its stream slot in Postgres.
-    for (let i = 0; i < 10; i++) {
-      const c = await WsClient.open(i % 2 ? b.url : t.url);
-      c.send({ type: 'auth', token: s.token });
-      if (i % 2) await new Promise((resolve) => setImmediate(resolve));
-      c.ws.terminate();
-    }
-    await ca.close();
-    await cb.close();
-    for (const x of [t, b]) await nothingHeld(x);
-    expect((await waitFinal(t, s, here.requestId)).state).toBe('complete');
-    expect((await waitFinal(t, s, there.requestId)).state).toBe('complete');
-    for (const x of [t, b]) await nothingHeld(x);
-    await b.close();
-  });
-});
-
-describe('a reader that stops reading mid-replay', () => {
-  // 200 events of 64 KiB: 13 MB, more than the loopback's socket buffers hold, so a reader that stops backs the server up.
-  const N = 200;
-  let a: TestServer;
-  let as: PaidSession;
-  let runId: string;
-  beforeAll(async () => {
-    a = await server({ WS_MAX_BUFFERED_BYTES: 128 * 1024, MAX_TOKENS_LIMIT: 4096, SSE_PING_MS: 60_000, SSE_MAX_QUEUE: 16, SESSION_RATE_LIMIT_PER_MIN: 0 }, { ai: bigTokens(N, 64 * 1024, 2) });
-    as = await paidSession(a, 10_000);
-  });
-  const tokens = async () => (await a.http.get(`/api/runs/${runId}`).set(as.auth)).body.usage?.outputTokens ?? 0;
-
-  it('of a live run: resync once it reads again, never a gap, and the run is not held up', async () => {
-    runId = (await postRequest(a, as, 'live')).requestId;
-    await waitFor(async () => (await tokens()) >= 30, { what: 'the run under way' });
-    const c = await authed(a.url, as.token);
-    c.send({ type: 'subscribe', runId });
-    await c.wait((m) => m.type === 'event');
-    c.ws.pause();
-    expect((await waitFinal(a, as, runId, 20_000)).state).toBe('complete');
-    c.ws.resume();
-    const resync = await c.wait((m) => m.type === 'resync' && m.runId === runId, { timeoutMs: 20_000 });
-    const got = seqs(c.events(runId));
-    expect(got).toEqual(range(1, got.length));
-    expect(resync.lastSeq).toBe(got.at(-1));
-    c.send({ type: 'subscribe', runId, after: resync.lastSeq });
-    await c.final(runId, 20_000);
-    expect(seqs(c.events(runId))).toEqual(range(1, N + 1));
-    await c.close();
-    await nothingHeld(a);
-  });
-
-  it('of an ended run read from Postgres: paced (the server holds no more than its bound) and whole once it reads again; cut if it never does', async () => {
-    // Another process: nothing of the run in memory, so the replay is read from Postgres, a page at a time.
-    const b = await a.sibling({ SSE_WRITE_TIMEOUT_MS: 10_000 });
-    let most = 0;
-    const spy = vi.spyOn(WebSocket.prototype, 'send').mockImplementation(function (this: WebSocket, ...args: Parameters<WebSocket['send']>) {
-      send.call(this, ...args);
-      // What the server holds unsent after each write (but the final event's: 13 MB alone, it carries the result).
-      const [data] = args as [{ length: number }];
-      if ((this as unknown as { _isServer: boolean })._isServer && data.length < 1e6) most = Math.max(most, this.bufferedAmount);
-    });
-    try {
-      const c = await authed(b.url, as.token);
-      // Not reading from the start: the loopback's buffers have not grown (they grow to tens of MB for a fast reader).
-      c.send({ type: 'subscribe', runId });
-      c.ws.pause();
-      // The server writes until the peer's buffers are full, then waits for the reader with at most one message held.
-      await waitFor(() => most > 0, { what: 'the replay waiting on the reader', timeoutMs: 20_000 });
-      c.ws.resume();
-      await c.final(runId, 20_000);
-      expect(seqs(c.events(runId))).toEqual(range(1, N + 1));
-      expect(c.messages.filter((m) => m.type === 'resync')).toEqual([]);
-      // Paced: a quarter of WS_MAX_BUFFERED_BYTES, and the one message that went over it.
-      expect(most).toBeLessThanOrEqual(32 * 1024 + 66 * 1024);
-      await c.close();
-    } finally {
-      spy.mockRestore();
-    }
-    await nothingHeld(b);
-    await b.close();
-    // A reader that never reads again: cut after SSE_WRITE_TIMEOUT_MS, and everything it held is freed.
-    const x = await a.sibling({ SSE_WRITE_TIMEOUT_MS: 300 });
-    const gone = await authed(x.url, as.token);
-    gone.send({ type: 'subscribe', runId });
-    gone.ws.pause();
-    await waitFor(() => x.ctx.sockets.size === 0, { what: 'the stalled socket closed', timeoutMs: 10_000 });
-    gone.ws.terminate();
-    await nothingHeld(x);
-    await x.close();
-  });
-});
-
-describe('shutdown', () => {
-  it('gives back the stream slots of the sockets it closes, so their clients can reconnect at once elsewhere', async () => {
-    const x = await server({ SESSION_MAX_STREAMS: 2 });
-    const other = await x.sibling({ SESSION_MAX_STREAMS: 2 });
-    const xs = await paidSession(x, 2000);
-    const r = await postRequest(x, xs, 'outlasts [stub:tokens=20] [stub:delay=5]');
-    const sockets = [await authed(x.url, xs.token), await WsClient.open(x.url)];
-    await sockets[1]!.ask({ type: 'auth', token: xs.token }, (m) => m.type === 'authenticated');
-    sockets[0]!.send({ type: 'subscribe', runId: r.requestId });
-    await waitFor(async () => (await liveSlots(other)) === 2, { what: 'both slots held' });
-    await x.close();
-    for (const c of sockets) expect((await c.closed).code).toBe(1001);
-    // Told to go away and come back: their session's slots are free now, not when they lapse (STREAM_SLOT_TTL_S).
-    expect(await liveSlots(other)).toBe(0);
-    const back = await Promise.all([authed(other.url, xs.token), authed(other.url, xs.token)]);
-    for (const c of back) await c.close();
-    await other.close();
-  });
-});
-
