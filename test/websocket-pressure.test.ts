@@ -42,6 +42,20 @@ describe('a client that sends and never reads', () => {
   });
 });
 
+describe('a client that never reads, closed by the server', () => {
+  it('is let go within seconds of its close (no auth in time, a refused token), not after ws’s 30 s closing handshake', async () => {
+    const x = await server({ WS_AUTH_TIMEOUT_MS: 100 });
+    const silent = await WsClient.open(x.url);
+    silent.ws.pause();
+    const refused = await WsClient.open(x.url);
+    refused.ws.pause();
+    refused.send({ type: 'auth', token: 'sk_nope' });
+    await waitFor(() => x.ctx.sockets.size === 0 && x.ctx.streams.size === 0, { what: 'both sockets let go', timeoutMs: 5000 });
+    for (const c of [silent, refused]) c.ws.terminate();
+    await nothingHeld(x);
+  });
+});
+
 describe('many cycles', () => {
   it('subscribe and unsubscribe hundreds of times, here and across processes, and close sockets mid-subscribe: nothing leaks', async () => {
     const b = await t.sibling({ SESSION_RATE_LIMIT_PER_MIN: 0 });
