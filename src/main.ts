@@ -86,6 +86,8 @@ export async function start(config: Config, baseLog: Logger, catalogue?: Catalog
       // reconnects elsewhere; they stayed open through the drain, so their readers got the runs' final events.
       await bounded(log, 'closing WebSockets', 5_000, ctx.sockets.closeAll('server shutting down'));
       server.closeAllConnections();
+      // The slots of the streams just closed, given back now: their clients reconnect at once, and are not refused.
+      await bounded(log, 'giving back stream slots', 2_000, ctx.limits.close());
       await bounded(log, 'closing the database pool', 5_000, database.close());
       if (embedded) await bounded(log, 'stopping the embedded Postgres', 45_000, embedded.stop());
       log.info('stopped');

@@ -2,6 +2,7 @@ import supertest from 'supertest';
 import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runs } from '../src/db/schema.js';
+import { hashToken } from '../src/http/auth.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { startServerProcess } from './helpers/process.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
@@ -142,10 +143,14 @@ describe('graceful shutdown', () => {
     // A WebSocket following the long run stays open through the drain, gets its final event, then 1001 (going away).
     const ws = await WsClient.open(p.url, { token: s.token });
     await ws.ask({ type: 'subscribe', runId: long.requestId }, (m) => m.type === 'event');
+    const slotsOf = async () => (await t.ctx.database.pool.query('select count(*)::int as n from stream_slots where key = $1 and expires_at > now()', [`session:${hashToken(s.token)}`])).rows[0].n;
+    expect(await slotsOf()).toBe(1);
     p.proc.kill('SIGTERM');
     expect((await ws.final(long.requestId)).data.state).toBe('interrupted');
     expect((await ws.closed).code).toBe(1001);
     expect(await p.exited).toBe(0);
+    // The socket's stream slot was given back on the way out: its client may reconnect at once.
+    expect(await slotsOf()).toBe(0);
     expect((await runRow(short.requestId)).state).toBe('complete');
     expect(await runRow(long.requestId)).toMatchObject({ state: 'interrupted', chargedSats: 0, refundedSats: long.debitedSats });
     const ledger = await expectLedgerBalanced(t, s);

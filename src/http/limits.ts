@@ -246,6 +246,9 @@ export function createLimits(deps: LimitsDeps) {
       return slots.held;
     },
 
+    /** Shutdown, once the streams are closed and before the pool ends: give back every stream slot held here. */
+    close: () => slots.close(),
+
     /** Free the space of ended windows and lapsed slots. */
     async sweep(): Promise<void> {
       await sweepExpired(deps.pool);

@@ -12,6 +12,9 @@ import type { PendingUpgrade } from './upgrade.js';
  * 1008 (policy: no authentication in time), 1009 (a message over WS_MAX_MESSAGE_BYTES, by `ws`), 1011 (a server bug),
  * and 4401 / 4429 (an authentication the first message attempted was refused / a limit: the HTTP status + 4000).
  */
+/** How long a closing socket may wait for its peer's close frame before it is dropped. */
+export const CLOSE_GRACE_MS = 2_000;
+
 export const CLOSE = { normal: 1000, goingAway: 1001, policy: 1008, tooBig: 1009, internal: 1011, unauthorized: 4401, limited: 4429 } as const;
 
 export interface SocketHubOptions {
@@ -44,6 +47,11 @@ export class Peer implements KeepAlive {
   ) {
     this.#soft = Math.max(1, Math.floor(opts.maxBufferedBytes / 4));
     ws.on('pong', () => (this.#alive = true));
+  }
+
+  /** Start reading messages, once their listener is attached (the handshake left the socket paused). */
+  listen(): void {
+    this.ws.resume();
   }
 
   get open(): boolean {
@@ -95,8 +103,16 @@ export class Peer implements KeepAlive {
     if (this.open) this.ws.ping();
   }
 
+  /**
+   * Close with `code`, and let go of the connection within CLOSE_GRACE_MS whether or not the peer answers: `ws` waits
+   * 30 s for the closing handshake, and a peer that reads nothing never answers — while it waits, the socket still
+   * counts against its IP's streams and its session's.
+   */
   close(code: number, reason: string): void {
-    if (this.ws.readyState === WebSocket.CONNECTING || this.ws.readyState === WebSocket.OPEN) this.ws.close(code, reason);
+    if (this.ws.readyState !== WebSocket.CONNECTING && this.ws.readyState !== WebSocket.OPEN) return;
+    this.ws.close(code, reason);
+    const timer = setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
+    this.ws.once('close', () => clearTimeout(timer));
   }
 }
 
@@ -124,6 +140,10 @@ export function createSocketHub(opts: SocketHubOptions) {
         upgrade.socket.once('close', refused);
         wss.handleUpgrade(req, upgrade.socket, upgrade.head, (ws) => {
           upgrade.socket.off('close', refused);
+          // Nothing is read until the protocol listens (`Peer.listen`): bytes that came with the handshake (a client
+          // that did not wait for the 101) are parsed on the next tick, before the awaiting route runs, and their
+          // messages would be emitted to no listener — lost.
+          ws.pause();
           const peer = new Peer(ws, req, opts);
           open.add(peer);
           const stop = opts.keepAlive(peer);
@@ -140,7 +160,7 @@ export function createSocketHub(opts: SocketHubOptions) {
      * Shutdown: no new sockets; every open one is closed with 1001 (going away) and `reason`. Resolves once all have
      * closed, or after `graceMs` (then the rest are cut).
      */
-    async closeAll(reason: string, graceMs = 2_000): Promise<void> {
+    async closeAll(reason: string, graceMs = CLOSE_GRACE_MS): Promise<void> {
       closing = true;
       const waits = [...open].map((p) => new Promise<void>((resolve) => (p.ws.readyState === WebSocket.CLOSED ? resolve() : p.ws.once('close', () => resolve()))));
       for (const p of open) p.close(CLOSE.goingAway, reason);

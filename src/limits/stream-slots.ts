@@ -53,6 +53,8 @@ export function createStreamSlots(deps: { pool: pg.Pool; log: Logger; ttlS: numb
   const held = new Set<string>();
   let heartbeat: NodeJS.Timeout | null = null;
   let giving: string[] = [];
+  /** Shut down: every slot was given back by `close`, and the pool is about to end. */
+  let closed = false;
 
   function renew() {
     const ids = [...held];
@@ -74,10 +76,12 @@ export function createStreamSlots(deps: { pool: pg.Pool; log: Logger; ttlS: numb
   }
 
   function giveBack(id: string) {
+    if (closed) return;
     if (giving.length === 0) {
       setImmediate(() => {
         const ids = giving;
         giving = [];
+        if (ids.length === 0) return;
         run(deps.pool, GIVE_BACK, [ids]).catch((err: unknown) => deps.log.warn({ err }, 'giving back stream slots failed; they lapse by themselves'));
       });
     }
@@ -116,6 +120,22 @@ export function createStreamSlots(deps: { pool: pg.Pool; log: Logger; ttlS: numb
     /** Slots this process holds now. */
     get held() {
       return held.size;
+    },
+
+    /**
+     * Shutdown, before the pool ends: give back every slot this process holds or is about to give back, in one
+     * statement, awaited. The streams holding them are being closed and told to reconnect (WebSockets get 1001):
+     * slots given back a turn later, by then on an ended pool, stayed counted until they lapsed (`ttlS`), and a
+     * session that reconnected at once elsewhere was refused. Whatever closes after this has nothing left to give back.
+     */
+    async close(): Promise<void> {
+      closed = true;
+      if (heartbeat) clearInterval(heartbeat);
+      heartbeat = null;
+      const ids = [...held, ...giving];
+      held.clear();
+      giving = [];
+      if (ids.length > 0) await run(deps.pool, GIVE_BACK, [ids]);
     },
 
     /** Delete lapsed slots (a dead process's). They no longer count; this only frees space. */

@@ -7,7 +7,7 @@ import { RUN_STATES } from './runs.schemas.js';
  * these schemas, and the OpenAPI document describes both directions with them (socket.openapi.ts).
  */
 
-const runId = z.string({ error: 'runId must be a string' }).regex(UUID, 'runId must be a run id (a UUID)').meta({ format: 'uuid', description: 'The run.' });
+const runId = z.string({ error: 'runId must be a string' }).regex(UUID, 'runId must be a run id (a UUID)').meta({ format: 'uuid', description: 'The run (any case: answers name it in lower case, as the API does).' });
 const cursor = z
   .number({ error: 'after must be a number' })
   .int('after must be a whole number')

@@ -101,15 +101,17 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
   if (preauthenticated) authenticated(preauthenticated);
 
   // Messages wait their turn here; past MAX_PENDING the socket stops reading, so a client that sends faster than it
-  // is answered is held back by TCP rather than by our memory.
+  // is answered is held back by TCP rather than by our memory (beyond the rest of the chunk `ws` has already read).
   let pending = 0;
   peer.ws.on('message', (data: RawData, isBinary: boolean) => {
-    // A client that keeps sending but reads nothing (its answers pile up far past WS_MAX_BUFFERED_BYTES) is cut.
-    if (peer.flooded) return peer.close(CLOSE.policy, 'not reading');
     const text = isBinary ? null : data.toString();
     if (++pending >= MAX_PENDING) peer.ws.pause();
     chain = chain
-      .then(() => (closed ? undefined : handle(text)))
+      // A client that keeps sending but reads nothing (its answers pile up past twice WS_MAX_BUFFERED_BYTES) is cut:
+      // dropped, not closed — it would never read a close frame, and `ws` waits 30 s for the closing handshake, its
+      // subscriptions attached. Checked as each message is about to be answered, not as it comes in: `ws` emits every
+      // message of a chunk it has read (up to 64 KiB of them) before pausing takes effect, all before the first answer.
+      .then(() => (closed ? undefined : peer.flooded ? peer.ws.terminate() : handle(text)))
       .catch((err: unknown) => void refuse(err))
       .finally(() => {
         if (--pending < MAX_PENDING && peer.ws.isPaused) peer.ws.resume();
@@ -124,6 +126,8 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
     subs.clear();
     offNotices?.();
   });
+  // Listening now: whatever the client sent with its handshake is read from here on.
+  peer.listen();
 
   /** Parse one message: JSON, a known type, the fields its type needs. Throws the 400 a body would get. */
   function parse(text: string | null): ClientMessage {
@@ -138,7 +142,9 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new AppError(400, 'invalid_json', 'a message is a JSON object');
     if (!CLIENT_TYPES.includes(type as never)) throw badRequest(`type must be one of ${CLIENT_TYPES.join(', ')}`, [{ path: 'type', message: `got ${JSON.stringify(type)}`, code: 'invalid_value' }]);
     const parsed = schemaOf(type as (typeof CLIENT_TYPES)[number], raw).safeParse(raw);
-    if (parsed.success) return parsed.data;
+    // A run id in any case names the run (Postgres compares UUIDs so), but only its canonical form — lower case, as
+    // the API writes it — is its key in memory: the registry's entry, a subscription, the stop of the run here.
+    if (parsed.success) return 'runId' in parsed.data ? { ...parsed.data, runId: parsed.data.runId.toLowerCase() } : parsed.data;
     const details = parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message, code: i.code }));
     const first = details.find((d) => d.path !== 'type' && d.path !== '') ?? details[0];
     throw badRequest(`invalid ${String(type)} message${first ? `: ${first.path ? `${first.path}: ` : ''}${first.message}` : ''}`, details);

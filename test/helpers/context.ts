@@ -71,6 +71,7 @@ export async function startTestServer(
       await ctx.bridge.stop();
       await ctx.sockets.closeAll('server shutting down', 500);
       server.closeAllConnections();
+      await ctx.limits.close().catch(() => undefined);
       await new Promise((r) => server.close(r));
       await database.close();
     },

@@ -1,3 +1,4 @@
+import { vi } from 'vitest';
 import WebSocket from 'ws';
 import type { TestServer } from './context.js';
 import { expectNoLeaks } from './sessions.js';
@@ -112,4 +113,37 @@ export const isError = (runId?: string) => (m: WsMessage) => m.type === 'error' 
 export async function noSocketLeaks(t: TestServer) {
   await expectNoLeaks(t);
   await waitFor(() => t.ctx.sockets.size === 0, { what: 'no open socket' });
+}
+
+/** Stream slots live in Postgres now (every process's). */
+export const liveSlots = async (x: TestServer) => (await x.ctx.database.pool.query<{ n: number }>('select count(*)::int as n from stream_slots where expires_at > now()')).rows[0]!.n;
+
+/** Everything a socket can hold, back to zero: registry, followers, news, per-IP counts, stream slots (here and in Postgres). */
+export async function nothingHeld(x: TestServer) {
+  await noSocketLeaks(x);
+  await waitFor(() => x.ctx.followers.size === 0 && x.ctx.limits.streamSlotsHeld === 0 && x.ctx.sse.size === 0, {
+    what: `nothing held (followers ${x.ctx.followers.size}, slots ${x.ctx.limits.streamSlotsHeld})`,
+  });
+  await waitFor(async () => (await liveSlots(x)) === 0, { what: 'no stream slot row' });
+}
+
+const send = WebSocket.prototype.send;
+
+/**
+ * The most a server socket of this process held unsent right after a write (messages of `ignoreOver` bytes or more
+ * left out), while `fn` runs: what a reader that does not read costs the server.
+ */
+export async function serverBuffers(fn: (most: () => number) => Promise<void>, ignoreOver = Infinity): Promise<number> {
+  let most = 0;
+  const spy = vi.spyOn(WebSocket.prototype, 'send').mockImplementation(function (this: WebSocket, ...args: Parameters<WebSocket['send']>) {
+    send.call(this, ...args);
+    const size = (args[0] as unknown as { length: number }).length;
+    if ((this as unknown as { _isServer: boolean })._isServer && size < ignoreOver) most = Math.max(most, this.bufferedAmount);
+  });
+  try {
+    await fn(() => most);
+  } finally {
+    spy.mockRestore();
+  }
+  return most;
 }
