@@ -22,6 +22,8 @@ const SESSIONS = 64;
 async function sluiceSide(env: BenchEnv, workers: number, n: number, trickle: number) {
   const url = await env.pg.freshDatabase(`b_queue_sluice_${workers}`);
   const db = new pg.Pool({ connectionString: url, max: 2 });
+  // (A later benchmark recreating this database terminates any connection still closing: not a failure.)
+  db.on('error', () => {});
   await db.query(`insert into sessions (token_hash, state, balance_sats, expires_at)
                   select md5(g::text), 'active', 0, now() + interval '1 day' from generate_series(1, ${SESSIONS}) g`);
   const servers: BenchServer[] = [];
@@ -92,9 +94,11 @@ async function measure(
   if (profile) {
     const admin = new pg.Client({ connectionString: env.pg.adminUrl });
     await admin.connect();
-    const top = await admin.query(`select calls::int, round(total_exec_time::numeric, 0) as ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 140) as q
-      from pg_stat_statements s join pg_database d on d.oid = s.dbid where d.datname = current_database() or true order by total_exec_time desc limit 8`);
-    for (const r of top.rows) env.log(`    ${String(r.calls).padStart(6)}× ${String(r.ms).padStart(6)} ms  ${r.q}`);
+    // Per statement: calls, total and mean time, rows, WAL (what a run's cost is made of).
+    const top = await admin.query(`select calls::int, round(total_exec_time::numeric, 0) as ms, round(mean_exec_time::numeric, 3) as mean, rows::int,
+        pg_size_pretty(wal_bytes) as wal, left(regexp_replace(query, '\\s+', ' ', 'g'), 140) as q
+      from pg_stat_statements order by total_exec_time desc limit 14`);
+    for (const r of top.rows) env.log(`    ${String(r.calls).padStart(6)}× ${String(r.ms).padStart(6)} ms (${r.mean} ms) ${String(r.rows).padStart(6)} rows ${String(r.wal).padStart(8)} WAL  ${r.q}`);
     await admin.end();
   }
   const cpuMs = m.serverCpuMs.reduce((a, b) => a + b, 0);

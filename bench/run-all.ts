@@ -22,6 +22,7 @@ import { projectRoot, startBenchPostgres } from './lib/pg.js';
 import { benchEndToEnd, benchStatements, benchTtft } from './runs.js';
 import { benchCrossProcess, benchFanout, benchMemory, benchResume } from './streams.js';
 import { benchQueue, benchQueueScaling } from './queue.js';
+import { benchStop } from './stop.js';
 
 const BENCHES: Record<string, (env: BenchEnv) => Promise<void>> = {
   statements: benchStatements,
@@ -34,6 +35,7 @@ const BENCHES: Record<string, (env: BenchEnv) => Promise<void>> = {
   resume: benchResume,
   queue: benchQueue,
   'queue-scaling': benchQueueScaling,
+  stop: benchStop,
 };
 
 async function main() {

@@ -37,8 +37,11 @@ const database = createDatabase(databaseUrl, { max: config.DB_POOL_MAX, connectT
 let openGate: () => void = () => {};
 let gate = new Promise<void>((r) => (openGate = r));
 const stub = createStubAiProvider({ tokenDelayMs: config.STUB_TOKEN_DELAY_MS, outputTokens: config.STUB_OUTPUT_TOKENS });
-/** Per run: when the provider was called, when it yielded its first token; when the POST arrived and was answered; first token published. */
-const timings = new Map<string, { call?: number; providerFirst?: number; arrival?: number; answered?: number; published?: number }>();
+/**
+ * Per run: when the provider was called, when it yielded its first token (or was aborted); when the POST arrived and was
+ * answered; first token published.
+ */
+const timings = new Map<string, { call?: number; providerFirst?: number; arrival?: number; answered?: number; published?: number; aborted?: number }>();
 const timed = (key: string) => {
   let t = timings.get(key);
   if (!t) timings.set(key, (t = {}));
@@ -51,6 +54,8 @@ const provider: AiProvider = {
     // `[bench:id=X]` names the request, so its provider timings can be paired with its run's.
     const t = timed(`id-${/\[bench:id=(\w+)\]/.exec(text)?.[1] ?? 'none'}`);
     if (text.includes('[bench:gate]')) {
+      // When this process saw the stop (bench/stop.ts): its provider call aborted.
+      signal.addEventListener('abort', () => (t.aborted = now()), { once: true });
       await Promise.race([gate, new Promise((r) => signal.addEventListener('abort', r, { once: true }))]);
       signal.throwIfAborted();
     }

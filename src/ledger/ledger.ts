@@ -53,8 +53,14 @@ export const SESSION_REFUND_SQL = `
     select fin.session_id, fin.id, 'refund', fin.refunded_sats from fin
     where fin.kind = 'session' and fin.session_id is not null and fin.refunded_sats > 0
     returning session_id, amount_sats),
+  -- Summed per session, each session locked in id order first: a finish statement may settle several runs at once
+  -- (finish.ts), of several sessions, and two of them locking the same sessions in opposite orders would deadlock.
+  session_lock as (
+    select s.id, r.amount_sats from sessions s
+    join (select session_id, sum(amount_sats)::bigint as amount_sats from session_refund group by 1) r on r.session_id = s.id
+    order by s.id for update of s),
   session_balance as (
-    update sessions set balance_sats = sessions.balance_sats + r.amount_sats from session_refund r where sessions.id = r.session_id)`;
+    update sessions set balance_sats = sessions.balance_sats + l.amount_sats from session_lock l where sessions.id = l.id)`;
 
 /** Money a job took in or paid out. Positive in, negative out; one row per kind per job. */
 export async function recordJobMovement(tx: Tx, e: { jobId: string; kind: Extract<LedgerKind, `job_${string}`>; amountSats: number; paymentHash: string }): Promise<boolean> {

@@ -89,6 +89,48 @@ function finishStatement(settlers: Settlers): Statement {
     select fin.completed_at, pg_notify('${BUS_CHANNEL}', $14) from fin`);
 }
 
+/**
+ * The owners' finish of several runs at once: the statement above, row by row (`$1`, one JSON object per run), in
+ * one transaction. Each run is its own compare-and-set under its own fence: a run no longer live or no longer ours
+ * is simply not in `fin`, and its caller falls back as for the single statement. Its runs' money moves as one run's
+ * does (the settlers read every row of `fin`), and each run's `run:finish` is its own NOTIFY, all sent at its one
+ * commit: listeners are woken once per batch, not once per run.
+ */
+function batchStatement(settlers: Settlers): Statement {
+  const parts = Object.values(settlers).map((s) => s.sql.trim()).filter(Boolean);
+  return statement(`
+    with inp as (
+      select * from jsonb_to_recordset($1::jsonb) as x(id uuid, state text, toks jsonb, input_tokens int, output_tokens int,
+        charged_sats bigint, refunded_sats bigint, error jsonb, stop_reason text, last_seq int, owner text, attempt int,
+        final_type text, final_data jsonb, notice text)
+    ),
+    tok as (
+      select inp.id, e.seq, e.type, e.data from inp join runs o on o.id = inp.id
+        cross join lateral jsonb_to_recordset(inp.toks) as e(seq int, type text, data jsonb)
+      where e.seq > o.last_seq
+    ),
+    -- The runs locked in id order first (as the lease renewal does, store.ts): two statements that lock several
+    -- runs each can then never wait on each other in a cycle.
+    lk as (select r.id from runs r where r.id in (select id from inp) order by r.id for update of r),
+    fin as (
+      update runs set state = inp.state,
+        result = runs.result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok where tok.id = inp.id), ''),
+        input_tokens = inp.input_tokens, output_tokens = inp.output_tokens, charged_sats = inp.charged_sats, refunded_sats = inp.refunded_sats,
+        error = inp.error, stop_reason = inp.stop_reason, last_seq = inp.last_seq, completed_at = now(), lease_owner = null, lease_expires_at = null
+      from inp
+      where runs.id = inp.id and runs.id in (select id from lk) and runs.state in ('queued','executing') and runs.lease_owner = inp.owner and runs.attempt = inp.attempt
+      returning runs.id, runs.kind, runs.state, runs.session_id, runs.job_id, runs.refunded_sats, runs.error, runs.completed_at
+    ),
+    ev as (
+      insert into run_events (run_id, seq, type, data)
+      select fin.id, tok.seq, tok.type, tok.data from fin join tok on tok.id = fin.id
+      union all
+      select fin.id, inp.last_seq, inp.final_type, inp.final_data || jsonb_build_object('completedAt', to_char(fin.completed_at at time zone 'UTC', ${ISO_MS}))
+      from fin join inp on inp.id = fin.id
+    )${parts.length ? `,\n    ${parts.join(',\n    ')}` : ''}
+    select fin.id, fin.completed_at, pg_notify('${BUS_CHANNEL}', inp.notice) from fin join inp on inp.id = fin.id`);
+}
+
 /** What a finish writes, worked out from what the finisher knows of the run. */
 interface Plan {
   runId: string;
@@ -124,6 +166,29 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
   if (!done) return undefined;
   const finished = { ...u, completedAt: done.completed_at };
   return { run: finished, final: finalEvent(finished, u.lastSeq), won: true };
+}
+
+/** One run of a batch statement: the single statement's parameters, by name. */
+function batchRow(origin: string, p: Plan) {
+  const u = p.updated;
+  const final = finalEvent(u, u.lastSeq);
+  return {
+    id: p.runId,
+    state: u.state,
+    toks: p.fresh.map((e) => ({ seq: e.seq, type: e.type, data: e.data })),
+    input_tokens: u.inputTokens,
+    output_tokens: u.outputTokens,
+    charged_sats: u.chargedSats,
+    refunded_sats: u.refundedSats,
+    error: u.error,
+    stop_reason: u.stopReason,
+    last_seq: u.lastSeq,
+    owner: p.owner,
+    attempt: p.attempt,
+    final_type: final.type,
+    final_data: final.data,
+    notice: busMessage(origin, 'run:finish', { runId: u.id, kind: u.kind, state: u.state, sessionId: u.sessionId, jobId: u.jobId }),
+  };
 }
 
 /** The row a finish produces, from the row before it, the events it adds, and the outcome. */
@@ -166,6 +231,66 @@ const tokenText = (events: RunEvent[]) => events.map((e) => (e.data as { content
 
 export function createFinisher(deps: FinishDeps) {
   const st = finishStatement(deps.settlers);
+  const batchSt = batchStatement(deps.settlers);
+
+  /**
+   * Group commit of the owners' finishes. Why it cannot lose or double a finish: a finish is sent at once when no
+   * owner's finish statement is in flight from this process (so a lone run costs exactly the single statement); the
+   * finishes that arrive meanwhile wait for it and go together, as one batch statement, when it returns. Each run in
+   * a batch is its own compare-and-set, and each caller learns only its own row's outcome. If a batch fails as a
+   * whole, each of its runs is written again on its own, so one run Postgres refuses fails only itself.
+   */
+  type Waiting = { p: Plan; resolve: (f: Finished | undefined) => void; reject: (err: unknown) => void };
+  let waiting: Waiting[] = [];
+  let inFlight = false;
+  const MAX_BATCH = 64;
+
+  function pump() {
+    if (inFlight || waiting.length === 0) return;
+    const batch = waiting.slice(0, MAX_BATCH);
+    waiting = waiting.slice(batch.length);
+    inFlight = true;
+    const done = batch.length === 1 ? writeOne(batch[0]!) : writeBatch(batch);
+    void done.finally(() => {
+      inFlight = false;
+      pump();
+    });
+  }
+
+  async function writeOne(w: Waiting) {
+    try {
+      w.resolve(await write(deps.pool, st, deps.origin, w.p));
+    } catch (err) {
+      w.reject(err);
+    }
+  }
+
+  async function writeBatch(batch: Waiting[]) {
+    let res: pg.QueryResult<{ id: string; completed_at: Date }>;
+    try {
+      res = await run<{ id: string; completed_at: Date }>(deps.pool, batchSt, [JSON.stringify(batch.map((w) => batchRow(deps.origin, w.p)))]);
+    } catch {
+      // (Each alone: the error, if it is one run's, reaches only that run's caller.)
+      await Promise.all(batch.map(writeOne));
+      return;
+    }
+    const won = new Map(res.rows.map((r) => [r.id, r.completed_at]));
+    for (const w of batch) {
+      const at = won.get(w.p.runId);
+      if (at === undefined) {
+        w.resolve(undefined);
+        continue;
+      }
+      const finished = { ...w.p.updated, completedAt: at };
+      w.resolve({ run: finished, final: finalEvent(finished, w.p.updated.lastSeq), won: true });
+    }
+  }
+
+  const writeOwned = (p: Plan) =>
+    new Promise<Finished | undefined>((resolve, reject) => {
+      waiting.push({ p, resolve, reject });
+      pump();
+    });
 
   /** Whoever finished first: its row and final event (the loser of a race reads and delivers them). */
   async function winner(runId: string): Promise<Finished | undefined> {
@@ -187,7 +312,7 @@ export function createFinisher(deps: FinishDeps) {
       const fresh = pending.filter((e) => e.type === 'token');
       // `result`: the text of every token it published (in the log or in `pending`), which is what the row holds after.
       const p = plan(deps.models, row, row.id, owner, outcome, fresh, Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0) + 1, tokensSeen, result);
-      const done = await write(deps.pool, st, deps.origin, p);
+      const done = await writeOwned(p);
       return done ?? this.any(row.id, outcome, pending, published, { owner, attempt: row.attempt });
     },
 

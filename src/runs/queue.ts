@@ -34,7 +34,9 @@ const CLAIM = statement(`
   head as (
     select r.id, coalesce(r.session_id, r.job_id) as k, r.created_at from runs r
     where r.state = 'queued' and r.lease_owner is null and not r.cancel_requested
-      and coalesce((select n from busy where busy.k = coalesce(r.session_id, r.job_id)), 0) < $4::int
+      -- (The sessions at their cap, computed once: usually none. Asked per row, the count cost a scan of busy for
+      -- every head row: most of the claim's time.)
+      and coalesce(r.session_id, r.job_id) <> all (array(select k from busy where n >= $4::int))
     order by r.created_at, r.id limit $5::int
   ),
   q as (select head.*, row_number() over (partition by k order by created_at, id) as rn from head),

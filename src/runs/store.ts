@@ -83,10 +83,13 @@ const APPEND = statement(`
 const APPEND_CHECK = statement(`select state, lease_owner, attempt, last_seq from runs where id = $1`);
 const EVENTS_AFTER = statement(`select seq, type, data from run_events where run_id = $1 and seq > $2 order by seq limit $3`);
 const RENEW = statement(`
-  with u as (
+  -- Locked in id order first (as a batch of finishes does, finish.ts): two statements that lock several runs each
+  -- can then never wait on each other in a cycle.
+  with lk as (select r.id from runs r where r.id = any ($3::uuid[]) and r.lease_owner = $1 order by r.id for update of r),
+  u as (
     update runs set lease_expires_at = now() + make_interval(secs => $2)
     from unnest($3::uuid[], $4::int[]) as h(id, attempt)
-    where runs.id = h.id and runs.attempt = h.attempt and lease_owner = $1 and state = 'executing'
+    where runs.id = h.id and runs.id in (select id from lk) and runs.attempt = h.attempt and lease_owner = $1 and state = 'executing'
     returning runs.id, cancel_requested
   ) select id, cancel_requested from u`);
 
