@@ -1,7 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createStubAiProvider } from '../src/providers/ai/stub.js';
-import type { AiProvider } from '../src/providers/ai/types.js';
+import { countingStub, interceptFinishes } from './helpers/finishes.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { expectLedgerBalanced, paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
 import { waitFor } from './helpers/wait.js';
@@ -14,42 +13,23 @@ import { waitFor } from './helpers/wait.js';
  */
 const N = 12;
 let t: TestServer;
-let ended = 0;
 let release: () => void = () => {};
 let held = false;
 let finishes: string[] = [];
-const query = pg.Client.prototype.query;
-const stub = createStubAiProvider({ tokenDelayMs: 1, outputTokens: 2 });
-const ai: AiProvider = {
-  ...stub,
-  name: 'stub',
-  async *stream(req, signal) {
-    try {
-      yield* stub.stream(req, signal);
-    } finally {
-      ended++;
-    }
-  },
-};
+const { ai, counter } = countingStub();
+let undo = () => {};
 
 beforeAll(async () => {
-  pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-    const q = args[0] as { text?: string } | string;
-    const text = typeof q === 'string' ? q : (q?.text ?? '');
-    if (text.includes('with old as (select last_seq from runs') || text.includes('with inp as')) {
-      finishes.push(text.includes('with inp as') ? 'batch' : 'single');
-      if (!held && finishes.length === 1) {
-        held = true;
-        const go = new Promise<void>((r) => (release = r));
-        return go.then(() => (query as (...a: unknown[]) => unknown).apply(this, args));
-      }
-    }
-    return (query as (...a: unknown[]) => unknown).apply(this, args);
-  } as typeof query;
+  undo = interceptFinishes((kind, send) => {
+    finishes.push(kind);
+    if (held || finishes.length !== 1) return send();
+    held = true;
+    return new Promise<void>((r) => (release = r)).then(send);
+  });
   t = await startTestServer({ LEASE_TTL_S: 600, SESSION_MAX_CONCURRENT_RUNS: 0, MAX_CONCURRENT_RUNS: 32 }, { ai });
 });
 afterAll(async () => {
-  pg.Client.prototype.query = query;
+  undo();
   await t.close();
 });
 
@@ -72,7 +52,7 @@ describe('finishes in one process at once', () => {
         runs.push({ s, id: (await postRequest(t, s, `batch ${i} [stub:tokens=2]`, { max_tokens: 50 })).requestId });
       }
       // Every provider call over, the first finish still held: the other N − 1 wait behind it.
-      await waitFor(() => ended >= N, { what: 'every provider call to end' });
+      await waitFor(() => counter.ended >= N, { what: 'every provider call to end' });
       await new Promise((r) => setImmediate(r));
       await new Promise((r) => setImmediate(r));
       release();
