@@ -169,6 +169,17 @@ describe('errors', () => {
     expect(got.body.state).toBe('expired');
   });
 
+  it('the sweep expires every session past its expiry, and only those', async () => {
+    const [a, b, c] = [await paidSession(t), await paidSession(t), await paidSession(t)];
+    const { sessions } = await import('../src/db/schema.js');
+    const { inArray } = await import('drizzle-orm');
+    await t.ctx.db.update(sessions).set({ expiresAt: new Date(Date.now() - 1000) }).where(inArray(sessions.id, [a.id, b.id]));
+    expect(await t.ctx.maintenance.expireSessions()).toBe(2);
+    const states = await t.ctx.db.select({ id: sessions.id, state: sessions.state }).from(sessions).where(inArray(sessions.id, [a.id, b.id, c.id]));
+    expect(Object.fromEntries(states.map((r) => [r.id, r.state]))).toEqual({ [a.id]: 'expired', [b.id]: 'expired', [c.id]: 'active' });
+    expect(await t.ctx.maintenance.expireSessions()).toBe(0);
+  });
+
   it('402 with the balance and the price when the balance cannot cover the estimate', async () => {
     const s = await paidSession(t, 100);
     const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'big', max_tokens: 4096 }).expect(402);

@@ -1,8 +1,7 @@
-import { and, inArray, lte, sql } from 'drizzle-orm';
+import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Db } from '../db/pool.js';
-import { sessions } from '../db/schema.js';
 import type { Executor } from './executor.js';
 import type { RunStore } from './store.js';
 
@@ -48,10 +47,13 @@ export function createMaintenance(deps: MaintenanceDeps) {
   }
 
   async function expireSessions(): Promise<number> {
-    const res = await deps.db
-      .update(sessions)
-      .set({ state: 'expired' })
-      .where(and(inArray(sessions.state, ['active', 'awaiting_payment']), lte(sessions.expiresAt, sql`now()`)));
+    // The sessions locked in id order, as a finish statement that settles several runs locks theirs (ledger.ts):
+    // two statements that lock several sessions each can then never wait on each other in a cycle.
+    const res = await deps.db.execute(sql`
+      with due as (
+        select id from sessions where state in ('active', 'awaiting_payment') and expires_at <= now() order by id for update
+      )
+      update sessions set state = 'expired' from due where sessions.id = due.id`);
     return res.rowCount ?? 0;
   }
 
