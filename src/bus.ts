@@ -34,7 +34,7 @@ export interface BusEvents {
   /** A payment was confirmed and committed: its effect applied (`paid`), or held for the payer (`refundable`). */
   'invoice:settle': (e: { paymentHash: string; purpose: string; sessionId: string | null; jobId: string | null; state: 'paid' | 'refundable' }) => void;
   /** A job's evaluation was paid for through a process that asks no provider (`api`): one that does, evaluates it. */
-  'job:evaluate': (e: { jobId: string }) => void;
+  'job:evaluate': (e: { jobId: string; at: string }) => void;
   /** A job changed state. */
   'job:update': (e: { jobId: string; state: JobState }) => void;
 }

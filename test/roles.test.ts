@@ -6,6 +6,8 @@ import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFina
 import { readSse, tokensOf } from './helpers/sse.js';
 import { createStubAiProvider } from '../src/providers/ai/stub.js';
 import type { AiProvider } from '../src/providers/ai/types.js';
+import { BUS_CHANNEL } from '../src/bus-bridge.js';
+import { waitFor } from './helpers/wait.js';
 
 /**
  * Every face works on an `api` process whose runs all execute elsewhere (here a `worker` context in this process,
@@ -85,6 +87,56 @@ describe('job evaluations across processes', () => {
       }
     } finally {
       await c.close();
+      await b.close();
+      await a.close();
+    }
+  });
+  it('a process that hears of an evaluation after another claimed it leaves it alone (the claim is on the paid-for timestamp)', async () => {
+    // The first evaluation waits at a gate, so it is still running when the notice is heard again.
+    let evaluations = 0;
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const stub = createStubAiProvider({ tokenDelayMs: 1, outputTokens: 3 });
+    const gated: AiProvider = {
+      ...stub,
+      name: 'stub',
+      stream: stub.stream.bind(stub),
+      evaluate: async (req, signal) => {
+        if (++evaluations === 1) await gate;
+        return stub.evaluate(req, signal);
+      },
+    };
+    const a = await startTestServer({ PROCESS_ROLE: 'api' }, { ai: gated });
+    const b = await a.sibling({ PROCESS_ROLE: 'worker' });
+    // What the api process told the workers, as Postgres delivered it.
+    const listener = await a.ctx.database.pool.connect();
+    const heard: Array<{ e: string; p: { jobId: string; at: string } }> = [];
+    listener.on('notification', (m) => {
+      const msg = JSON.parse(m.payload ?? '{}');
+      if (msg.e === 'job:evaluate') heard.push(msg);
+    });
+    await listener.query(`listen ${BUS_CHANNEL}`);
+    let late: TestServer | undefined;
+    try {
+      const job = await createJob(a, 'evaluate once, late notice [stub:tokens=2] [stub:delay=1]');
+      await pay(a, job.evalInvoice.paymentHash);
+      const notice = await waitFor(() => heard.find((m) => m.p.jobId === job.jobId), { what: 'the job:evaluate notice' });
+      await waitFor(() => evaluations === 1 || null, { what: 'the worker to claim the evaluation' });
+      // A worker that hears the same notice only now (it started late, or its connection was slow): the job is
+      // still evaluating, claimed by the other, and must stay the other's.
+      late = await a.sibling({ PROCESS_ROLE: 'worker' });
+      late.ctx.bus.emit('job:evaluate', notice.p);
+      await late.ctx.jobs.drain();
+      expect(evaluations).toBe(1);
+      open();
+      await waitJob(a, job.jobId, ['awaiting_work_payment']);
+      await Promise.all([a, b, late].map((t) => t.ctx.jobs.drain()));
+      expect(evaluations).toBe(1);
+    } finally {
+      open();
+      await listener.query(`unlisten ${BUS_CHANNEL}`);
+      listener.release();
+      await late?.close();
       await b.close();
       await a.close();
     }

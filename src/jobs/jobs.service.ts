@@ -69,7 +69,7 @@ export function createJobsService(deps: JobsDeps) {
   const emit = (jobId: string, state: JobState) => bus.emit('job:update', { jobId, state });
   const evaluates = deps.evaluates ?? true;
   // An evaluation paid for through an `api` process: every process that evaluates hears it; the first to claim it does.
-  if (evaluates) bus.on('job:evaluate', (e) => startEvaluation(e.jobId));
+  if (evaluates) bus.on('job:evaluate', (e) => startEvaluation(e.jobId, e.at));
 
   // Paying the evaluation fee starts the evaluation (after commit). A job that no longer awaits it (deleted,
   // expired) cannot take the payment: the settlement holds it for the payer.
@@ -80,15 +80,15 @@ export function createJobsService(deps: JobsDeps) {
       .update(jobs)
       .set({ state: 'evaluating', updatedAt: sql`now()` })
       .where(and(eq(jobs.id, jobId), eq(jobs.state, 'awaiting_eval_payment')))
-      .returning({ id: jobs.id });
+      .returning({ id: jobs.id, at: sql<string>`${jobs.updatedAt}::text` });
     if (moved.length === 0) return null;
     await recordJobMovement(tx, { jobId, kind: 'job_eval_payment', amountSats: inv.amountSats, paymentHash: inv.paymentHash });
     return {
       effect: () => {
         emit(jobId, 'evaluating');
         // Here when this process asks providers; else by whichever other process claims it first.
-        if (evaluates) startEvaluation(jobId);
-        else bus.emit('job:evaluate', { jobId });
+        if (evaluates) startEvaluation(jobId, moved[0]!.at);
+        else bus.emit('job:evaluate', { jobId, at: moved[0]!.at });
       },
     };
   });
@@ -145,9 +145,9 @@ export function createJobsService(deps: JobsDeps) {
     if (e.kind === 'job' && e.jobId) emit(e.jobId, e.state === 'complete' ? 'complete' : 'failed');
   });
 
-  function startEvaluation(jobId: string) {
+  function startEvaluation(jobId: string, at: string) {
     if (!evaluates || evaluating.has(jobId)) return;
-    const p = evaluate(jobId)
+    const p = evaluate(jobId, at)
       .catch((err) => log.error({ err, jobId }, 'job evaluation crashed; the sweeper will retry'))
       .finally(() => evaluating.delete(jobId));
     evaluating.set(jobId, p);
@@ -155,19 +155,19 @@ export function createJobsService(deps: JobsDeps) {
 
   /**
    * Ask the provider, price the work, and move evaluating → awaiting_work_payment or rejected. Several processes may
-   * be told of the same evaluation (`job:evaluate` reaches them all, the sweeps find a stale one): the first to move
-   * its `updated_at` from the value it read evaluates it (a compare-and-set on the exact timestamp), the rest do
-   * nothing; for the next 60 s the sweeps leave it to that one.
+   * be told of the same evaluation (`job:evaluate` reaches them all, the sweeps find a stale one). Each is told the
+   * `updated_at` it was told about (`at`: the payment's, or the stale one a sweep read), and the first to move it from
+   * exactly that value evaluates (a compare-and-set on the timestamp); the rest do nothing, including one that hears
+   * of it only after the claim (it still holds the old value, never the claim's). For the next 60 s the sweeps leave
+   * it to that one.
    */
-  async function evaluate(jobId: string) {
-    const [job] = await db.select({ request: jobs.request, at: sql<string>`${jobs.updatedAt}::text` }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating')));
-    if (!job) return;
-    const claimed = await db
+  async function evaluate(jobId: string, at: string) {
+    const [job] = await db
       .update(jobs)
       .set({ updatedAt: sql`now()` })
-      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating'), sql`${jobs.updatedAt} = ${job.at}::timestamptz`))
-      .returning({ id: jobs.id });
-    if (claimed.length === 0) return;
+      .where(and(eq(jobs.id, jobId), eq(jobs.state, 'evaluating'), sql`${jobs.updatedAt} = ${at}::timestamptz`))
+      .returning({ request: jobs.request });
+    if (!job) return;
     let verdict: AiEvaluation;
     try {
       verdict = await deps.models.default.provider.evaluate(job.request, AbortSignal.timeout(EVAL_TIMEOUT_MS));
@@ -273,8 +273,8 @@ export function createJobsService(deps: JobsDeps) {
     /** Finish what a dead process (or a failed call) left half done: evaluations. (Payouts sweep themselves.) */
     async sweep(everyone = false) {
       const stale = everyone ? sql`true` : lt(jobs.updatedAt, sql`now() - interval '60 seconds'`);
-      const stuck = await db.select({ id: jobs.id }).from(jobs).where(and(eq(jobs.state, 'evaluating'), stale)).limit(100);
-      for (const j of stuck) startEvaluation(j.id);
+      const stuck = await db.select({ id: jobs.id, at: sql<string>`${jobs.updatedAt}::text` }).from(jobs).where(and(eq(jobs.state, 'evaluating'), stale)).limit(100);
+      for (const j of stuck) startEvaluation(j.id, j.at);
       await this.deleteExpired();
     },
 
