@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { makeWorkerUtils, runMigrations as graphileMigrations } from 'graphile-worker';
-import { measured, type BenchEnv } from './lib/env.js';
+import { measured, versus, type BenchEnv } from './lib/env.js';
 import { startBenchServer, type BenchServer } from './lib/server.js';
 import { repeated, round, sleep, summarize } from './lib/stats.js';
 
@@ -123,48 +123,42 @@ export async function benchQueue(env: BenchEnv) {
     gw.push(await graphileSide(env, workers, n, trickle));
     env.log(`  queue #${i + 1}: sluice ${round(sl.at(-1)!.perSecond, 0)}/s p50 ${round(sl.at(-1)!.lat.p50, 1)} ms; graphile ${round(gw.at(-1)!.perSecond, 0)}/s p50 ${round(gw.at(-1)!.lat.p50, 1)} ms`);
   }
-  const thr = repeated(sl.map((r) => r.perSecond));
   const base = repeated(gw.map((r) => r.perSecond));
-  env.figures.push({
-    bench: 'queue',
-    metric: `no-op runs claimed and finished per second, ${workers} worker processes × 32 slots (${n} queued at once)`,
-    unit: 'runs/s',
-    value: round(thr.median, 0),
-    noisePct: round(thr.noisePct, 0),
-    runs: thr.runs.map((x) => round(x, 0)),
-    baseline: { what: `graphile-worker 0.17.3, ${workers} processes × concurrency 32, no-op task, same Postgres`, value: round(base.median, 0) },
-    ratio: round(thr.median / base.median, 2),
-    goal: '≥ 1.0× graphile-worker',
-    note: `graphile-worker's repeats: ${base.runs.map((x) => round(x, 0)).join(', ')}. CPU per 1000: Sluice workers ${round(repeated(sl.map((r) => r.workerCpuPer1k)).median, 0)} ms + Postgres ${round(repeated(sl.map((r) => r.pgCpuPer1k)).median, 0)} ms; graphile workers ${round(repeated(gw.map((r) => r.workerCpuPer1k)).median, 0)} ms + Postgres ${round(repeated(gw.map((r) => r.pgCpuPer1k)).median, 0)} ms`,
-  });
-  // CPU is the steadier figure on a shared machine: what one run costs the workers and Postgres together.
-  const cpu = repeated(sl.map((r) => r.workerCpuPer1k + r.pgCpuPer1k));
-  const cpuBase = repeated(gw.map((r) => r.workerCpuPer1k + r.pgCpuPer1k));
-  env.figures.push({
-    bench: 'queue',
-    metric: 'CPU per 1000 no-op runs, workers + Postgres',
-    unit: 'ms',
-    value: round(cpu.median, 0),
-    noisePct: round(cpu.noisePct, 0),
-    runs: cpu.runs.map((x) => round(x, 0)),
-    baseline: { what: 'graphile-worker 0.17.3, the same 1000 no-op jobs', value: round(cpuBase.median, 0) },
-    ratio: round(cpu.median / cpuBase.median, 2),
-  });
-  for (const p of ['p50', 'p99'] as const) {
-    const mine = repeated(sl.map((r) => r.lat[p]));
-    const theirs = repeated(gw.map((r) => r.lat[p]));
-    env.figures.push({
+  env.figures.push(
+    versus({
       bench: 'queue',
-      metric: `insert → claim, ${p} (one every 10 ms, idle workers; Postgres's clock)`,
+      metric: `no-op runs claimed and finished per second, ${workers} worker processes × 32 slots (${n} queued at once)`,
+      unit: 'runs/s',
+      digits: 0,
+      mine: sl.map((r) => r.perSecond),
+      base: base.runs,
+      baseline: `graphile-worker 0.17.3, ${workers} processes × concurrency 32, no-op task, same Postgres`,
+      goal: '≥ 1.0× graphile-worker',
+      note: `graphile-worker's repeats: ${base.runs.map((x) => round(x, 0)).join(', ')}. CPU per 1000: Sluice workers ${round(repeated(sl.map((r) => r.workerCpuPer1k)).median, 0)} ms + Postgres ${round(repeated(sl.map((r) => r.pgCpuPer1k)).median, 0)} ms; graphile workers ${round(repeated(gw.map((r) => r.workerCpuPer1k)).median, 0)} ms + Postgres ${round(repeated(gw.map((r) => r.pgCpuPer1k)).median, 0)} ms`,
+    }),
+    // CPU is the steadier figure on a shared machine: what one run costs the workers and Postgres together.
+    versus({
+      bench: 'queue',
+      metric: 'CPU per 1000 no-op runs, workers + Postgres',
       unit: 'ms',
-      value: round(mine.median, 1),
-      noisePct: round(mine.noisePct, 0),
-      runs: mine.runs.map((x) => round(x, 1)),
-      baseline: { what: 'graphile-worker 0.17.3 (its task called − created_at)', value: round(theirs.median, 1) },
-      ratio: round(mine.median / theirs.median, 2),
-      goal: '≤ graphile-worker',
-    });
-  }
+      digits: 0,
+      mine: sl.map((r) => r.workerCpuPer1k + r.pgCpuPer1k),
+      base: gw.map((r) => r.workerCpuPer1k + r.pgCpuPer1k),
+      baseline: 'graphile-worker 0.17.3, the same 1000 no-op jobs',
+    }),
+    ...(['p50', 'p99'] as const).map((p) =>
+      versus({
+        bench: 'queue',
+        metric: `insert → claim, ${p} (one every 10 ms, idle workers; Postgres's clock)`,
+        unit: 'ms',
+        digits: 1,
+        mine: sl.map((r) => r.lat[p]),
+        base: gw.map((r) => r.lat[p]),
+        baseline: 'graphile-worker 0.17.3 (its task called − created_at)',
+        goal: '≤ graphile-worker',
+      }),
+    ),
+  );
 }
 
 /** runs/s with 1, 2 and 4 worker processes (the README's scaling paragraph): throughput only. */

@@ -1,8 +1,8 @@
 import pg from 'pg';
 import { jsonClient, now, paidSession } from './lib/client.js';
-import { measured, type BenchEnv } from './lib/env.js';
+import { measured, versus, type BenchEnv } from './lib/env.js';
 import { startBenchServer, type BenchServer } from './lib/server.js';
-import { repeated, round, sleep, summarize } from './lib/stats.js';
+import { round, sleep, summarize } from './lib/stats.js';
 
 /**
  * Stopping across processes (issue #11: "a stop on process A of a run executing on worker B … within 100 ms p99").
@@ -109,34 +109,29 @@ export async function benchStop(env: BenchEnv) {
     const l = local.at(-1)!;
     env.log(`  stop #${i + 1}: api → worker: sent → visible p50 ${round(x.fromSent.p50, 1)} p99 ${round(x.fromSent.p99, 1)} ms, 202 → visible p99 ${round(x.visible.p99, 1)}, sent → aborted p99 ${round(x.aborted.p99, 1)}; one process: sent → visible p99 ${round(l.fromSent.p99, 1)} ms`);
   }
-  const figure = (key: 'fromSent' | 'visible' | 'aborted', p: 'p50' | 'p99', metric: string, goal?: string) => {
-    const mine = repeated(cross.map((r) => r[key][p]));
-    const base = repeated(local.map((r) => r[key][p]));
-    env.figures.push({
+  const figure = (key: 'fromSent' | 'visible' | 'aborted', p: 'p50' | 'p99', metric: string, goal?: string) =>
+    versus({
       bench: 'stop',
       metric: `${metric}, ${p} (${n} stops, run on a worker, stop sent to an api process)`,
       unit: 'ms',
-      value: round(mine.median, 1),
-      noisePct: round(mine.noisePct, 0),
-      runs: mine.runs.map((x) => round(x, 1)),
-      baseline: { what: 'the same stop in one `all` process executing the run itself', value: round(base.median, 1) },
-      ratio: round(mine.median / base.median, 2),
-      ...(goal ? { goal } : {}),
+      digits: 1,
+      mine: cross.map((r) => r[key][p]),
+      base: local.map((r) => r[key][p]),
+      baseline: 'the same stop in one `all` process executing the run itself',
+      goal,
     });
-  };
-  for (const p of ['p50', 'p99'] as const) figure('fromSent', p, 'stop request sent → run cancelled and visible (its run:finish heard by a third connection)', p === 'p99' ? '≤ 100 ms p99' : undefined);
-  for (const p of ['p50', 'p99'] as const) figure('visible', p, "stop's 202 received → run cancelled and visible");
-  for (const p of ['p50', 'p99'] as const) figure('aborted', p, 'stop request sent → provider call aborted where the run executes');
-  const cpu = repeated(cross.map((r) => r.cpuPerStop));
-  const cpuBase = repeated(local.map((r) => r.cpuPerStop));
-  env.figures.push({
-    bench: 'stop',
-    metric: 'CPU per stop (api + worker + Postgres), from the request to the run finished',
-    unit: 'ms',
-    value: round(cpu.median, 2),
-    noisePct: round(cpu.noisePct, 0),
-    runs: cpu.runs.map((x) => round(x, 2)),
-    baseline: { what: 'one `all` process + Postgres', value: round(cpuBase.median, 2) },
-    ratio: round(cpu.median / cpuBase.median, 2),
-  });
+  for (const p of ['p50', 'p99'] as const) env.figures.push(figure('fromSent', p, 'stop request sent → run cancelled and visible (its run:finish heard by a third connection)', p === 'p99' ? '≤ 100 ms p99' : undefined));
+  for (const p of ['p50', 'p99'] as const) env.figures.push(figure('visible', p, "stop's 202 received → run cancelled and visible"));
+  for (const p of ['p50', 'p99'] as const) env.figures.push(figure('aborted', p, 'stop request sent → provider call aborted where the run executes'));
+  env.figures.push(
+    versus({
+      bench: 'stop',
+      metric: 'CPU per stop (api + worker + Postgres), from the request to the run finished',
+      unit: 'ms',
+      digits: 2,
+      mine: cross.map((r) => r.cpuPerStop),
+      base: local.map((r) => r.cpuPerStop),
+      baseline: 'one `all` process + Postgres',
+    }),
+  );
 }

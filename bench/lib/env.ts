@@ -2,6 +2,7 @@ import os from 'node:os';
 import type { BenchPostgres } from './pg.js';
 import type { BenchServer } from './server.js';
 import { now } from './client.js';
+import { repeated, round } from './stats.js';
 
 /** One figure of the suite, as written to bench/results.json. */
 export interface Figure {
@@ -19,6 +20,29 @@ export interface Figure {
   /** The goal, as the issue states it (for the reader; the suite does not fail on it). */
   goal?: string;
   note?: string;
+}
+
+/**
+ * A figure against a baseline measured in the same run: the median of each side's repeats, this side's repeats and
+ * noise, and the ratio (rounded to `digits`, 2 for the ratio).
+ */
+export function versus(
+  f: Pick<Figure, 'bench' | 'metric' | 'unit' | 'goal' | 'note'> & { mine: number[]; base: number[]; baseline: string; digits: number },
+): Figure {
+  const mine = repeated(f.mine);
+  const base = repeated(f.base);
+  return {
+    bench: f.bench,
+    metric: f.metric,
+    unit: f.unit,
+    value: round(mine.median, f.digits),
+    noisePct: round(mine.noisePct, 0),
+    runs: mine.runs.map((x) => round(x, f.digits)),
+    baseline: { what: f.baseline, value: round(base.median, f.digits) },
+    ratio: round(mine.median / base.median, 2),
+    ...(f.goal ? { goal: f.goal } : {}),
+    ...(f.note ? { note: f.note } : {}),
+  };
 }
 
 export interface BenchEnv {
