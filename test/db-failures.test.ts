@@ -86,10 +86,16 @@ describe('a pool client whose connection dies', () => {
     const killer = createDatabase(inject('pgAdminUrl'), { max: 1 });
     open.push(killer);
     const dbName = new URL(d.url).pathname.slice(1);
+    // The pool's clients by backend pid (pg-pool emits 'connect' and 'remove' for each), and every pid the storm killed.
+    const clients = new Set<{ processID: number | null }>();
+    d.pool.on('connect', (c) => clients.add(c as never));
+    d.pool.on('remove', (c) => clients.delete(c as never));
+    const killed = new Set<number>();
     let storming = true;
     const storm = (async () => {
       while (storming) {
-        await killer.pool.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [dbName]);
+        const { rows } = await killer.pool.query('select pid, pg_terminate_backend(pid) as killed from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [dbName]);
+        for (const r of rows) if (r.killed) killed.add(Number(r.pid));
         await new Promise((r) => setImmediate(r));
       }
     })();
@@ -111,6 +117,11 @@ describe('a pool client whose connection dies', () => {
     storming = false;
     await storm;
     expect(outcomes).toContain('unavailable');
+    await settled(d);
+    // pg_terminate_backend only signals: the last victims may still be exiting, and a query sent to one now would
+    // meet its FATAL. Once they are gone and the pool has dropped every client of theirs, nothing is left of the storm.
+    await waitFor(async () => (await killer.pool.query('select count(*)::int as n from pg_stat_activity where pid = any($1)', [[...killed]])).rows[0].n === 0, { timeoutMs: 5_000, what: 'the killed backends gone' });
+    await waitFor(() => [...clients].every((c) => !killed.has(Number(c.processID))), { timeoutMs: 5_000, what: 'no pool client on a killed backend' });
     await settled(d);
     expect(await d.db.execute(sql`select 3 as three`).then((r) => r.rows[0])).toEqual({ three: 3 });
   });
