@@ -224,6 +224,12 @@ export const runs = pgTable(
      * over can write nothing, however late it wakes up.
      */
     attempt: integer('attempt').notNull().default(0),
+    /**
+     * Which finish ended it: a token each finisher draws once and keeps across its retries (runs/endings.ts). A
+     * finisher whose statement committed but whose reply was lost reads its own token back on the retry, and so knows
+     * the end is its own (it announces it here), not another finisher's.
+     */
+    finishToken: uuid('finish_token'),
     createdAt: ts('created_at').notNull().defaultNow(),
     startedAt: ts('started_at'),
     completedAt: ts('completed_at'),

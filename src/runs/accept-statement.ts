@@ -142,6 +142,7 @@ export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<Pl
     leaseOwner: a.claim ? a.owner : null,
     leaseExpiresAt: r.lease_expires_at,
     attempt: a.claim ? 1 : 0,
+    finishToken: null,
     createdAt,
     startedAt: a.claim ? createdAt : null,
     completedAt: null,

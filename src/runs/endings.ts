@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Finished, Finisher, Outcome } from './finish.js';
@@ -71,11 +72,13 @@ export function createEndings(opts: {
   async function finishAndAnnounce(entry: RunEntry | undefined, runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number) {
     let fin: Finished | undefined;
     const own = entry && published !== undefined && entry.row.leaseOwner === opts.instanceId ? entry : undefined;
+    // One token for every try: a try whose commit we never heard of is then recognised as ours by the next (finish.ts).
+    const token = randomUUID();
     try {
       fin = await retrying('finishing a run', runId, () =>
         own
-          ? opts.finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result)
-          : opts.finisher.any(runId, outcome, pending, published),
+          ? opts.finisher.owned(own.row, opts.instanceId, outcome, pending, published!, own.outputTokens, own.result, token)
+          : opts.finisher.any(runId, outcome, pending, published, undefined, token),
       );
     } catch (err) {
       abandon(runId, err);

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { eq } from 'drizzle-orm';
 import type pg from 'pg';
 import { BUS_CHANNEL, busMessage } from '../bus-bridge.js';
@@ -76,7 +77,7 @@ function finishStatement(settlers: Settlers): Statement {
     fin as (
       update runs set state = $2, result = result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok), ''),
         input_tokens = $4, output_tokens = $5, charged_sats = $6, refunded_sats = $7, error = $8::jsonb, stop_reason = $9,
-        last_seq = $10::int, completed_at = now(), lease_owner = null, lease_expires_at = null
+        last_seq = $10::int, completed_at = now(), lease_owner = null, lease_expires_at = null, finish_token = $16::uuid
       where id = $1 and state in ('queued','executing') and ($11::text is null or (lease_owner = $11 and attempt = $15::int))
       returning id, kind, state, session_id, job_id, refunded_sats, error, completed_at
     ),
@@ -102,7 +103,7 @@ function batchStatement(settlers: Settlers): Statement {
     with inp as (
       select * from jsonb_to_recordset($1::jsonb) as x(id uuid, state text, toks jsonb, input_tokens int, output_tokens int,
         charged_sats bigint, refunded_sats bigint, error jsonb, stop_reason text, last_seq int, owner text, attempt int,
-        final_type text, final_data jsonb, notice text)
+        final_type text, final_data jsonb, notice text, finish_token uuid)
     ),
     tok as (
       select inp.id, e.seq, e.type, e.data from inp join runs o on o.id = inp.id
@@ -116,7 +117,8 @@ function batchStatement(settlers: Settlers): Statement {
       update runs set state = inp.state,
         result = runs.result || coalesce((select string_agg(tok.data->>'content', '' order by tok.seq) from tok where tok.id = inp.id), ''),
         input_tokens = inp.input_tokens, output_tokens = inp.output_tokens, charged_sats = inp.charged_sats, refunded_sats = inp.refunded_sats,
-        error = inp.error, stop_reason = inp.stop_reason, last_seq = inp.last_seq, completed_at = now(), lease_owner = null, lease_expires_at = null
+        error = inp.error, stop_reason = inp.stop_reason, last_seq = inp.last_seq, completed_at = now(), lease_owner = null, lease_expires_at = null,
+        finish_token = inp.finish_token
       from inp
       where runs.id = inp.id and runs.id in (select id from lk) and runs.state in ('queued','executing') and runs.lease_owner = inp.owner and runs.attempt = inp.attempt
       returning runs.id, runs.kind, runs.state, runs.session_id, runs.job_id, runs.refunded_sats, runs.error, runs.completed_at
@@ -139,6 +141,8 @@ interface Plan {
   attempt: number;
   fresh: RunEvent[];
   updated: RunRow;
+  /** This finisher's token (schema.ts `finishToken`): the same across its retries. */
+  token: string;
 }
 
 async function write(on: Queryable, st: Statement, origin: string, p: Plan): Promise<Finished | undefined> {
@@ -161,10 +165,11 @@ async function write(on: Queryable, st: Statement, origin: string, p: Plan): Pro
     JSON.stringify(final.data),
     finish,
     p.attempt,
+    p.token,
   ]);
   const done = res.rows[0];
   if (!done) return undefined;
-  const finished = { ...u, completedAt: done.completed_at };
+  const finished = { ...u, completedAt: done.completed_at, finishToken: p.token };
   return { run: finished, final: finalEvent(finished, u.lastSeq), won: true };
 }
 
@@ -188,11 +193,12 @@ function batchRow(origin: string, p: Plan) {
     final_type: final.type,
     final_data: final.data,
     notice: busMessage(origin, 'run:finish', { runId: u.id, kind: u.kind, state: u.state, sessionId: u.sessionId, jobId: u.jobId }),
+    finish_token: p.token,
   };
 }
 
 /** The row a finish produces, from the row before it, the events it adds, and the outcome. */
-function plan(models: FinishDeps['models'], row: RunRow, runId: string, owner: string | null, outcome: Outcome, fresh: RunEvent[], lastSeq: number, tokensSeen: number, result: string): Plan {
+function plan(models: FinishDeps['models'], row: RunRow, runId: string, owner: string | null, token: string, outcome: Outcome, fresh: RunEvent[], lastSeq: number, tokensSeen: number, result: string): Plan {
   // The provider's counts are charged. One it never sent (a stream stopped before its usage, a server that sends
   // none) is estimated by the model's tokenizer: the input it was given, and the text it visibly produced — a token
   // event is a chunk of text, not one token. The charge never exceeds the debit (`settle`).
@@ -224,7 +230,7 @@ function plan(models: FinishDeps['models'], row: RunRow, runId: string, owner: s
     leaseOwner: null,
     leaseExpiresAt: null,
   };
-  return { runId, owner, attempt: row.attempt, fresh, updated };
+  return { runId, owner, attempt: row.attempt, fresh, updated, token };
 }
 
 const tokenText = (events: RunEvent[]) => events.map((e) => (e.data as { content: string }).content).join('');
@@ -281,7 +287,7 @@ export function createFinisher(deps: FinishDeps) {
         w.resolve(undefined);
         continue;
       }
-      const finished = { ...w.p.updated, completedAt: at };
+      const finished = { ...w.p.updated, completedAt: at, finishToken: w.p.token };
       w.resolve({ run: finished, final: finalEvent(finished, w.p.updated.lastSeq), won: true });
     }
   }
@@ -292,13 +298,17 @@ export function createFinisher(deps: FinishDeps) {
       pump();
     });
 
-  /** Whoever finished first: its row and final event (the loser of a race reads and delivers them). */
-  async function winner(runId: string): Promise<Finished | undefined> {
+  /**
+   * Whoever finished first: its row and final event (the loser of a race reads and delivers them). The winner may be
+   * this very finisher: its statement committed but its reply was lost, and the retry found the run already ended.
+   * Its token says so, and it then announces the end as its own (`won`), as it would have without the loss.
+   */
+  async function winner(runId: string, token: string): Promise<Finished | undefined> {
     const [row] = await deps.db.select().from(runs).where(eq(runs.id, runId));
     if (!row) return undefined;
     if (isLive(row.state)) return undefined;
     const res = await deps.pool.query<RunEvent>('select seq, type, data from run_events where run_id = $1 order by seq desc limit 1', [runId]);
-    return { run: row, final: res.rows[0] ?? finalEvent(row, row.lastSeq + 1), won: false };
+    return { run: row, final: res.rows[0] ?? finalEvent(row, row.lastSeq + 1), won: row.finishToken === token };
   }
 
   return {
@@ -308,12 +318,12 @@ export function createFinisher(deps: FinishDeps) {
      * right after `published`, the highest seq it handed to readers: the log stays gapless. If the statement finds
      * the run no longer live or no longer ours, the general finish below decides (and reads the winner).
      */
-    async owned(row: RunRow, owner: string, outcome: Outcome, pending: RunEvent[], published: number, tokensSeen: number, result: string): Promise<Finished | undefined> {
+    async owned(row: RunRow, owner: string, outcome: Outcome, pending: RunEvent[], published: number, tokensSeen: number, result: string, token: string = randomUUID()): Promise<Finished | undefined> {
       const fresh = pending.filter((e) => e.type === 'token');
       // `result`: the text of every token it published (in the log or in `pending`), which is what the row holds after.
-      const p = plan(deps.models, row, row.id, owner, outcome, fresh, Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0) + 1, tokensSeen, result);
+      const p = plan(deps.models, row, row.id, owner, token, outcome, fresh, Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0) + 1, tokensSeen, result);
       const done = await writeOwned(p);
-      return done ?? this.any(row.id, outcome, pending, published, { owner, attempt: row.attempt });
+      return done ?? this.any(row.id, outcome, pending, published, { owner, attempt: row.attempt }, token);
     },
 
     /**
@@ -328,7 +338,7 @@ export function createFinisher(deps: FinishDeps) {
      * final event after the run's seq ceiling, the most the owner was ever allowed to publish: the log then has a
      * gap before its final event, which every reader accepts (see feed.ts).
      */
-    async any(runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number, fence?: { owner: string; attempt: number }): Promise<Finished | undefined> {
+    async any(runId: string, outcome: Outcome, pending: RunEvent[] = [], published?: number, fence?: { owner: string; attempt: number }, token: string = randomUUID()): Promise<Finished | undefined> {
       const out = await deps.db.transaction(async (tx) => {
         const [row] = await tx.select().from(runs).where(eq(runs.id, runId)).for('update');
         if (!row) return { none: true as const };
@@ -337,11 +347,11 @@ export function createFinisher(deps: FinishDeps) {
         if (fence && (row.leaseOwner !== fence.owner || row.attempt !== fence.attempt)) return { lost: true as const };
         const fresh = pending.filter((e) => e.seq > row.lastSeq && e.type === 'token');
         const lastSeq = (published === undefined ? Math.max(row.lastSeq, row.seqCeiling) : Math.max(published, row.lastSeq, fresh.at(-1)?.seq ?? 0)) + 1;
-        const p = plan(deps.models, row, runId, null, outcome, fresh, lastSeq, row.outputTokens + fresh.length, row.result + tokenText(fresh));
+        const p = plan(deps.models, row, runId, null, token, outcome, fresh, lastSeq, row.outputTokens + fresh.length, row.result + tokenText(fresh));
         return { done: await write(clientOf(tx), st, deps.origin, p) };
       });
       if ('none' in out) return undefined;
-      if ('lost' in out) return winner(runId);
+      if ('lost' in out) return winner(runId, token);
       return out.done;
     },
   };

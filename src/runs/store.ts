@@ -56,6 +56,8 @@ export function rowOf(r: Record<string, any>): RunRow {
     leaseOwner: r.lease_owner,
     leaseExpiresAt: r.lease_expires_at,
     attempt: r.attempt,
+    // Not in RUN_COLUMNS: only a finisher that lost its reply reads it (finish.ts `winner`, through drizzle).
+    finishToken: r.finish_token ?? null,
     createdAt: r.created_at,
     startedAt: r.started_at,
     completedAt: r.completed_at,
