@@ -20,9 +20,10 @@ export function createServer(
   config: Pick<Config, 'HTTP_HEADERS_TIMEOUT_MS' | 'HTTP_REQUEST_TIMEOUT_MS' | 'MAX_CONNECTIONS'>,
   prototypes: AppPrototypes | undefined = prototypesOf(app),
 ): http.Server {
+  const classes = prototypes ? bornWith(prototypes) : {};
   const server = http.createServer(
     {
-      ...(prototypes ? bornWith(prototypes) : {}),
+      ...classes,
       headersTimeout: config.HTTP_HEADERS_TIMEOUT_MS,
       requestTimeout: config.HTTP_REQUEST_TIMEOUT_MS,
       connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.HTTP_HEADERS_TIMEOUT_MS / 4))),
@@ -31,7 +32,7 @@ export function createServer(
   );
   server.maxConnections = config.MAX_CONNECTIONS > 0 ? config.MAX_CONNECTIONS : defaultMaxConnections();
   // Upgrade requests (`GET /api/ws`) go through the app too.
-  routeUpgrades(server, app);
+  routeUpgrades(server, app, classes.ServerResponse);
   return server;
 }
 
