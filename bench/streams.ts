@@ -152,9 +152,10 @@ export async function benchMemory(env: BenchEnv) {
     const m = await mem(server);
     const b = await mem(raw);
     const kb = (bytes: number) => round(bytes / n / 1024, 1);
-    // Where the RSS went, per reader: V8's committed heap (of which its young generation) and the rest (native).
+    // Where the RSS went, per reader: V8's committed heap (of which its young generation) and the RSS beyond it (native
+    // memory, and heap pages touched since: committed is not resident, so either part may come out below zero).
     const split = (a: SettledMemory, z: SettledMemory) =>
-      `heap committed ${kb(z.mem.heapTotal - a.mem.heapTotal)} (young ${kb((z.spaces.new_space ?? 0) - (a.spaces.new_space ?? 0))}: ${round((a.spaces.new_space ?? 0) / 2 ** 20, 1)} → ${round((z.spaces.new_space ?? 0) / 2 ** 20, 1)} MB), native ${kb(z.mem.rss - z.mem.heapTotal - (a.mem.rss - a.mem.heapTotal))} KB`;
+      `heap committed ${kb(z.mem.heapTotal - a.mem.heapTotal)} (young ${kb((z.spaces.new_space ?? 0) - (a.spaces.new_space ?? 0))}: ${round((a.spaces.new_space ?? 0) / 2 ** 20, 1)} → ${round((z.spaces.new_space ?? 0) / 2 ** 20, 1)} MB), RSS beyond it ${kb(z.mem.rss - z.mem.heapTotal - (a.mem.rss - a.mem.heapTotal))} KB`;
     const floor = { what: 'a bare Node server holding as many SSE responses', value: kb(b.mem.rss - b0.mem.rss) };
     // The cost of each reader past the first thousand (no one-off growth in it): a check on the figure, not the figure.
     const marginal = at1000
