@@ -16,7 +16,7 @@ const N = Number(process.argv[2] ?? 2000);
 const STREAMS = { SESSION_MAX_STREAMS: 0, SESSION_RATE_LIMIT_PER_MIN: 0, SSE_MAX_STREAMS_PER_IP: 100_000, SESSION_CREATE_RATE_LIMIT: 0 };
 const pgs = await startBenchPostgres();
 const url = await pgs.freshDatabase('b_heap');
-const server = await startBenchServer(url, STREAMS);
+const server = await startBenchServer(url, STREAMS, 'server-child', { heapFlags: [] });
 function summarize(file: string) {
   const snap = JSON.parse(readFileSync(file, 'utf8'));
   const f = snap.snapshot.meta.node_fields as string[];

@@ -5,13 +5,17 @@
  */
 import http from 'node:http';
 import type { Socket } from 'node:net';
+import { settledMemory } from './settled-memory.js';
 
-const open: Array<{ res: http.ServerResponse; socket: Socket }> = [];
+/** The responses held open; one whose client went is forgotten, as any server would (the memory benchmark warms up). */
+const open = new Set<{ res: http.ServerResponse; socket: Socket }>();
 const server = http.createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
   res.flushHeaders();
   req.socket.setNoDelay(true);
-  open.push({ res, socket: req.socket });
+  const o = { res, socket: req.socket };
+  open.add(o);
+  res.once('close', () => open.delete(o));
 });
 server.listen(0, '127.0.0.1', () => process.send?.({ event: 'ready', port: (server.address() as { port: number }).port }));
 
@@ -26,10 +30,10 @@ process.on('message', (m: { id: number; cmd: string; args?: { events: number; ev
     const u = process.cpuUsage();
     return reply({ cpuMs: (u.user + u.system) / 1000 });
   }
-  if (m.cmd === 'count') return reply(open.length);
+  if (m.cmd === 'count') return reply(open.size);
   if (m.cmd === 'gc') {
-    for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
-    return reply({ mem: process.memoryUsage() });
+    void settledMemory().then(reply);
+    return;
   }
   if (m.cmd === 'go') {
     const { events, everyMs } = m.args!;
@@ -41,7 +45,7 @@ process.on('message', (m: { id: number; cmd: string; args?: { events: number; ev
       if (seq < events) setTimeout(tick, everyMs);
       else {
         for (const o of open) o.res.end();
-        open.length = 0;
+        open.clear();
         reply(true);
       }
     };

@@ -19,6 +19,7 @@ import { createContext } from '../../src/context.js';
 import { createDatabase } from '../../src/db/pool.js';
 import { listen } from '../../src/http/server.js';
 import { safeLogOptions } from '../../src/log-safety.js';
+import { settledMemory } from './settled-memory.js';
 import { createStubAiProvider } from '../../src/providers/ai/stub.js';
 import type { AiProvider } from '../../src/providers/ai/types.js';
 
@@ -113,7 +114,8 @@ const handler = (req: IncomingMessage, res: ServerResponse) => {
 await ctx.bridge.start();
 ctx.maintenance.start();
 ctx.executor.startClaiming();
-const server = await listen(handler, config, 0, '127.0.0.1');
+// The app's prototypes, for the requests the server makes (a wrapper of the app has none: see http/server.ts).
+const server = await listen(handler, config, 0, '127.0.0.1', app);
 const port = (server.address() as AddressInfo).port;
 
 type Command = { id: number; cmd: string; args?: Record<string, unknown> };
@@ -127,8 +129,7 @@ process.on('message', async (m: Command) => {
         return reply({ cpuMs: (u.user + u.system) / 1000, at: now(), mem: process.memoryUsage() });
       }
       case 'gc':
-        for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
-        return reply({ mem: process.memoryUsage() });
+        return reply(await settledMemory());
       case 'gate':
         openGate();
         gate = new Promise<void>((r) => (openGate = r));

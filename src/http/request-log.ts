@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Express, Request, RequestHandler } from 'express';
+import type { Express, Request, RequestHandler, Response } from 'express';
 import type { Logger } from 'pino';
 import { requestLineRedaction, serializeError } from '../log-safety.js';
 
@@ -52,34 +52,41 @@ export function requestLogging(app: Express, log: Logger): RequestHandler {
   const lineLog = log.child({}, { redact: { paths: [] } });
   const LOG = Symbol('log');
   const REMOTE = Symbol('remote');
-  type Logged = Request & { [LOG]?: Logger; [REMOTE]?: { address?: string; port?: number } };
+  const START = Symbol('start');
+  type Logged = Request & { [LOG]?: Logger; [REMOTE]?: { address?: string; port?: number }; [START]?: number };
   Object.defineProperty(app.request, 'log', {
     configurable: true,
     get(this: Logged) {
       return (this[LOG] ??= log.child({ req: requestFields(this, this[REMOTE] ?? {}) }));
     },
   });
+  // 'close' comes after 'finish', or alone when the client went first: one listener sees both ends. One function
+  // for every request (`this` is the response; its request and start time are on it), not a closure each: an SSE
+  // stream holds its listener for as long as it lasts.
+  function completed(this: Response) {
+    const req = this.req as Logged;
+    const res = this;
+    const responseTime = Date.now() - req[START]!;
+    const fields = { req: redact(requestFields(req, req[REMOTE]!)), res: { statusCode: res.statusCode } };
+    if (res.statusCode >= 500) {
+      lineLog.error({ ...fields, err: serializeError(new Error(`failed with status code ${res.statusCode}`)), responseTime }, 'request errored');
+      return;
+    }
+    const level = res.statusCode >= 400 ? 'warn' : 'info';
+    // An upgraded request (101: a WebSocket) completes when its socket closes; its response is never ended.
+    const done = res.statusCode === 101 || (!req.readableAborted && res.writableEnded);
+    lineLog[level]({ ...fields, responseTime }, done ? 'request completed' : 'request aborted');
+  }
   return (req, res, next) => {
-    const start = Date.now();
+    (req as Logged)[START] = Date.now();
     const given = req.headers['x-request-id'];
     req.id = typeof given === 'string' && /^[\w.-]{1,100}$/.test(given) ? given : randomUUID();
     res.setHeader('x-request-id', req.id);
     // Read now: once a long stream's socket has closed, its peer's address is gone.
     (req as Logged)[REMOTE] = { address: req.socket.remoteAddress, port: req.socket.remotePort };
     if (quiet(req.url)) return next();
-    // 'close' comes after 'finish', or alone when the client went first: one listener sees both ends.
-    res.once('close', () => {
-      const responseTime = Date.now() - start;
-      const fields = { req: redact(requestFields(req, (req as Logged)[REMOTE]!)), res: { statusCode: res.statusCode } };
-      if (res.statusCode >= 500) {
-        lineLog.error({ ...fields, err: serializeError(new Error(`failed with status code ${res.statusCode}`)), responseTime }, 'request errored');
-        return;
-      }
-      const level = res.statusCode >= 400 ? 'warn' : 'info';
-      // An upgraded request (101: a WebSocket) completes when its socket closes; its response is never ended.
-      const completed = res.statusCode === 101 || (!req.readableAborted && res.writableEnded);
-      lineLog[level]({ ...fields, responseTime }, completed ? 'request completed' : 'request aborted');
-    });
+    // Node emits a response's 'close' once: `on`, without `once`'s wrapper and its state.
+    res.on('close', completed);
     next();
   };
 }

@@ -14,8 +14,10 @@ import { Frame, sseText } from './frame.js';
  * to drain — for at most `writeTimeoutMs`, then the connection is cut.
  */
 export interface SseStream {
-  /** Aborted when the connection closes (either side). */
+  /** Aborted when the connection closes (either side). Made when first asked for: prefer `gone`. */
   readonly signal: AbortSignal;
+  /** The reader leaving, as a feed wants it, without an AbortController: `aborted` once the connection closed. */
+  readonly gone: Departure;
   /** The socket takes more without waiting (it is open and its buffer is under its high-water mark). */
   readonly ready: boolean;
   /** Write a frame now, whatever the socket's buffer holds (check `ready` first to respect backpressure). */
@@ -108,33 +110,94 @@ export function createSseHub(opts: { pingMs: number }) {
 export const CURSOR = /^\d{1,9}$/;
 export type SseHub = ReturnType<typeof createSseHub>;
 interface Hub {
-  add(s: Stream): void;
-  remove(s: Stream): void;
+  add(s: KeepAlive): void;
+  remove(s: KeepAlive): void;
+}
+
+/**
+ * How a reader's leaving is told: an AbortSignal, or anything that has its `aborted` flag and its abort listeners.
+ * An SSE stream is one itself (`SseStream.gone`), without the AbortController and EventTarget an idle stream would
+ * otherwise hold for as long as it lasts.
+ */
+export interface Departure {
+  readonly aborted: boolean;
+  addEventListener(type: 'abort', listener: () => void): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
+}
+
+/**
+ * Node's own record of the headers a response was given (`kOutHeaders`, a symbol node:http does not export), found
+ * by its description on the first response; null if this Node has no such symbol (then nothing is shed).
+ */
+let outHeaders: symbol | null | undefined;
+const outHeadersOf = (res: Response) =>
+  outHeaders === undefined ? (outHeaders = Object.getOwnPropertySymbols(res).find((s) => s.description === 'kOutHeaders') ?? null) : outHeaders;
+
+/** What a response whose head has gone keeps of it: Node reads `_header` only as "the head was rendered". */
+const SENT_HEAD = 'HTTP/1.1 200 OK\r\n\r\n';
+type HeadState = { _header: string | null; _headerSent: boolean };
+
+/**
+ * Forget a sent head. Node keeps, for the life of a response, the headers it was given (an object of `[name, value]`
+ * pairs, in dictionary mode: V8 makes a null-prototype object one) and the head rendered from them (`_header`: the
+ * status line and every header — Helmet's, CORS's, the request id — near 900 bytes). Once the head is on the socket
+ * (`_headerSent`), node:http reads neither again, except `getHeader()` & co. and `_header` as a flag (`headersSent`,
+ * `end`, `write`: "the head exists"): read in node:http's own sources (`_http_outgoing`, `_http_server`, Node 20).
+ * An SSE stream's headers are never read after it opened (the request log reads the status; the error handler,
+ * `headersSent`), so what a stream that lasts hours holds of them is two kilobytes for nothing: dropped here.
+ */
+function shedHead(res: Response): void {
+  const r = res as unknown as HeadState & Record<symbol, unknown>;
+  if (!r._headerSent || !r._header) return;
+  r._header = SENT_HEAD;
+  const key = outHeadersOf(res);
+  if (key && r[key] !== undefined) r[key] = null;
+}
+
+/** `retry:` frames, one per value (there is one: SSE_RETRY_MS), rather than one per stream. */
+const retryFrames = new Map<number, Frame>();
+const retryFrame = (ms: number) => {
+  let f = retryFrames.get(ms);
+  if (!f) retryFrames.set(ms, (f = new Frame(`retry: ${ms}\n\n`)));
+  return f;
+};
+
+/** The stream a socket or response belongs to, for the listeners every stream shares. */
+const STREAM = Symbol('sse stream');
+type Owned = { [STREAM]?: Stream };
+/** Shared by every stream (`this` is the emitter): an idle stream holds no closure for its listeners. */
+function onDrain(this: Owned) {
+  this[STREAM]?.drained();
+}
+function onClose(this: Owned) {
+  this[STREAM]?.finish();
 }
 
 /**
  * One SSE response. A class, so that an open stream — there may be tens of thousands, mostly idle — holds its state
- * and two listeners, and shares its methods.
+ * and two listeners, and shares its methods. It holds no AbortController unless someone asks for `signal`: a feed
+ * (runs/feed.ts) is told of the reader leaving through `gone`, the stream itself (one listener slot, enough for the
+ * one feed a stream has; more go to the lazily made signal).
  */
-class Stream implements SseStream {
-  readonly signal: AbortSignal;
-  readonly #controller = new AbortController();
+class Stream implements SseStream, Departure {
+  #controller: AbortController | undefined;
+  /** The one abort listener held without a controller (the feed's). */
+  #onAbort: (() => void) | undefined;
   readonly #res: Response;
   readonly #socket: NodeSocket;
   /** Chunked, and the socket's response is this one (no pipelined request behind it): frames go to the socket. */
   readonly #direct: boolean;
-  readonly #drainer: NodeJS.EventEmitter;
   readonly #hub: Hub;
   readonly #opts: SseOptions;
   /** The connection closed, or we ended it. */
   #closed = false;
+  /** The connection closed (either side): the reader is gone. */
   #finished = false;
   /** The last write filled the socket's buffer: nothing more until it drains (or the queued path waits for it). */
   #full = false;
   #corked = false;
 
   constructor(req: Request, res: Response, opts: SseOptions, hub: Hub) {
-    this.signal = this.#controller.signal;
     this.#res = res;
     this.#hub = hub;
     this.#opts = opts;
@@ -145,33 +208,77 @@ class Stream implements SseStream {
     // default, `Connection: close` is honoured), and HTTP/2 forbids the header altogether.
     res.setHeader('X-Accel-Buffering', 'no');
     res.flushHeaders();
+    shedHead(res);
     const socket = (this.#socket = req.socket as NodeSocket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true);
     // Chunked (every HTTP/1.1 client): frames go to the socket as ready-made chunks. Else (HTTP/1.0) through `res`.
     this.#direct = (res as NodeResponse).chunkedEncoding === true && socket._httpMessage === res;
-    this.#drainer = this.#direct ? socket : res;
-    this.#drainer.on('drain', this.#onDrain);
-    res.on('close', this.#finish);
+    const drainer = this.#drainer;
+    (drainer as Owned)[STREAM] = this;
+    (res as unknown as Owned)[STREAM] = this;
+    drainer.on('drain', onDrain);
+    res.on('close', onClose);
     hub.add(this);
     // The client may have gone while the route was still authorising: 'close' has then fired already.
-    if (res.destroyed || socket.destroyed) this.#finish();
-    this.write(new Frame(`retry: ${opts.retryMs}\n\n`));
+    if (res.destroyed || socket.destroyed) this.finish();
+    this.write(retryFrame(opts.retryMs));
   }
 
-  readonly #onDrain = () => {
-    this.#full = false;
-  };
+  /** What emits 'drain' for our writes: the socket we write to directly, or the response. */
+  get #drainer(): NodeJS.EventEmitter {
+    return this.#direct ? this.#socket : this.#res;
+  }
 
-  readonly #finish = () => {
+  /** 'drain' (shared listener): the socket has room again. */
+  drained() {
+    this.#full = false;
+  }
+
+  /** 'close' (shared listener): the connection is gone; what the stream held is given back, once. */
+  finish() {
     this.#closed = true;
     if (this.#finished) return;
     this.#finished = true;
-    this.#drainer.off('drain', this.#onDrain);
+    const drainer = this.#drainer;
+    drainer.off('drain', onDrain);
+    this.#res.off('close', onClose);
+    // The socket may carry another response later (keep-alive after HTTP/1.0's end): it must not point here.
+    if ((drainer as Owned)[STREAM] === this) (drainer as Owned)[STREAM] = undefined;
     this.#hub.remove(this);
     this.#opts.onClose?.();
-    if (!this.#controller.signal.aborted) this.#controller.abort();
-  };
+    const onAbort = this.#onAbort;
+    this.#onAbort = undefined;
+    onAbort?.();
+    this.#controller?.abort();
+  }
+
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#finished) this.#controller.abort();
+    }
+    return this.#controller.signal;
+  }
+
+  get gone(): Departure {
+    return this;
+  }
+
+  get aborted() {
+    return this.#finished;
+  }
+
+  addEventListener(_type: 'abort', listener: () => void) {
+    if (this.#finished) return;
+    if (!this.#onAbort) this.#onAbort = listener;
+    else this.signal.addEventListener('abort', listener);
+  }
+
+  removeEventListener(_type: 'abort', listener: () => void) {
+    if (this.#onAbort === listener) this.#onAbort = undefined;
+    else this.#controller?.signal.removeEventListener('abort', listener);
+  }
 
   get ready() {
     return !this.#closed && !this.#full;
@@ -199,8 +306,8 @@ class Stream implements SseStream {
     this.#uncork();
     // The socket buffer is full: wait for room or for the client to leave, never forever — a peer that
     // keeps the connection open but reads nothing is disconnected, so its feed and run entry are freed.
-    await this.#drained();
-    return !this.#controller.signal.aborted;
+    await this.#waitDrain();
+    return !this.#finished;
   }
 
   end() {
@@ -216,18 +323,20 @@ class Stream implements SseStream {
   }
 
   /** Wait until the socket has room, or the client leaves; a peer that reads nothing for writeTimeoutMs is cut. */
-  #drained(): Promise<void> {
+  #waitDrain(): Promise<void> {
     return new Promise<void>((resolve) => {
       if (!this.#full || this.#closed) return resolve();
       const timer = setTimeout(() => this.#res.destroy(), this.#opts.writeTimeoutMs ?? 30_000);
-      const signal = this.#controller.signal;
+      // The slow path (a full socket): here a signal of its own is no cost worth sparing.
+      const signal = this.signal;
+      const drainer = this.#drainer;
       const done = () => {
         clearTimeout(timer);
-        this.#drainer.off('drain', done);
+        drainer.off('drain', done);
         signal.removeEventListener('abort', done);
         resolve();
       };
-      this.#drainer.on('drain', done);
+      drainer.on('drain', done);
       signal.addEventListener('abort', done);
     });
   }

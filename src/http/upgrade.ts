@@ -42,7 +42,7 @@ const wantsWebSocket = (req: IncomingMessage) => /^websocket$/i.test(req.headers
  * left its body unread in the socket, so the app gets a copy of the request that reads its `Content-Length` bytes
  * from there; a chunked body cannot be read without the parser, and is refused with a 400 that says why.
  */
-export function routeUpgrades(server: http.Server, app: RequestListener): void {
+export function routeUpgrades(server: http.Server, app: RequestListener, Response: typeof http.ServerResponse = http.ServerResponse): void {
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // A client that resets mid-handshake must not throw an unhandled error.
     socket.on('error', () => socket.destroy());
@@ -53,7 +53,8 @@ export function routeUpgrades(server: http.Server, app: RequestListener): void {
       socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
       return;
     } else if (Number(req.headers['content-length'] ?? 0) > 0) request = withBodyFrom(req, socket, head);
-    const res = new http.ServerResponse(request);
+    // The server's own response class (server.ts: born with the app's prototype, so a WebSocket's shares its shape).
+    const res = new Response(request);
     res.shouldKeepAlive = false;
     res.assignSocket(socket as never);
     res.once('finish', () => {

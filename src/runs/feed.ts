@@ -1,4 +1,5 @@
 import { isDatabaseUnavailable } from '../db/errors.js';
+import type { Departure } from '../http/sse.js';
 import { isTerminalEvent, type Registry, type RunEvent } from './registry.js';
 import { isLive, type RunStore } from './store.js';
 
@@ -10,8 +11,8 @@ export interface FeedOptions {
   runId: string;
   /** Deliver events with seq > after. */
   after: number;
-  /** Ends the feed (the reader left). */
-  signal: AbortSignal;
+  /** Ends the feed (the reader left): an AbortSignal, or an SSE stream's `gone`. */
+  signal: Departure;
   /** Events queued for a slow reader before it is cut loose with a resync hint. */
   maxQueue: number;
   /** How often to re-read Postgres while no live entry in this process feeds us (another process, recovery). */
@@ -104,19 +105,24 @@ export async function* runFeed(opts: FeedOptions): AsyncGenerator<FeedItem> {
   };
   /** An entry here that will still publish events (an ended one stays while we are subscribed, but is silent). */
   const drivenHere = () => registry.delivering(runId);
-  /** Sleep up to `ms`, woken early by a live event, news or the reader leaving; `live`: caught up, direct writes on. */
+  /**
+   * Sleep up to `ms`, woken early by a live event, news or the reader leaving; `live`: caught up, direct writes on.
+   * Whatever ends it (the wake or the timer) unparks at once, in the same synchronous step, so an event published
+   * after that is queued, never written directly while the generator is about to run. (No `.finally`: a parked idle
+   * reader holds one promise and one closure, not a second promise and its handlers.)
+   */
   const nap = (ms: number | null, live = false) =>
     new Promise<void>((resolve) => {
-      const timer = ms === null ? null : setTimeout(resolve, ms);
-      parked = live;
-      wake = () => {
+      let timer: NodeJS.Timeout | null = null;
+      const done = () => {
         parked = false;
+        wake = null;
         if (timer) clearTimeout(timer);
         resolve();
       };
-    }).finally(() => {
-      parked = false;
-      wake = null;
+      if (ms !== null) timer = setTimeout(done, ms);
+      parked = live;
+      wake = done;
     });
 
   /** A read of Postgres, retried while it is unreachable; null once the reader has gone. */

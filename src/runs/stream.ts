@@ -2,7 +2,7 @@ import type { Request, Response } from 'express';
 import type { Config } from '../config.js';
 import { AppError, badRequest } from '../http/errors.js';
 import type { StreamLimiter } from '../http/stream-limit.js';
-import { readCursor, type SseHub, type SseStream } from '../http/sse.js';
+import { readCursor, type Departure, type SseHub, type SseStream } from '../http/sse.js';
 import { runFeed } from './feed.js';
 import type { Followers } from './follow.js';
 import { nativeFrame } from './frames.js';
@@ -48,7 +48,7 @@ export function openStream(deps: StreamDeps, req: Request, res: Response): SseSt
  * no entry here drives is followed (one reader of Postgres for every reader here) unless `follow` is false; with
  * `direct`, a caught-up reader's events are written from `publish` itself (see feed.ts).
  */
-export function feedFor(deps: StreamDeps, runId: string, after: number, signal: AbortSignal, opts: { direct?: (e: RunEvent) => boolean; follow?: boolean } = {}) {
+export function feedFor(deps: StreamDeps, runId: string, after: number, signal: Departure, opts: { direct?: (e: RunEvent) => boolean; follow?: boolean } = {}) {
   return runFeed({
     registry: deps.registry,
     store: deps.store,
@@ -100,7 +100,7 @@ export async function pipeRun(deps: StreamDeps, sse: SseStream, runId: string, a
     sse.write(nativeFrame(e));
     return true;
   };
-  const feed = feedFor(deps, runId, after, sse.signal, { direct, follow });
+  const feed = feedFor(deps, runId, after, sse.gone, { direct, follow });
   for await (const item of feed) {
     if (item.kind === 'resync') {
       await sse.send({ event: 'resync', data: { lastEventId: item.lastEventId, message: 'the reader fell behind; reconnect with Last-Event-ID to resume' } });
@@ -139,6 +139,21 @@ export async function streamRun(deps: StreamDeps, req: Request, res: Response, f
 }
 
 /**
+ * What routing left on a request that a stream, once open, never reads again: its parameters and `res.locals` (each
+ * an object in dictionary mode: Express and the router make them with a null prototype) and the parsed URL the
+ * router cached (remade from `req.url` if anything asks: parseurl caches it by `req.url`). Node holds the request
+ * for as long as the stream lasts; these were half a kilobyte of it. The request log reads none of them
+ * (`originalUrl`, the query — parsed again from the URL — and the headers stay).
+ */
+function shedRouting(req: Request): void {
+  const r = req as unknown as { params?: unknown; _parsedUrl?: unknown };
+  r.params = undefined;
+  r._parsedUrl = undefined;
+  const res = req.res as unknown as { locals?: unknown } | undefined;
+  if (res) res.locals = undefined;
+}
+
+/**
  * `pipeRun` without the route awaiting it: the handler returns, and the stream goes on by itself, driven by the run's
  * events. An awaited stream kept the whole chain of the request alive for as long as it lasted (Express's router
  * closures, every async frame down to the feed); a stream that waits for hours holds only what it needs. Its
@@ -149,6 +164,7 @@ export function pipeDetached(req: Request, deps: StreamDeps, sse: SseStream, run
   // its whole dispatch, three routers deep): the stream will never call it, and it was a fifth of what an idle
   // stream held. (A failing handler is passed on by the router's own reference, not this one.)
   req.next = undefined;
+  shedRouting(req);
   pipeRun(deps, sse, runId, after, follow).catch((err: unknown) => {
     req.log.error({ err, runId }, 'a stream failed');
     sse.end();
