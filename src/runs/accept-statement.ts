@@ -1,7 +1,6 @@
-import type pg from 'pg';
 import type { RunFace } from '../db/schema.js';
 import { BUS_CHANNEL } from '../bus-bridge.js';
-import { run, variants } from '../db/statements.js';
+import { run, variants, type Queryable } from '../db/statements.js';
 import type { PriceSnapshot } from '../db/schema.js';
 import { countSql, countValues } from '../limits/session-budget.js';
 import type { AiMessage } from '../providers/ai/types.js';
@@ -22,6 +21,16 @@ import type { RunRow } from './store.js';
  * A claimed run is attempt 1 of its lease; a queued one has no owner (it is in the shared queue, runs/queue.ts) and
  * this same statement NOTIFYs the claimers (`run:queued`, delivered at its commit): no round trip of its own.
  */
+/**
+ * The `run:queued` NOTIFY payload, byte for byte what `busMessage(owner, 'run:queued', { runId, sessionId })` writes
+ * (JSON.stringify: no spaces; an owner is `<pid>-<hex>` and the ids are uuids, so nothing needs escaping beyond
+ * what to_json does). Why it matters: this process's own LISTEN connection hears every one of these, and the bus
+ * bridge drops its own messages by their opening bytes, unparsed; `json_build_object` writes `{"o" : …}`, which
+ * missed that check and cost a JSON.parse per queued accept.
+ */
+export const queuedNotice = (owner: string, runId: string, sessionId: string) =>
+  `'{"o":' || to_json(${owner})::text || ',"e":"run:queued","p":{"runId":"' || ${runId} || '","sessionId":"' || ${sessionId} || '"}}'`;
+
 const ACCEPT = variants((k: 'counted' | 'plain') => {
   const counted = k === 'counted';
   return `
@@ -41,7 +50,7 @@ const ACCEPT = variants((k: 'counted' | 'plain') => {
            case when $6::text = 'executing' then $19::int else 0 end, case when $6::text = 'executing' then 1 else 0 end
     from s returning id, created_at, lease_expires_at)
   select (select balance_sats from s) as balance, (select id from s) as session_id, (select created_at from r) as created_at, (select lease_expires_at from r) as lease_expires_at,
-    (select pg_notify('${BUS_CHANNEL}', json_build_object('o', $17::text, 'e', 'run:queued', 'p', json_build_object('runId', r.id, 'sessionId', (select id from s)))::text) from r where $6::text = 'queued') as queued
+    (select pg_notify('${BUS_CHANNEL}', ${queuedNotice('$17::text', 'r.id', '(select id from s)')}) from r where $6::text = 'queued') as queued
     ${counted ? ', (select points from rl) as rl_points, (select expire from rl) as rl_expire' : ''}`;
 });
 
@@ -77,37 +86,22 @@ export interface PlainOutcome {
   counted?: { points: number; expire: number };
 }
 
-export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<PlainOutcome> {
-  const state = a.claim ? 'executing' : 'queued';
-  // A plain request's input is its turn, after the instructions if any: one JSON text serves both when there are none.
-  const turn = JSON.stringify(a.turn);
-  const values: unknown[] = [
-    a.sessionId,
-    a.tokenHash,
-    a.amountSats,
-    a.expiryHours * 3600,
-    a.runId,
-    state,
-    a.request,
-    a.model,
-    a.instructions,
-    turn,
-    a.instructions ? JSON.stringify(a.input) : turn,
-    a.maxTokens,
-    JSON.stringify(a.pricing),
-    a.face,
-    a.faceData === null ? null : JSON.stringify(a.faceData),
-    a.ephemeral,
-    a.owner,
-    a.leaseTtlS,
-    a.window,
-  ];
-  if (a.count) values.push(...countValues(a.count), a.count.limit);
-  const res = await run(pool, ACCEPT(a.count ? 'counted' : 'plain'), values);
-  const r = res.rows[0]!;
-  const counted = a.count ? { points: r.rl_points, expire: Number(r.rl_expire) } : undefined;
+/** What the accept statement (single or batch, accept-batch.ts) answers for one request. */
+export interface AcceptedRow {
+  balance: string | number | null;
+  session_id: string | null;
+  created_at: Date | null;
+  lease_expires_at: Date | null;
+  rl_points?: number | null;
+  rl_expire?: string | number | null;
+}
+
+/** One request's acceptance, from what we sent and what its statement answered. */
+export function plainOutcome(a: PlainAcceptance, r: AcceptedRow): PlainOutcome {
+  const counted = a.count ? { points: r.rl_points!, expire: Number(r.rl_expire) } : undefined;
   if (r.balance === null || r.balance === undefined) return { run: null, balance: null, counted };
-  const createdAt: Date = r.created_at;
+  const createdAt = r.created_at!;
+  const state = a.claim ? 'executing' : 'queued';
   const row: RunRow = {
     id: a.runId,
     kind: 'session',
@@ -148,4 +142,34 @@ export async function acceptPlain(pool: pg.Pool, a: PlainAcceptance): Promise<Pl
     completedAt: null,
   };
   return { run: row, balance: Number(r.balance), counted };
+}
+
+/** One plain request, alone: the statement above. */
+export async function acceptPlain(pool: Queryable, a: PlainAcceptance): Promise<PlainOutcome> {
+  // A plain request's input is its turn, after the instructions if any: one JSON text serves both when there are none.
+  const turn = JSON.stringify(a.turn);
+  const values: unknown[] = [
+    a.sessionId,
+    a.tokenHash,
+    a.amountSats,
+    a.expiryHours * 3600,
+    a.runId,
+    a.claim ? 'executing' : 'queued',
+    a.request,
+    a.model,
+    a.instructions,
+    turn,
+    a.instructions ? JSON.stringify(a.input) : turn,
+    a.maxTokens,
+    JSON.stringify(a.pricing),
+    a.face,
+    a.faceData === null ? null : JSON.stringify(a.faceData),
+    a.ephemeral,
+    a.owner,
+    a.leaseTtlS,
+    a.window,
+  ];
+  if (a.count) values.push(...countValues(a.count), a.count.limit);
+  const res = await run<AcceptedRow>(pool, ACCEPT(a.count ? 'counted' : 'plain'), values);
+  return plainOutcome(a, res.rows[0]!);
 }

@@ -13,7 +13,7 @@ import type { Models } from '../models/providers.js';
 import type { AiMessage } from '../providers/ai/types.js';
 import { carryOver, composeInput, conversationHistory, isChainable } from './context.js';
 import type { ConversationStore } from './conversations.js';
-import { acceptPlain } from './accept-statement.js';
+import { createPlainAccepts } from './accept-batch.js';
 import { busMessage } from '../bus-bridge.js';
 import type { Admission, Executor, Refusal } from './executor.js';
 import { claimKey, recordAnswer, type IdempotencyClaim } from './idempotency.js';
@@ -80,12 +80,15 @@ export function refusalError(why: Refusal): AppError {
  *
  * - A plain request (no idempotency key, conversation or previous response) is ONE statement
  *   (accept-statement.ts): budget count, token check, debit, ledger row and run row, claimed at once when a slot
- *   is free. Its refusals are worked out after it, off the hot path.
+ *   is free. Its refusals are worked out after it, off the hot path. Requests that arrive while one is in flight
+ *   go together, as one statement, when it returns (accept-batch.ts): one commit for many.
  * - The rest is ONE transaction: the idempotency key, the conversation's turn (its row lock serialises a
  *   conversation's acceptances), the context, the debit with its ledger row, and the run row.
  */
 export function createAccept(deps: AcceptDeps) {
   const { config, db, store } = deps;
+  /** Plain requests' statements, group-committed (accept-batch.ts). */
+  const plainAccepts = createPlainAccepts(deps.pool);
 
   /** Why a session could not pay (read after the transaction rolled back). */
   async function refusal(sessionId: string, required: number): Promise<AppError> {
@@ -115,7 +118,7 @@ export function createAccept(deps: AcceptDeps) {
     if (inputTokens + spec.maxTokens > spec.model.contextTokens) return refuse(principal, () => contextTooLong(spec, inputTokens));
     const prices = priceSnapshot(config, spec.model);
     const required = costSats(prices, inputTokens, spec.maxTokens);
-    const out = await acceptPlain(deps.pool, {
+    const out = await plainAccepts.accept({
       runId: randomUUID(),
       sessionId: principal.sessionId,
       tokenHash: principal.credential.tokenHash,
