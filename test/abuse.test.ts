@@ -55,6 +55,52 @@ describe('slow and many connections', () => {
     // The slow ones get 408 after the headers timeout, and the server answers again.
     const answers = await Promise.all(slow.map((s) => s.closed));
     expect(answers.every((a) => a.startsWith('HTTP/1.1 408'))).toBe(true);
+    expect(JSON.parse(answers[0]!.split('\r\n\r\n')[1]!)).toEqual({ error: { code: 'request_timeout', message: expect.any(String) } });
+    await t.http.get('/api/healthz').expect(200);
+  });
+});
+
+/** Send raw bytes, read until the server closes: the status line, the headers and the body. */
+function rawExchange(port: number, bytes: string) {
+  return new Promise<{ status: number; headers: string; body: string }>((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(bytes));
+    let data = '';
+    sock.on('data', (d) => (data += d));
+    sock.on('error', reject);
+    sock.on('close', () => {
+      const [head = '', body = ''] = data.split('\r\n\r\n');
+      resolve({ status: Number(head.split(' ')[1]), headers: head.toLowerCase(), body });
+    });
+  });
+}
+
+describe('what the HTTP parser refuses', () => {
+  it('is a 4xx in the face’s envelope, not a bare status line (request line too long, malformed, on /api and /v1)', async () => {
+    const t = await server();
+    const port = Number(new URL(t.url).port);
+    const long = 'x'.repeat(20_000);
+    const api = await rawExchange(port, `GET /api/jobs/j/stream?request=${long} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    expect(api.status).toBe(431);
+    expect(api.headers).toContain('content-type: application/json');
+    expect(JSON.parse(api.body)).toEqual({ error: { code: 'headers_too_large', message: expect.stringContaining('16 KB') } });
+    const v1 = await rawExchange(port, `GET /v1/models?x=${long} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    expect(v1.status).toBe(431);
+    expect(JSON.parse(v1.body)).toEqual({ error: { message: expect.any(String), type: 'invalid_request_error', param: null, code: 'headers_too_large' } });
+    const bad = await rawExchange(port, 'BLAH\x01 / HTTP/1.1\r\n\r\n');
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.body)).toEqual({ error: { code: 'bad_request', message: expect.any(String) } });
+    // A keep-alive connection that was answered before still gets its refusal answered.
+    const sock = net.connect(port, '127.0.0.1');
+    let data = '';
+    sock.on('data', (d) => (data += d));
+    const closed = new Promise((r) => sock.on('close', r));
+    sock.write('GET /api/healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await waitFor(() => data.includes('"status"'), { what: 'the first answer on the connection' });
+    sock.write(`GET /api/healthz?q=${long} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    await closed;
+    expect(data.startsWith('HTTP/1.1 200')).toBe(true);
+    expect(data).toContain('HTTP/1.1 431 Request Header Fields Too Large');
+    expect(data).toContain('"code":"headers_too_large"');
     await t.http.get('/api/healthz').expect(200);
   });
 });

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { RequestListener } from 'node:http';
 import type { Config } from '../config.js';
+import { answerClientError } from './client-error.js';
 import { routeUpgrades } from './upgrade.js';
 
 /**
@@ -31,6 +32,8 @@ export function createServer(
     app,
   );
   server.maxConnections = config.MAX_CONNECTIONS > 0 ? config.MAX_CONNECTIONS : defaultMaxConnections();
+  // What the parser refuses (headers too large, malformed, too slow) is answered in the envelope too.
+  server.on('clientError', answerClientError);
   // Upgrade requests (`GET /api/ws`) go through the app too.
   routeUpgrades(server, app, classes.ServerResponse);
   return server;

@@ -58,7 +58,8 @@ export async function startTestServer(
   return {
     ctx,
     app,
-    http: supertest(app),
+    // Through the real server (its timeouts, header limits and parser refusals), not one supertest would make.
+    http: supertest(server),
     url,
     server,
     sibling: (o = {}) => startTestServer({ ...overrides, ...o }, { ...opts, port: undefined, log: undefined, databaseUrl }),
