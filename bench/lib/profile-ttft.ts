@@ -1,7 +1,7 @@
 /**
  * The time-to-first-token path, many times over, one run at a time (as bench/runs.ts's `ttft` does), with its split
  * and the server's CPU per run, and optionally a CPU profile of the server while it runs:
- *   node .bench-build/bench/lib/profile-ttft.js [runs] [out.cpuprofile]
+ *   node .bench-build/bench/lib/profile-ttft.js [runs] [out.cpuprofile | ''] [warm-up runs]
  * then: node .bench-build/bench/lib/profile-summary.js out.cpuprofile
  * More runs than the benchmark's 30 (default 400): a p50 of a fraction of a millisecond needs them on a shared machine.
  */
@@ -10,8 +10,10 @@ import { startBenchPostgres } from './pg.js';
 import { startBenchServer } from './server.js';
 import { summarize } from './stats.js';
 
-const [runsArg = '400', out] = process.argv.slice(2);
+const [runsArg = '400', out, warmArg = '50'] = process.argv.slice(2);
 const n = Number(runsArg);
+// The benchmark warms up with 10 runs: its figures are those of a server whose JIT has barely started.
+const warm = Number(warmArg);
 const pgs = await startBenchPostgres();
 const url = await pgs.freshDatabase('b_profile_ttft');
 const server = await startBenchServer(url, { BENCH_TIMINGS: true, SESSION_MAX_SATS: 1e9 });
@@ -37,11 +39,11 @@ try {
     await finished(r.body.requestId);
     return r.body.requestId as string;
   };
-  for (let i = 0; i < 50; i++) await one(i);
+  for (let i = 0; i < warm; i++) await one(i);
   await server.call('timings');
   if (out) await server.call('profile:start', { intervalUs: 50 });
   const c0 = await server.cpuMs();
-  for (let i = 50; i < 50 + n; i++) {
+  for (let i = warm; i < warm + n; i++) {
     const runId = await one(i);
     const t = await server.call<Record<string, any>>('timings');
     const run = t[runId];
