@@ -56,8 +56,11 @@ export interface ExecutorOptions {
 
 /** The executor's only hooks into the operator's metrics: both are synchronous counters, never awaited. */
 export interface RunMetrics {
-  /** `entry`: the run starts here now (the first token is timed from this call), else it was queued. */
-  accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry): void;
+  /**
+   * `entry`: the run starts here now, its first token timed from `at` (process.hrtime.bigint() when it was accepted;
+   * default: this call), else it was queued.
+   */
+  accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry, at?: bigint): void;
   /** A queued run this process claimed from the shared queue starts now. */
   claimed?(entry: RunEntry): void;
   firstToken(entry: RunEntry): void;
@@ -302,8 +305,11 @@ export function createExecutor(opts: ExecutorOptions) {
         return undefined;
       }
       const entry = opts.registry.open(run);
-      opts.metrics?.accepted(run, entry);
+      // Its provider is asked first (in `start`), then the metrics and the `run:state` notice are told, with the
+      // time it was accepted: its first token comes a tick later at the soonest, so it is still timed from here.
+      const at = process.hrtime.bigint();
       start(entry);
+      opts.metrics?.accepted(run, entry, at);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded at once.
       if (!admission.accepting) stop(run.id, 'interrupted');
       return entry;
