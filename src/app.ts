@@ -19,6 +19,10 @@ import { buildOpenApiDocument, docContext, optionalRoutes } from './openapi/docu
 import { createDocs } from './openapi/docs.routes.js';
 
 /**
+ * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
+ * everywhere, CORS on the API, limits counted in Postgres, `/metrics` for Prometheus, the console at `/`.
+ */
+/**
  * A router whose routes are all GET routes, passed over by a POST without entering it: a POST can match none of
  * them (Express answers OPTIONS for a router's routes itself, so only POST is passed over), and every request for
  * work is a POST, on the path to its first token.
@@ -28,10 +32,6 @@ const getOnly =
   (req, res, next) =>
     req.method === 'POST' ? next() : router(req, res, next);
 
-/**
- * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
- * everywhere, CORS on the API, limits counted in Postgres, `/metrics` for Prometheus, the console at `/`.
- */
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
   // Routes some configurations do without: the app mounts them and the OpenAPI document describes them alike.
