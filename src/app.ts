@@ -22,16 +22,6 @@ import { createDocs } from './openapi/docs.routes.js';
  * The Express app: JSON API under /api, the OpenAI face under /v1 (each with its error envelope), a request id on every log line; security headers
  * everywhere, CORS on the API, limits counted in Postgres, `/metrics` for Prometheus, the console at `/`.
  */
-/**
- * A router whose routes are all GET routes, passed over by a POST without entering it: a POST can match none of
- * them (Express answers OPTIONS for a router's routes itself, so only POST is passed over), and every request for
- * work is a POST, on the path to its first token.
- */
-const getOnly =
-  (router: express.RequestHandler): express.RequestHandler =>
-  (req, res, next) =>
-    req.method === 'POST' ? next() : router(req, res, next);
-
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
   // Routes some configurations do without: the app mounts them and the OpenAPI document describes them alike.
@@ -45,9 +35,9 @@ export function createApp(ctx: AppContext): express.Express {
   // The API reference page (`/docs`) boots with inline script and styles; everything else gets the strict policy.
   app.use(securityHeaders([{ prefix: '/docs', directives: docs.csp }]));
   app.use(['/api', '/v1'], corsFor(ctx.config.CORS_ORIGINS));
-  app.use(getOnly(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN)));
+  app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
   // `GET /api/openapi.json` and the API reference at `/docs`.
-  app.use(getOnly(docs.router));
+  app.use(docs.router);
   // LNbits's webhook sends a JSON string, which the strict parser below refuses: its route parses its own body.
   if (optional.lnbitsWebhook) app.use('/api', lnbitsWebhookRoutes(ctx));
   // The OpenAI face parses its own bodies (a larger limit), applies the same limits, and speaks its own error envelope.
