@@ -114,6 +114,42 @@ describe('limits shared by every process', () => {
     }
   });
 
+  it('a request for work is counted by its accept statement: its 202 carries the budget, and past it a 429 debits nothing', async () => {
+    const free = await a.sibling({ SESSION_CREATE_RATE_LIMIT: 0 });
+    try {
+      const s = await paidSession(free);
+      const remaining: string[] = [];
+      const runIds: string[] = [];
+      for (let i = 0; i < 6; i++) {
+        // Both processes, and runs that start at once (a free slot): the provider is asked before the answer is made.
+        const res = await (i % 2 ? b : free).http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: `count me ${i} [stub:tokens=1] [stub:delay=0]` });
+        expect(res.status, JSON.stringify(res.body)).toBe(202);
+        expect(res.headers['ratelimit-limit']).toBe('6');
+        remaining.push(res.headers['ratelimit-remaining']!);
+        runIds.push(res.body.requestId);
+      }
+      expect(remaining).toEqual(['5', '4', '3', '2', '1', '0']);
+      const limited = await free.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'one too many [stub:tokens=1] [stub:delay=0]' });
+      expectLimited(limited, 'session_requests');
+      expect(limited.headers['ratelimit-remaining']).toBe('0');
+      // Six debits, six runs, all finished; the seventh request took nothing.
+      const pool = free.ctx.database.pool;
+      const counts = async () =>
+        (
+          await pool.query(
+            `select (select count(*) from ledger_entries where session_id = $1 and kind = 'debit')::int as debits,
+                    (select count(*) from runs where session_id = $1)::int as runs,
+                    (select count(*) from runs where session_id = $1 and state = 'complete')::int as complete`,
+            [s.id],
+          )
+        ).rows[0];
+      await waitFor(async () => (await counts()).complete === 6 || null, { what: 'the six runs to complete' });
+      expect(await counts()).toEqual({ debits: 6, runs: 6, complete: 6 });
+    } finally {
+      await free.close();
+    }
+  });
+
   it('open streams per session: a slot per stream in any process, given back on close', () =>
     streamPair('hold the line [stub:tokens=400] [stub:delay=25]', async ({ one, two, s, runId }) => {
       const url = (t: TestServer) => `${t.url}/api/sessions/${s.id}/requests/${runId}/stream?access_token=${s.token}`;

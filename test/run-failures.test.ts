@@ -48,6 +48,9 @@ async function queuedBehindHolder(t: TestServer, s: Awaited<ReturnType<typeof pa
   return {
     r,
     release: async () => {
+      // The holder runs here, but not always from its acceptance: admitted while the poll's claim was in flight
+      // (QUEUE_POLL_MS is 20), it found no free slot and was queued, then claimed by the next poll.
+      await waitFor(() => t.ctx.executor.held().some((h) => h.id === holder.requestId), { what: 'the holder to run here' });
       expect(t.ctx.executor.stop(holder.requestId, 'cancelled')).toBe(true);
       await waitFinal(t, s, holder.requestId);
     },

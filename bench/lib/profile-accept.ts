@@ -33,7 +33,7 @@ try {
     return all.length;
   };
   await load(1000);
-  await server.call('profile:start');
+  await server.call('profile:start', { intervalUs: 100 });
   const c0 = await server.cpuMs();
   const n = await load(5000);
   const c1 = await server.cpuMs();

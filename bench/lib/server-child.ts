@@ -149,6 +149,8 @@ process.on('message', async (m: Command) => {
         profiler ??= new Session();
         profiler.connect();
         await profiler.post('Profiler.enable');
+        // A finer grain than V8's default (1 ms) when asked: a request's path is a fraction of a millisecond.
+        if (m.args?.intervalUs) await profiler.post('Profiler.setSamplingInterval', { interval: Number(m.args.intervalUs) });
         await profiler.post('Profiler.start');
         return reply(true);
       }

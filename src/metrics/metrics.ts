@@ -125,10 +125,10 @@ export function createMetrics(opts: MetricsOptions = {}) {
   const seconds = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e9;
 
   const runMetrics: RunMetrics = {
-    accepted(run, entry) {
+    accepted(run, entry, at) {
       accepted.inc({ kind: run.kind });
       debited.inc({ kind: run.kind }, run.debitedSats);
-      if (entry) acceptedAt.set(entry, process.hrtime.bigint());
+      if (entry) acceptedAt.set(entry, at ?? process.hrtime.bigint());
     },
     firstToken(entry) {
       const at = acceptedAt.get(entry);

@@ -140,10 +140,16 @@ export function createAccept(deps: AcceptDeps) {
       window: deps.executor.window,
       count: principal.count,
     });
-    // A spent budget is a 429 (the statement then took nothing); any other refusal is the door's or the money's.
-    if (out.counted) principal.count!.settle(out.counted);
-    if (!out.run) return refuse(principal, (sessionId) => refusal(sessionId!, required));
+    if (!out.run) {
+      // A spent budget is a 429 (the statement then took nothing); any other refusal is the door's or the money's.
+      if (out.counted) principal.count!.settle(out.counted);
+      return refuse(principal, (sessionId) => refusal(sessionId!, required));
+    }
+    // The money moved: the provider is asked first (a run claimed here starts in this call), and the answer's
+    // headers are set after. Settling a count cannot refuse a run the statement accepted: the statement debits only
+    // under the budget (`points <= limit`), the very test that settling repeats.
     deps.executor.accept(out.run);
+    if (out.counted) principal.count!.settle(out.counted);
     const run = asAccepted(out.run);
     return { replayed: false, run, balance: out.balance!, answer: spec.answer?.(run, out.balance!) };
   }

@@ -44,7 +44,8 @@ export function createEventWriter(deps: {
   window: number;
   /** The ceiling the claim reserved. */
   ceiling: number;
-  log: Logger;
+  /** The run's logger (made when first needed: a run that writes without a hitch never needs it). */
+  log: () => Logger;
   /** Called once if Postgres says another process has taken the run over. */
   onLeaseLost: () => void;
   /** Called when Postgres says a stop was asked for through another process. */
@@ -96,7 +97,7 @@ export function createEventWriter(deps: {
     } catch (err) {
       // Postgres hiccup: keep the events (in order) and try again, a little later each time.
       pending = batch.concat(pending);
-      if (failures++ === 0) deps.log.warn({ err }, 'writing run events failed; will retry');
+      if (failures++ === 0) deps.log().warn({ err }, 'writing run events failed; will retry');
     } finally {
       busy = false;
       inFlight = 0;

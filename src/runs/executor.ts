@@ -4,7 +4,7 @@ import type { Db } from '../db/pool.js';
 import type { Models } from '../models/providers.js';
 import { resolveInput } from './context.js';
 import { runLogFields } from '../logger.js';
-import { createEventWriter } from './event-writer.js';
+import { createEventWriter, type EventWriter } from './event-writer.js';
 import { createAdmission } from './admission.js';
 import { generate } from './generate.js';
 import { createFinisher, type Outcome, type Settlers } from './finish.js';
@@ -56,8 +56,11 @@ export interface ExecutorOptions {
 
 /** The executor's only hooks into the operator's metrics: both are synchronous counters, never awaited. */
 export interface RunMetrics {
-  /** `entry`: the run starts here now (the first token is timed from this call), else it was queued. */
-  accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry): void;
+  /**
+   * `entry`: the run starts here now, its first token timed from `at` (process.hrtime.bigint() when it was accepted;
+   * default: this call), else it was queued.
+   */
+  accepted(run: Pick<RunRow, 'id' | 'kind' | 'sessionId' | 'state' | 'debitedSats'>, entry?: RunEntry, at?: bigint): void;
   /** A queued run this process claimed from the shared queue starts now. */
   claimed?(entry: RunEntry): void;
   firstToken(entry: RunEntry): void;
@@ -200,7 +203,11 @@ export function createExecutor(opts: ExecutorOptions) {
 
   async function attempt(entry: RunEntry): Promise<void> {
     const runId = entry.runId;
-    const log = opts.log.child({ runId });
+    // The run's logger and its event writer are made once its provider has been asked (or when first needed, should
+    // anything need them sooner): neither is needed before the first token, and the time to the first token then
+    // waits for neither. A run's log lines are the same whenever its child logger was made.
+    let log: Logger | undefined;
+    const runLog = () => (log ??= opts.log.child({ runId }));
     const signal = entry.controller.signal;
     if (signal.aborted) {
       // Stopped between its claim and here: nothing ran, so everything is refunded.
@@ -213,37 +220,45 @@ export function createExecutor(opts: ExecutorOptions) {
     if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
     // Logged in the next turn: the provider is asked first (the time to the first token waits for nothing else).
     const started = run;
-    setImmediate(() => log.info(runLogFields(started), 'run started'));
+    setImmediate(() => runLog().info(runLogFields(started), 'run started'));
 
-    const writer = createEventWriter({
-      store: opts.store,
-      registry: opts.registry,
-      runId,
-      owner: opts.instanceId,
-      attempt: run.attempt,
-      flushMs: opts.flushMs,
-      window,
-      ceiling: run.seqCeiling,
-      log,
-      onLeaseLost: () => {
-        log.warn({ attempt: run.attempt }, 'lease lost: another process took this run over; writing nothing more');
-        if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
-      },
-      onCancelRequested: () => {
-        if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
-      },
-    });
+    let writer: EventWriter | undefined;
+    // What the claim gave this attempt (as the writer was always made: before a waiting run resolves its context).
+    const claimed = { attempt: run.attempt, ceiling: run.seqCeiling };
+    const writerOf = () =>
+      (writer ??= createEventWriter({
+        store: opts.store,
+        registry: opts.registry,
+        runId,
+        owner: opts.instanceId,
+        attempt: claimed.attempt,
+        flushMs: opts.flushMs,
+        window,
+        ceiling: claimed.ceiling,
+        log: runLog,
+        onLeaseLost: () => {
+          runLog().warn({ attempt: run.attempt }, 'lease lost: another process took this run over; writing nothing more');
+          if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
+        },
+        onCancelRequested: () => {
+          if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
+        },
+      }));
     let outcome: Outcome;
     try {
       // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
       if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId, attempt: run.attempt }, run);
-      outcome = await generate(opts, run, entry, writer, log);
+      // `generate` has asked the provider by the time it returns its promise: the writer is made now, before the
+      // first token can arrive (a provider's first token is at least a tick away).
+      const generating = generate(opts, run, entry, writerOf, runLog);
+      writerOf();
+      outcome = await generating;
     } catch (err) {
       // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
-      log.warn({ err }, 'could not resolve the context of a run');
+      runLog().warn({ err }, 'could not resolve the context of a run');
       outcome = { state: 'failed', error: { code: 'internal', message: 'the context of this request could not be read; it was refunded in full' } };
     }
-    const pending = await writer.close();
+    const pending = await writerOf().close();
     // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
     await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
   }
@@ -290,8 +305,11 @@ export function createExecutor(opts: ExecutorOptions) {
         return undefined;
       }
       const entry = opts.registry.open(run);
-      opts.metrics?.accepted(run, entry);
+      // Its provider is asked first (in `start`), then the metrics and the `run:state` notice are told, with the
+      // time it was accepted: its first token comes a tick later at the soonest, so it is still timed from here.
+      const at = process.hrtime.bigint();
       start(entry);
+      opts.metrics?.accepted(run, entry, at);
       // Paid for after shutdown began (a settlement landing late): interrupted and refunded at once.
       if (!admission.accepting) stop(run.id, 'interrupted');
       return entry;

@@ -28,8 +28,12 @@ const CHARGE_PRODUCED = new Set(['provider_disconnected']);
  * A claimed run's work: its model's provider streams, each token is published to the registry (its readers) and
  * queued for the event writer (Postgres), and the outcome is returned for the finish. Stopping is the entry's
  * AbortController: the provider call is aborted and the outcome says why.
+ *
+ * The provider is asked before this returns its promise (the body runs synchronously up to the provider's first
+ * await), and before anything the first token does not need: the event writer and the run's logger are taken
+ * from the executor when first used (`writerOf`, `log`), so the executor makes them once the provider is asked.
  */
-export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry, writer: EventWriter, log: Logger): Promise<Outcome> {
+export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry, writerOf: () => EventWriter, log: () => Logger): Promise<Outcome> {
   const signal = entry.controller.signal;
   const model = opts.models.get(run.model ?? opts.models.default.entry.name);
   if (!model) {
@@ -58,6 +62,7 @@ export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry,
       // finishes the run numbers its final event above it. This is also the backpressure on a model faster than
       // Postgres (at most `window` events unwritten), and it holds the model while Postgres is unreachable.
       const seq = entry.lastSeq + 1;
+      const writer = writerOf();
       if (seq > writer.ceiling) await writer.reserve(seq, signal);
       if (signal.aborted) break;
       writer.add(opts.registry.append(run.id, 'token', { content: clean(chunk.content) }));
@@ -67,7 +72,7 @@ export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry,
     return { state: 'complete', usage, stopReason };
   } catch (err) {
     if (signal.aborted) return { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted', usage };
-    log.warn({ err }, 'run failed');
+    log().warn({ err }, 'run failed');
     const e = err instanceof AiError ? err : new AiError('provider_error', 'the AI provider failed');
     // A reply cut after text reached the client: that text is charged (issue #8), the rest refunded.
     return { state: 'failed', error: { code: e.code, message: e.message }, chargeProduced: CHARGE_PRODUCED.has(e.code), usage };

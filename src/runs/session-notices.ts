@@ -23,8 +23,8 @@ export function withRunStates(bus: Bus, hooks: RunMetrics): RunMetrics {
     if (kind === 'session' && bus.listenerCount('run:state') > 0) bus.emit('run:state', { runId, kind, sessionId, state });
   };
   return {
-    accepted(run, entry) {
-      hooks.accepted(run, entry);
+    accepted(run, entry, at) {
+      hooks.accepted(run, entry, at);
       tell(run.id, run.kind, run.sessionId, run.state);
     },
     claimed(entry) {
