@@ -1,42 +1,12 @@
 import pg from 'pg';
-import { jsonClient, now, paidSession, type Session } from './lib/client.js';
+import { jsonClient, paidSession, type Session } from './lib/client.js';
 import { measured, type BenchEnv } from './lib/env.js';
+import { closedLoop, openLoop } from './lib/loops.js';
 import { rawSessions, rawWork } from './lib/raw.js';
 import { startBenchServer } from './lib/server.js';
-import { repeated, round, sleep, summarize } from './lib/stats.js';
+import { repeated, round, summarize } from './lib/stats.js';
 
 const CLIENTS = 64;
-
-/** Run `worker` on `clients` concurrent loops for `ms`; returns how many iterations completed. */
-async function closedLoop(clients: number, ms: number, worker: (i: number) => Promise<void>): Promise<number> {
-  const end = now() + ms;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: clients }, async (_, i) => {
-      while (now() < end) {
-        await worker(i);
-        done++;
-      }
-    }),
-  );
-  return done;
-}
-
-/** Fire `fn` at `rate` per second for `ms` (open loop: latency counted from when each was due). */
-async function openLoop(rate: number, ms: number, fn: () => Promise<void>): Promise<number[]> {
-  const latencies: number[] = [];
-  const start = now();
-  const total = Math.floor((rate * ms) / 1000);
-  const inflight: Array<Promise<void>> = [];
-  for (let i = 0; i < total; i++) {
-    const due = start + (i * 1000) / rate;
-    const wait = due - now();
-    if (wait > 1) await sleep(wait);
-    inflight.push(fn().then(() => void latencies.push(now() - due)));
-  }
-  await Promise.all(inflight);
-  return latencies;
-}
 
 /**
  * Accept: `POST …/request` at 64 concurrent clients against the raw SQL of the same work, and open-loop latency at

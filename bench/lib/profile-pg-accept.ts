@@ -10,6 +10,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import pg from 'pg';
 import { jsonClient, now, paidSession, type Session } from './client.js';
+import { closedLoop } from './loops.js';
 import { startBenchPostgres } from './pg.js';
 import { rawSessions, rawWork } from './raw.js';
 import { startBenchServer } from './server.js';
@@ -46,20 +47,6 @@ function children(ppid: number): number[] {
   return out;
 }
 
-async function closedLoop(ms: number, worker: (i: number) => Promise<void>): Promise<number> {
-  const end = now() + ms;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: CLIENTS }, async (_, i) => {
-      while (now() < end) {
-        await worker(i);
-        done++;
-      }
-    }),
-  );
-  return done;
-}
-
 const pgs = await startBenchPostgres();
 const url = await pgs.freshDatabase('b_pgprof');
 const server = await startBenchServer(url, { SESSION_CREATE_RATE_LIMIT: 0, SESSION_MAX_SATS: 1e9, MAX_CONCURRENT_RUNS: 1, MAX_QUEUED_RUNS: 1e6, LEASE_TTL_S: 3600, SWEEP_INTERVAL_S: 3600 });
@@ -78,11 +65,11 @@ try {
     if (r.status !== 202) throw new Error(`${r.status} ${JSON.stringify(r.body)}`);
   };
   await post(0);
-  await closedLoop(500, post);
+  await closedLoop(CLIENTS, 500, post);
   const raw = new pg.Pool({ connectionString: url, max: 10 });
   const rawS = await rawSessions(raw, CLIENTS * 10, 1e9);
   const work = rawWork(raw);
-  await closedLoop(300, async (i) => void (await work.accept(rawS[i]!, false)));
+  await closedLoop(CLIENTS, 300, async (i) => void (await work.accept(rawS[i]!, false)));
 
   async function profile(label: string, fn: () => Promise<number>) {
     const act = await admin.query(`select pid, backend_type, datname, application_name, client_port, state, left(query, 40) as q from pg_stat_activity`);
@@ -130,8 +117,8 @@ try {
       console.log(`open ${rate}/s over ${nS} sessions: p50 ${lat[Math.floor(lat.length / 2)]!.toFixed(2)} ms p99 ${lat[Math.floor(lat.length * 0.99)]!.toFixed(2)} ms`);
     }
   } else for (let k = 0; k < 2; k++) {
-    await profile('sluice accept', () => closedLoop(seconds * 1000, post));
-    await profile('raw accept', () => closedLoop(seconds * 1000, async (i) => void (await work.accept(rawS[(i * 10 + (turn++ % 10)) % rawS.length]!, false))));
+    await profile('sluice accept', () => closedLoop(CLIENTS, seconds * 1000, post));
+    await profile('raw accept', () => closedLoop(CLIENTS, seconds * 1000, async (i) => void (await work.accept(rawS[(i * 10 + (turn++ % 10)) % rawS.length]!, false))));
   }
   c.close();
   await raw.end();

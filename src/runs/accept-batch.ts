@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { BUS_CHANNEL } from '../bus-bridge.js';
+import { groupCommit } from '../db/group-commit.js';
 import { run, statement } from '../db/statements.js';
 import { acceptPlain, plainOutcome, queuedNotice, type AcceptedRow, type PlainAcceptance, type PlainOutcome } from './accept-statement.js';
 
@@ -120,11 +121,9 @@ export const MAX_ACCEPT_BATCH = 64;
  */
 export function createPlainAccepts(pool: pg.Pool) {
   type Waiting = { a: PlainAcceptance; resolve: (o: PlainOutcome) => void; reject: (err: unknown) => void };
-  let waiting: Waiting[] = [];
-  let inFlight = false;
 
-  function pump() {
-    if (inFlight || waiting.length === 0) return;
+  /** Up to MAX_ACCEPT_BATCH, at most one per token and per budget key; the rest wait, in order, for the next. */
+  function pick(waiting: Waiting[]) {
     const batch: Waiting[] = [];
     const later: Waiting[] = [];
     // Tokens and budget keys already in this batch (a key is its token's today; both are checked all the same).
@@ -137,14 +136,9 @@ export function createPlainAccepts(pool: pg.Pool) {
         batch.push(w);
       } else later.push(w);
     }
-    waiting = later;
-    inFlight = true;
-    const done = batch.length === 1 ? alone(batch[0]!) : together(batch);
-    void done.finally(() => {
-      inFlight = false;
-      pump();
-    });
+    return { batch, later };
   }
+  const accepts = groupCommit<Waiting>({ pick, one: (w) => alone(w), many: (batch) => together(batch) });
 
   async function alone(w: Waiting) {
     try {
@@ -178,10 +172,7 @@ export function createPlainAccepts(pool: pg.Pool) {
   return {
     /** Accept one plain request: alone, or with those that arrive while another accept is in flight. */
     accept(a: PlainAcceptance): Promise<PlainOutcome> {
-      return new Promise((resolve, reject) => {
-        waiting.push({ a, resolve, reject });
-        pump();
-      });
+      return new Promise((resolve, reject) => accepts.add({ a, resolve, reject }));
     },
   };
 }

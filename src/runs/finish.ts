@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { eq } from 'drizzle-orm';
 import type pg from 'pg';
 import { BUS_CHANNEL, busMessage } from '../bus-bridge.js';
+import { firstOf, groupCommit } from '../db/group-commit.js';
 import { clientOf, type Db } from '../db/pool.js';
 import { runs, type RunKind, type RunState } from '../db/schema.js';
 import { ISO_MS, run, statement, type Queryable, type Statement } from '../db/statements.js';
@@ -247,21 +248,8 @@ export function createFinisher(deps: FinishDeps) {
    * whole, each of its runs is written again on its own, so one run Postgres refuses fails only itself.
    */
   type Waiting = { p: Plan; resolve: (f: Finished | undefined) => void; reject: (err: unknown) => void };
-  let waiting: Waiting[] = [];
-  let inFlight = false;
   const MAX_BATCH = 64;
-
-  function pump() {
-    if (inFlight || waiting.length === 0) return;
-    const batch = waiting.slice(0, MAX_BATCH);
-    waiting = waiting.slice(batch.length);
-    inFlight = true;
-    const done = batch.length === 1 ? writeOne(batch[0]!) : writeBatch(batch);
-    void done.finally(() => {
-      inFlight = false;
-      pump();
-    });
-  }
+  const owners = groupCommit<Waiting>({ pick: firstOf(MAX_BATCH), one: (w) => writeOne(w), many: (batch) => writeBatch(batch) });
 
   async function writeOne(w: Waiting) {
     try {
@@ -292,11 +280,7 @@ export function createFinisher(deps: FinishDeps) {
     }
   }
 
-  const writeOwned = (p: Plan) =>
-    new Promise<Finished | undefined>((resolve, reject) => {
-      waiting.push({ p, resolve, reject });
-      pump();
-    });
+  const writeOwned = (p: Plan) => new Promise<Finished | undefined>((resolve, reject) => owners.add({ p, resolve, reject }));
 
   /**
    * Whoever finished first: its row and final event (the loser of a race reads and delivers them). The winner may be
