@@ -3,9 +3,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashToken } from '../src/http/auth.js';
 import { sweepExpired } from '../src/limits/rate-limit.js';
-import { priceSnapshot } from '../src/ledger/pricing.js';
 import { createPlainAccepts } from '../src/runs/accept-batch.js';
-import type { PlainAcceptance } from '../src/runs/accept-statement.js';
+import { plainAcceptance } from './helpers/accepts.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { expectLedgerBalanced, paidSession, type PaidSession } from './helpers/sessions.js';
 import { waitFor } from './helpers/wait.js';
@@ -33,33 +32,7 @@ afterAll(async () => {
 });
 
 const TEXT = 'swept [stub:tokens=1] [stub:delay=0]';
-function acceptance(s: PaidSession, counted: boolean): PlainAcceptance {
-  const c = t.ctx.config;
-  const tokenHash = hashToken(s.token);
-  const turn = [{ role: 'user' as const, content: TEXT }];
-  return {
-    runId: randomUUID(),
-    sessionId: s.id,
-    tokenHash,
-    amountSats: 10,
-    expiryHours: c.SESSION_EXPIRY_HOURS,
-    claim: false,
-    request: TEXT,
-    model: t.ctx.models.default.entry.name,
-    instructions: null,
-    turn,
-    input: turn,
-    maxTokens: 1,
-    pricing: priceSnapshot(c),
-    face: 'api',
-    faceData: null,
-    ephemeral: false,
-    owner: t.ctx.instanceId,
-    leaseTtlS: c.LEASE_TTL_S,
-    window: t.ctx.executor.window,
-    count: counted ? { key: `session_requests:${tokenHash}`, limit: 100, windowMs: 60_000 } : undefined,
-  };
-}
+const acceptance = (s: PaidSession, counted: boolean) => plainAcceptance(t, s, 10, TEXT, counted ? { limit: 100 } : {});
 
 /** Whether a backend running a statement that contains `marker` waits on a lock. */
 async function waitsOnLock(marker: string) {
