@@ -5,6 +5,7 @@ import { hashToken } from '../src/http/auth.js';
 import { estimateSats, priceSnapshot } from '../src/ledger/pricing.js';
 import { createPlainAccepts } from '../src/runs/accept-batch.js';
 import type { PlainAcceptance, PlainOutcome } from '../src/runs/accept-statement.js';
+import { plainAcceptance } from './helpers/accepts.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { expectLedgerBalanced, paidSession, waitFinal, type PaidSession } from './helpers/sessions.js';
 
@@ -52,33 +53,7 @@ afterAll(async () => {
 const TEXT = 'batched [stub:tokens=1] [stub:delay=60000]';
 
 /** A plain acceptance of `sats` for session `s` (its own token unless `token` says otherwise). */
-function acceptance(s: PaidSession, sats: number, o: { token?: string; runId?: string; limit?: number } = {}): PlainAcceptance {
-  const c = t.ctx.config;
-  const tokenHash = hashToken(o.token ?? s.token);
-  const turn = [{ role: 'user' as const, content: TEXT }];
-  return {
-    runId: o.runId ?? randomUUID(),
-    sessionId: s.id,
-    tokenHash,
-    amountSats: sats,
-    expiryHours: c.SESSION_EXPIRY_HOURS,
-    claim: false,
-    request: TEXT,
-    model: t.ctx.models.default.entry.name,
-    instructions: null,
-    turn,
-    input: turn,
-    maxTokens: 1,
-    pricing: priceSnapshot(c),
-    face: 'api',
-    faceData: null,
-    ephemeral: false,
-    owner: t.ctx.instanceId,
-    leaseTtlS: c.LEASE_TTL_S,
-    window: t.ctx.executor.window,
-    count: o.limit ? { key: `session_requests:${tokenHash}`, limit: o.limit, windowMs: 60_000 } : undefined,
-  };
-}
+const acceptance = (s: PaidSession, sats: number, o: { token?: string; runId?: string; limit?: number } = {}): PlainAcceptance => plainAcceptance(t, s, sats, TEXT, o);
 
 /** Settle each call: its outcome, or the SQLSTATE it failed with. Accepted runs are remembered for the clean-up. */
 async function settled(calls: Array<{ s: PaidSession; p: Promise<PlainOutcome> }>) {

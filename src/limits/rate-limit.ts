@@ -81,8 +81,19 @@ export function createRateLimit(opts: RateLimitOptions) {
 
 export type RateLimit = ReturnType<typeof createRateLimit>;
 
-/** Delete every window that has ended (an ended window is reset by the next hit anyway, so this only frees space). */
+/**
+ * Delete every window that has ended (an ended window is reset by the next hit anyway, so this only frees space).
+ *
+ * Why it cannot deadlock: it waits for no row. A window locked right now is being counted (and so reset) by a
+ * request; it is skipped, for the next sweep. Waiting for it instead could close a cycle with the accept batch
+ * (runs/accept-batch.ts), which counts several windows in one statement, in key order, while this statement took
+ * its rows in its scan order: each would hold a row the other waits for (test/accept-batch-sweep.test.ts).
+ */
 export async function sweepExpired(pool: pg.Pool): Promise<number> {
-  const res = await pool.query(`delete from ${RATE_LIMIT_TABLE} where expire < $1`, [Date.now()]);
+  const res = await pool.query(
+    `with ended as (select key from ${RATE_LIMIT_TABLE} where expire < $1 for update skip locked)
+     delete from ${RATE_LIMIT_TABLE} r using ended where r.key = ended.key`,
+    [Date.now()],
+  );
   return res.rowCount ?? 0;
 }
