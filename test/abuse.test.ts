@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { useTestServers } from './helpers/context.js';
 import { createJob, pay, waitJob } from './helpers/jobs.js';
-import { expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
+import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal } from './helpers/sessions.js';
 import { readSse } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -102,6 +102,30 @@ describe('what the HTTP parser refuses', () => {
     expect(data).toContain('HTTP/1.1 431 Request Header Fields Too Large');
     expect(data).toContain('"code":"headers_too_large"');
     await t.http.get('/api/healthz').expect(200);
+  });
+
+  it('behind a paid request whose answer has not begun, waits for that answer: the 202 arrives, then the 400', async () => {
+    const t = await server();
+    const s = await paidSession(t, 1000);
+    const body = JSON.stringify({ request: 'pipelined [stub:tokens=2]', max_tokens: 20 });
+    const post = `POST /api/sessions/${s.id}/request HTTP/1.1\r\nHost: x\r\nAuthorization: ${s.auth.Authorization}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    // One write: the parser reads the POST whole, hands it to the app (whose answer waits for Postgres), then meets
+    // the garbage behind it.
+    const sock = net.connect(Number(new URL(t.url).port), '127.0.0.1', () => sock.write(`${post}BLAH\x01 / HTTP/1.1\r\n\r\n`));
+    let data = '';
+    sock.on('data', (d) => (data += d));
+    await new Promise((r) => sock.on('close', r));
+    expect(data.startsWith('HTTP/1.1 202 Accepted\r\n')).toBe(true);
+    const head = data.slice(0, data.indexOf('\r\n\r\n'));
+    const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1]);
+    const answer = data.slice(head.length + 4, head.length + 4 + length);
+    const refusal = data.slice(head.length + 4 + length);
+    expect(JSON.parse(answer)).toMatchObject({ requestId: expect.any(String) });
+    expect(refusal.startsWith('HTTP/1.1 400 Bad Request\r\n')).toBe(true);
+    expect(refusal).toContain('"code":"bad_request"');
+    // The run it paid for is the client's to follow, and its money adds up.
+    expect((await waitFinal(t, s, JSON.parse(answer).requestId)).state).toBe('complete');
+    await expectLedgerBalanced(t, s);
   });
 });
 
