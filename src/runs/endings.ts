@@ -90,3 +90,5 @@ export function createEndings(opts: {
 
   return { announce, abandon, finishAndAnnounce };
 }
+
+export type Endings = ReturnType<typeof createEndings>;

@@ -2,12 +2,9 @@ import type { Logger } from 'pino';
 import type { Bus } from '../bus.js';
 import type { Db } from '../db/pool.js';
 import type { Models } from '../models/providers.js';
-import { resolveInput } from './context.js';
-import { runLogFields } from '../logger.js';
-import { createEventWriter, type EventWriter } from './event-writer.js';
 import { createAdmission } from './admission.js';
-import { generate } from './generate.js';
-import { createFinisher, type Outcome, type Settlers } from './finish.js';
+import { createAttempt } from './attempt.js';
+import { createFinisher, type Settlers } from './finish.js';
 import { createEndings } from './endings.js';
 import type { Registry, RunEntry, RunEvent } from './registry.js';
 import type { RunRow, RunStore } from './store.js';
@@ -189,6 +186,7 @@ export function createExecutor(opts: ExecutorOptions) {
   recounter.unref();
 
   const { announce, abandon, finishAndAnnounce } = createEndings({ ...opts, finisher, abandoned });
+  const attempt = createAttempt({ ...opts, window, finishAndAnnounce });
 
   async function execute(runId: string): Promise<void> {
     const entry = opts.registry.get(runId);
@@ -199,68 +197,6 @@ export function createExecutor(opts: ExecutorOptions) {
       // Whatever failed (a claim Postgres would not take, a bug), the run must not stay live and forgotten.
       abandon(runId, err);
     }
-  }
-
-  async function attempt(entry: RunEntry): Promise<void> {
-    const runId = entry.runId;
-    // The run's logger and its event writer are made once its provider has been asked (or when first needed, should
-    // anything need them sooner): neither is needed before the first token, and the time to the first token then
-    // waits for neither. A run's log lines are the same whenever its child logger was made.
-    let log: Logger | undefined;
-    const runLog = () => (log ??= opts.log.child({ runId }));
-    const signal = entry.controller.signal;
-    if (signal.aborted) {
-      // Stopped between its claim and here: nothing ran, so everything is refunded.
-      await finishAndAnnounce(entry, runId, { state: signal.reason === 'cancelled' ? 'cancelled' : 'interrupted' }, [], entry.lastSeq);
-      return;
-    }
-    // Claimed already: at acceptance (the accept statement inserted it executing under our lease) or from the queue.
-    let run: RunRow = entry.row;
-    entry.state = 'executing';
-    if (run.cancelRequested && !signal.aborted) entry.controller.abort('cancelled');
-    // Logged in the next turn: the provider is asked first (the time to the first token waits for nothing else).
-    const started = run;
-    setImmediate(() => runLog().info(runLogFields(started), 'run started'));
-
-    let writer: EventWriter | undefined;
-    // What the claim gave this attempt (as the writer was always made: before a waiting run resolves its context).
-    const claimed = { attempt: run.attempt, ceiling: run.seqCeiling };
-    const writerOf = () =>
-      (writer ??= createEventWriter({
-        store: opts.store,
-        registry: opts.registry,
-        runId,
-        owner: opts.instanceId,
-        attempt: claimed.attempt,
-        flushMs: opts.flushMs,
-        window,
-        ceiling: claimed.ceiling,
-        log: runLog,
-        onLeaseLost: () => {
-          runLog().warn({ attempt: run.attempt }, 'lease lost: another process took this run over; writing nothing more');
-          if (!entry.controller.signal.aborted) entry.controller.abort('interrupted');
-        },
-        onCancelRequested: () => {
-          if (!entry.controller.signal.aborted) entry.controller.abort('cancelled');
-        },
-      }));
-    let outcome: Outcome;
-    try {
-      // (A run that waited behind an earlier turn resolves its context now; the rest go straight to the provider.)
-      if (!run.input) entry.row = run = await resolveInput({ db: opts.db, store: opts.store, owner: opts.instanceId, attempt: run.attempt }, run);
-      // `generate` has asked the provider by the time it returns its promise: the writer is made now, before the
-      // first token can arrive (a provider's first token is at least a tick away).
-      const generating = generate(opts, run, entry, writerOf, runLog);
-      writerOf();
-      outcome = await generating;
-    } catch (err) {
-      // Resolving its context failed (Postgres): nothing was produced, so it ends failed and refunded.
-      runLog().warn({ err }, 'could not resolve the context of a run');
-      outcome = { state: 'failed', error: { code: 'internal', message: 'the context of this request could not be read; it was refunded in full' } };
-    }
-    const pending = await writerOf().close();
-    // Its 'run finished' line is written by whoever listens to onFinish (every finish, not only executed runs).
-    await finishAndAnnounce(entry, runId, outcome, pending, entry.lastSeq);
   }
 
   /**
