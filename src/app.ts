@@ -6,6 +6,7 @@ import { AppError, errorHandler, notFoundHandler } from './http/errors.js';
 import { healthz } from './health.js';
 import { corsFor, securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
+import { jsonBody } from './http/json-body.js';
 import { requestLogging } from './http/request-log.js';
 import { sessionRoutes } from './sessions/sessions.routes.js';
 import { jobRoutes } from './jobs/jobs.routes.js';
@@ -42,7 +43,7 @@ export function createApp(ctx: AppContext): express.Express {
   if (optional.lnbitsWebhook) app.use('/api', lnbitsWebhookRoutes(ctx));
   // The OpenAI face parses its own bodies (a larger limit), applies the same limits, and speaks its own error envelope.
   app.use('/v1', openAiRoutes(ctx));
-  app.use(express.json({ limit: '64kb' }));
+  app.use(jsonBody(64 * 1024));
 
   const api = express.Router();
   api.get('/healthz', healthz(ctx));

@@ -34,7 +34,7 @@ try {
   const split = { overhead: [] as number[], toStatement: [] as number[], statement: [] as number[], toProvider: [] as number[], toPublish: [] as number[] };
   const one = async (i: number) => {
     const s = sessions[i % sessions.length]!;
-    const r = await c.request('POST', `/api/sessions/${s.id}/request`, { request: `ttft [bench:id=t${i}] [stub:tokens=1] [stub:delay=2]`, max_tokens: 1 }, s.auth);
+    const r = await c.request('POST', `/api/sessions/${s.id}/request`, { request: `ttft [bench:id=t${i}] [stub:tokens=1] [stub:delay=${process.env.TTFT_DELAY ?? 2}]`, max_tokens: 1 }, s.auth);
     if (r.status !== 202) throw new Error(`${r.status} ${JSON.stringify(r.body)}`);
     await finished(r.body.requestId);
     return r.body.requestId as string;

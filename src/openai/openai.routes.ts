@@ -1,4 +1,5 @@
-import express, { Router, type RequestHandler } from 'express';
+import { Router, type RequestHandler } from 'express';
+import { jsonBody } from '../http/json-body.js';
 import type { AppContext } from '../context.js';
 import { chatRoutes } from './chat.routes.js';
 import { conversationRoutes } from './conversations.routes.js';
@@ -17,7 +18,7 @@ import { responseRoutes } from './responses.routes.js';
 export function openAiRoutes(ctx: AppContext): Router {
   const { limits } = ctx;
   const v1 = Router();
-  v1.use(express.json({ limit: `${ctx.config.V1_BODY_LIMIT_KB}kb` }));
+  v1.use(jsonBody(ctx.config.V1_BODY_LIMIT_KB * 1024));
   v1.use(limits.sessionRequests);
   // Returned promise: Express 5 forwards a refusal (429) to the error handler below.
   const streamSlot: RequestHandler = async (req, res, next) => {
