@@ -1,5 +1,9 @@
 import { createHash } from 'node:crypto';
+import express from 'express';
+import helmet from 'helmet';
 import OpenAI from 'openai';
+import request from 'supertest';
+import { DEFAULT_CSP, docsCsp, securityHeaders } from '../src/http/security.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { paidSession, postRequest } from './helpers/sessions.js';
@@ -155,6 +159,34 @@ describe('security headers (helmet)', () => {
     expect(api.headers['content-security-policy']).not.toMatch(/unsafe-inline|sha256/);
     const bundle = await t.http.get('/docs/scalar.js').expect(200).expect('content-type', /^text\/javascript/);
     expect(bundle.headers['content-security-policy']).toBe(csp);
+  });
+});
+
+describe('security headers recorded once', () => {
+  it('are exactly what helmet itself sets, in order, on the default policy and on a route of its own', async () => {
+    const docs = docsCsp(['sha256-abc']);
+    const live = express();
+    live.use(securityHeaders([{ prefix: '/docs', directives: docs }]));
+    live.use((_req, res) => res.end());
+    // helmet as it was used before the recording: its middlewares on every request.
+    const direct = express();
+    direct.use(helmet({ contentSecurityPolicy: false }));
+    direct.use((req, res, next) =>
+      helmet.contentSecurityPolicy({ useDefaults: false, directives: (req.path === '/docs' || req.path.startsWith('/docs/') ? { ...DEFAULT_CSP, ...docs } : DEFAULT_CSP) as never })(req, res, next),
+    );
+    direct.use((_req, res) => res.end());
+    for (const path of ['/', '/api/healthz', '/docs', '/docs/scalar.js', '/docsx']) {
+      const [a, b] = await Promise.all([request(live).get(path), request(direct).get(path)]);
+      const headers = (r: typeof a) => Object.entries(r.headers).filter(([k]) => !['date', 'connection', 'keep-alive'].includes(k));
+      expect(headers(a), path).toEqual(headers(b));
+      expect(a.headers['x-powered-by']).toBeUndefined();
+      expect(a.headers['strict-transport-security']).toMatch(/max-age=/);
+    }
+  });
+
+  it('refuses at start-up a policy it cannot record (a directive worked out per request)', () => {
+    const nonce = () => "'nonce-x'";
+    expect(() => securityHeaders([{ prefix: '/x', directives: { 'script-src': [nonce as never] } }])).toThrow(/fixed strings/);
   });
 });
 

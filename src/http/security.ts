@@ -100,17 +100,49 @@ export interface CspRoute {
  * helmet's security headers on every response. None of them affects SSE (no compression, no buffering); the
  * Content-Security-Policy is chosen per route, so a page such as `/docs` can be given what it needs without
  * loosening the rest.
+ *
+ * helmet works out each header once, when its middleware is made, and then sets the same values on every
+ * response through a chain of a dozen middlewares. The values (and the `X-Powered-By` it removes) are recorded
+ * here once, from helmet itself, and set in one loop: on a server idle for 20 ms the chain cost 40 µs before an
+ * accept's statement. Recording is exact because nothing helmet sets here depends on the request: the policies'
+ * directives are fixed strings (a directive computed per request, such as a nonce, is refused at start-up).
  */
 export function securityHeaders(routes: CspRoute[] = []): RequestHandler {
-  const headers = helmet({ contentSecurityPolicy: false });
-  const policy = (directives: Directives) => helmet.contentSecurityPolicy({ useDefaults: false, directives: directives as never });
-  const fallback = policy(DEFAULT_CSP);
-  const special = routes.map((r) => ({ prefix: r.prefix, csp: policy({ ...DEFAULT_CSP, ...r.directives }) }));
-  return (req, res, next) => {
-    headers(req, res, (err?: unknown) => {
-      if (err) return next(err);
-      const route = special.find((s) => req.path === s.prefix || req.path.startsWith(`${s.prefix}/`));
-      (route?.csp ?? fallback)(req, res, next);
-    });
+  const headers = recordHeaders(helmet({ contentSecurityPolicy: false }));
+  const policy = (directives: Directives) => {
+    for (const [name, value] of Object.entries(directives)) {
+      if (value !== null && [...value].some((v) => typeof v !== 'string')) throw new Error(`CSP directive ${name}: only fixed strings can be recorded`);
+    }
+    return [...headers, ...recordHeaders(helmet.contentSecurityPolicy({ useDefaults: false, directives: directives as never }))];
   };
+  const fallback = policy(DEFAULT_CSP);
+  const special = routes.map((r) => ({ prefix: r.prefix, headers: policy({ ...DEFAULT_CSP, ...r.directives }) }));
+  return (req, res, next) => {
+    const route = special.length ? special.find((s) => req.path === s.prefix || req.path.startsWith(`${s.prefix}/`)) : undefined;
+    for (const [name, value] of route?.headers ?? fallback) {
+      if (value === undefined) res.removeHeader(name);
+      else res.setHeader(name, value);
+    }
+    next();
+  };
+}
+
+/** What a middleware that only sets and removes response headers does, in order (`undefined`: removed). */
+type Recorded = Array<[string, string | number | readonly string[] | undefined]>;
+
+/** Run a header-setting middleware once against a recorder, and return what it did. */
+export function recordHeaders(middleware: (req: never, res: never, next: (err?: unknown) => void) => void): Recorded {
+  const done: Recorded = [];
+  let failed: unknown;
+  let finished = false;
+  const res = {
+    setHeader: (name: string, value: string | number | readonly string[]) => done.push([name, value]),
+    removeHeader: (name: string) => done.push([name, undefined]),
+  };
+  middleware({ headers: {}, method: 'GET', url: '/' } as never, res as never, (err) => {
+    failed = err;
+    finished = true;
+  });
+  if (failed || !finished) throw new Error(`a security-header middleware could not be recorded: ${String(failed ?? 'it did not finish at once')}`);
+  return done;
 }
