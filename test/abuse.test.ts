@@ -127,6 +127,26 @@ describe('what the HTTP parser refuses', () => {
     expect((await waitFinal(t, s, JSON.parse(answer).requestId)).state).toBe('complete');
     await expectLedgerBalanced(t, s);
   });
+  it('a body cut short by a half-close (Content-Length never reached) is refused and its connection let go', async () => {
+    const t = await server({ HTTP_REQUEST_TIMEOUT_MS: 60_000 });
+    const s = await paidSession(t, 1000);
+    const sock = net.connect(Number(new URL(t.url).port), '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    let data = '';
+    sock.on('data', (d) => (data += d));
+    sock.on('error', () => undefined);
+    const closed = new Promise((r) => sock.on('close', r));
+    // The headers promise 100 bytes; 5 come, then the client's side closes. The request can never complete, so
+    // nothing may wait for its answer (the request timeout, a minute here, is not what ends it).
+    sock.end(`POST /api/sessions/${s.id}/request HTTP/1.1\r\nHost: x\r\nAuthorization: ${s.auth.Authorization}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"req`);
+    const deadline = Date.now() + 5_000;
+    const gone = await Promise.race([closed.then(() => true), new Promise((r) => setTimeout(() => r(false), deadline - Date.now()))]);
+    expect(gone, 'the server let the connection go').toBe(true);
+    expect(data).not.toContain('202');
+    // Nothing was paid.
+    await expectLedgerBalanced(t, s);
+    expect((await t.http.get(`/api/sessions/${s.id}`).set(s.auth)).body.balanceSats).toBe(1000);
+  });
 });
 
 describe('streams per client', () => {

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
@@ -6,6 +7,7 @@ import express, { type ErrorRequestHandler, type RequestHandler } from 'express'
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonBody } from '../src/http/json-body.js';
+import { createServer } from '../src/http/server.js';
 
 /**
  * The JSON body parser's direct path against body-parser's (`express.json`), on the same bytes: every answer — the
@@ -190,4 +192,86 @@ describe('jsonBody', () => {
     expect(errors).toHaveLength(1);
     expect(errors[0]).toMatchObject({ status: 400, type: 'request.aborted', message: 'request aborted' });
   });
+
+  it('leaves an upgrade request (a WebSocket handshake) to body-parser, which reads no body from it', async () => {
+    const results: unknown[] = [];
+    for (const parser of [express.json({ limit: LIMIT }), jsonBody(LIMIT, counted)]) {
+      const app = express();
+      app.use(parser);
+      app.get('/', (req, res) => res.json({ body: req.body ?? null }));
+      const onError: ErrorRequestHandler = (err, _req, res, _next) => res.status(err.status ?? 500).json({ error: err.type });
+      app.use(onError);
+      // The app's own server: upgrade requests go through the app (src/http/upgrade.ts).
+      const s = createServer(app, { HTTP_HEADERS_TIMEOUT_MS: 5000, HTTP_REQUEST_TIMEOUT_MS: 5000, MAX_CONNECTIONS: 0 });
+      servers.push(s);
+      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+      const port = (s.address() as AddressInfo).port;
+      const answer = await new Promise<string>((resolve, reject) => {
+        const sock = net.connect(port, '127.0.0.1');
+        let raw = '';
+        sock.on('data', (d) => (raw += d));
+        sock.on('error', reject);
+        sock.on('close', () => resolve(raw));
+        sock.write(
+          'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n' +
+            'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}',
+        );
+        setTimeout(() => sock.end(), 200);
+      });
+      results.push(answer.split('\r\n')[0]);
+      results.push(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+    }
+    expect(results[0]).toBe('HTTP/1.1 200 OK');
+    expect(results.slice(2)).toEqual(results.slice(0, 2));
+  });
+
+  it("calls back in the caller's async context, as body-parser does", async () => {
+    const als = new AsyncLocalStorage<string>();
+    const seen: unknown[] = [];
+    for (const parser of [express.json({ limit: LIMIT }), jsonBody(LIMIT, counted)]) {
+      const app = express();
+      app.use((_req, _res, next) => als.run('the request', next));
+      app.use(parser);
+      app.post('/', (req, res) => {
+        seen.push(als.getStore() ?? null);
+        res.json({ body: req.body });
+      });
+      const port = await serve(app);
+      const c = json('{"a":1}');
+      expect((await send(port, c.headers, c.pieces)).body).toEqual({ body: { a: 1 } });
+    }
+    expect(seen).toEqual(['the request', 'the request']);
+  });
+
+  it('a request whose client went before the parser ran is passed on, not left waiting', async () => {
+    const reached: string[] = [];
+    for (const [name, parser] of [['body-parser', express.json({ limit: LIMIT })], ['jsonBody', jsonBody(LIMIT, counted)]] as const) {
+      const app = express();
+      // Something slow in front (an async check): the client has sent everything and gone by the time it is done.
+      app.use(async (req, _res, next) => {
+        await new Promise<void>((r) => (req.socket.destroyed ? r() : req.socket.once('close', () => r())));
+        next();
+      });
+      app.use(parser);
+      app.post('/', (_req, res) => {
+        reached.push(name);
+        res.end();
+      });
+      const onError: ErrorRequestHandler = (err, _req, res, _next) => {
+        reached.push(`${name}: ${err.type}`);
+        res.end();
+      };
+      app.use(onError);
+      const port = await serve(app);
+      const sock = net.connect(port, '127.0.0.1');
+      await new Promise((r) => sock.once('connect', r));
+      sock.end('POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}');
+      sock.on('error', () => undefined);
+      setTimeout(() => sock.destroy(), 20);
+      const deadline = Date.now() + 5000;
+      while (!reached.some((r) => r.startsWith(name)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(reached).toEqual(['body-parser', 'jsonBody']);
+  });
 });
+

@@ -47,6 +47,11 @@ export function answerClientError(err: Error & { code?: string; rawPacket?: Buff
   // begun, so a paid POST followed by garbage lost its 202 (the debit stood, its run unknown to the client), and
   // destroyed one already begun.
   const inFlight = (socket as Socket & { _httpMessage?: { writableFinished?: boolean; once(e: 'finish', f: () => void): unknown } | null })._httpMessage;
+  // Unless the refused bytes are the in-flight request's own body, cut short (the client half-closed before its
+  // Content-Length): that request can never complete, so its answer would be waited for for ever. Its reader sees
+  // it aborted, as when its client goes.
+  const inFlightReq = (inFlight as { req?: { complete?: boolean } } | null | undefined)?.req;
+  if (inFlightReq && !inFlightReq.complete) return void socket.destroy();
   if (inFlight && !inFlight.writableFinished) inFlight.once('finish', refuse);
   else refuse();
 }

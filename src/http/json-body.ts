@@ -1,5 +1,7 @@
+import { AsyncResource } from 'node:async_hooks';
 import { Readable } from 'node:stream';
 import express, { type RequestHandler } from 'express';
+import createError from 'http-errors';
 
 /**
  * The JSON body parser: `express.json` (body-parser), with its common case read directly.
@@ -13,12 +15,13 @@ import express, { type RequestHandler } from 'express';
  * `; charset=utf-8`), a `Content-Length` within the limit, no `Content-Encoding`, and an object or array that
  * parses. It is read, decoded as UTF-8 (a leading BOM dropped, as body-parser's decoder does) and parsed with
  * `JSON.parse`, which is what body-parser does with it. Everything else — another type or charset, compression,
- * chunked or empty bodies, a body over the limit, a body already read — goes to body-parser untouched. So does a
- * body that does not parse, or is not an object or array: its bytes are handed to body-parser as they came, so
- * its error (status, `type`, message) is body-parser's own. test/json-body.test.ts checks both on the same inputs.
+ * chunked or empty bodies, a body over the limit, a body already read or being read, an upgrade, a request whose
+ * client has gone — goes to body-parser untouched. So does a body that does not parse, or is not an object or
+ * array: its bytes are handed to body-parser as they came, so its error (status, `type`, message) is body-parser's
+ * own. test/json-body.test.ts checks both on the same inputs.
  */
 export function jsonBody(limitBytes: number, general: RequestHandler = express.json({ limit: limitBytes })): RequestHandler {
-  return (req, res, next) => {
+  return (req, res, next0) => {
     const h = req.headers;
     const type = h['content-type'];
     const length = h['content-length'];
@@ -28,19 +31,29 @@ export function jsonBody(limitBytes: number, general: RequestHandler = express.j
       h['transfer-encoding'] !== undefined ||
       (h['content-encoding'] !== undefined && h['content-encoding'].toLowerCase() !== 'identity') ||
       req.readableEnded ||
-      req.readableFlowing !== null
+      req.readableFlowing !== null ||
+      // body-parser's on-finished check (an upgrade, a socket already gone or ended) and raw-body's encoding check.
+      (req as { upgrade?: boolean }).upgrade ||
+      req.destroyed ||
+      !req.socket?.readable ||
+      req.readableEncoding !== null
     ) {
-      return general(req, res, next);
+      return general(req, res, next0);
     }
     const expected = Number(length);
-    if (!(expected > 0 && expected <= limitBytes)) return general(req, res, next);
+    if (!(expected > 0 && expected <= limitBytes)) return general(req, res, next0);
+    // raw-body calls back in the caller's async context (AsyncLocalStorage); stream events do not.
+    const next = AsyncResource.bind(next0);
 
+    if (!('body' in (req as object))) req.body = undefined;
     const chunks: Buffer[] = [];
     let received = 0;
     const cleanup = () => {
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
+      req.off('aborted', onError);
+      req.off('close', onError);
     };
     function onData(chunk: Buffer) {
       chunks.push(chunk);
@@ -48,10 +61,10 @@ export function jsonBody(limitBytes: number, general: RequestHandler = express.j
     }
     function onError() {
       cleanup();
+      req.pause();
       // The client went mid-body (Node's parser holds a body to its Content-Length, so nothing else errs here):
       // raw-body's error for it. Nobody is left to read the answer; the request's line says it was aborted.
-      const err = Object.assign(new Error('request aborted'), { status: 400, statusCode: 400, expose: true, code: 'ECONNABORTED', type: 'request.aborted', expected, received });
-      next(err);
+      next(createError(400, 'request aborted', { code: 'ECONNABORTED', expected, length: expected, received, type: 'request.aborted' }));
     }
     function onEnd() {
       cleanup();
@@ -81,5 +94,7 @@ export function jsonBody(limitBytes: number, general: RequestHandler = express.j
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('error', onError);
+    req.on('aborted', onError);
+    req.on('close', onError);
   };
 }
