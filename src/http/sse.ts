@@ -220,8 +220,12 @@ class Stream implements SseStream, Departure {
     drainer.on('drain', onDrain);
     res.on('close', onClose);
     hub.add(this);
+    // A HEAD asks for the head alone, and has it now. Held open (a HEAD response carries no body, so nothing would
+    // ever be written), it would keep its stream slots until the run ended, and a keep-alive client's next request
+    // on the connection would wait behind it as long.
+    if (req.method === 'HEAD') this.end();
     // The client may have gone while the route was still authorising: 'close' has then fired already.
-    if (res.destroyed || socket.destroyed) this.finish();
+    if (res.destroyed || socket.destroyed || req.method === 'HEAD') this.finish();
     this.write(retryFrame(opts.retryMs));
   }
 
