@@ -68,3 +68,30 @@ describe('HEAD on a stream route', () => {
     await expectLedgerBalanced(t, s);
   });
 });
+
+describe('resume cursors', () => {
+  it('/v1: starting_after is digits or a 400, never a number coerced from something else', async () => {
+    const r = await t.http.post('/v1/responses').set(s.auth).send({ input: 'short [stub:tokens=2]' }).expect(200);
+    for (const bad of ['', '%20', '0x10', '1e3', '-0', '1.0', '+1', String(2 ** 31)]) {
+      const res = await t.http.get(`/v1/responses/${r.body.id}?stream=true&starting_after=${bad}`).set(s.auth);
+      expect(res.status, bad).toBe(400);
+      expect(res.body.error, bad).toMatchObject({ type: 'invalid_request_error', param: 'starting_after' });
+    }
+    // What the SDK sends still resumes: after response.created (0), from response.in_progress on.
+    const ok = await t.http.get(`/v1/responses/${r.body.id}?stream=true&starting_after=0`).set(s.auth).buffer(true).parse((res, cb) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => cb(null, text));
+    });
+    expect(ok.status).toBe(200);
+    expect(ok.body).toMatch(/^retry: \d+\n\nid: 1\nevent: response\.in_progress\n/);
+  });
+
+  it('/api: a repeated starting_after is a 400, not the whole replay', async () => {
+    const { requestId } = await postRequest(t, s, 'short [stub:tokens=2]');
+    await waitFinal(t, s, requestId);
+    const res = await t.http.get(`/api/runs/${requestId}/stream?starting_after=1&starting_after=2`).set(s.auth);
+    expect(res.status).toBe(400);
+    expect(res.body.error).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/starting_after/) });
+  });
+});

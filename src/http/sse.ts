@@ -352,7 +352,10 @@ class Stream implements SseStream, Departure {
  */
 export function readCursor(req: Request): number | { error: string } {
   const header = req.get('last-event-id');
-  const query = typeof req.query.starting_after === 'string' ? req.query.starting_after : undefined;
+  const given = req.query.starting_after;
+  // Repeated (`?starting_after=5&starting_after=9`): which one was meant? Not the whole replay a dropped one gave.
+  if (given !== undefined && typeof given !== 'string') return { error: 'starting_after must be given once, as a non-negative integer event id' };
+  const query = given;
   const raw = header ?? query;
   if (raw === undefined || raw === '') return 0;
   if (!CURSOR.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };
