@@ -95,3 +95,19 @@ describe('resume cursors', () => {
     expect(res.body.error).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/starting_after/) });
   });
 });
+
+describe('ids of the other door', () => {
+  it('previous_response_id naming a chat completion or an /api request is not found, as its GET is', async () => {
+    const chat = await t.http.post('/v1/chat/completions').set(s.auth).send({ messages: [{ role: 'user', content: 'hi [stub:tokens=2]' }] }).expect(200);
+    const { requestId } = await postRequest(t, s, 'hi [stub:tokens=2]');
+    await waitFinal(t, s, requestId);
+    const before = (await expectLedgerBalanced(t, s)).balanceSats;
+    for (const id of [`resp_${chat.body.id.slice('chatcmpl-'.length)}`, `resp_${requestId.replaceAll('-', '')}`]) {
+      await t.http.get(`/v1/responses/${id}`).set(s.auth).expect(404);
+      const res = await t.http.post('/v1/responses').set(s.auth).send({ input: 'go on', previous_response_id: id });
+      expect(res.status, id).toBe(400);
+      expect(res.body.error).toMatchObject({ param: 'previous_response_id', code: 'previous_response_not_found' });
+    }
+    expect((await expectLedgerBalanced(t, s)).balanceSats).toBe(before);
+  });
+});
