@@ -111,3 +111,36 @@ describe('ids of the other door', () => {
     expect((await expectLedgerBalanced(t, s)).balanceSats).toBe(before);
   });
 });
+
+describe('a UUID in any case is one id', () => {
+  it('an upper-case job id does not open a job stream past its SESSION_MAX_STREAMS', async () => {
+    const x = await startTestServer({ SESSION_MAX_STREAMS: 1 });
+    try {
+      const job = (await x.http.post('/api/jobs').send({ request: 'unpaid' }).expect(201)).body;
+      // Unpaid: the first stream waits for the payment, holding the job's one slot.
+      const first = new AbortController();
+      const open = await fetch(`${x.url}/api/jobs/${job.jobId}/stream`, { signal: first.signal });
+      expect(open.status).toBe(200);
+      const second = await fetch(`${x.url}/api/jobs/${job.jobId.toUpperCase()}/stream`);
+      expect(second.status).toBe(429);
+      expect((await second.json()).error.code).toBe('rate_limited');
+      first.abort();
+      await waitFor(() => x.ctx.limits.streamSlotsHeld === 0, { timeoutMs: 5000, what: 'the slot given back' });
+    } finally {
+      await x.close();
+    }
+  });
+
+  it('a session answers to its id in upper case, as its runs do', async () => {
+    const up = s.id.toUpperCase();
+    expect((await t.http.get(`/api/sessions/${up}`).set(s.auth)).status).toBe(200);
+    const { requestId } = await postRequest(t, s, 'hi [stub:tokens=2]');
+    await waitFinal(t, s, requestId);
+    const r = await t.http.get(`/api/sessions/${up}/requests/${requestId.toUpperCase()}`).set(s.auth).expect(200);
+    expect(r.body).toMatchObject({ requestId, sessionId: s.id });
+    const posted = await t.http.post(`/api/sessions/${up}/request`).set(s.auth).send({ request: 'hi [stub:tokens=2]' });
+    expect(posted.status).toBe(202);
+    expect(posted.body.sessionId).toBe(s.id);
+    await waitFinal(t, s, posted.body.requestId);
+  });
+});
