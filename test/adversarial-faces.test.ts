@@ -2,6 +2,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
+import { readSse, tokensOf } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
 
 /**
@@ -136,11 +137,38 @@ describe('a UUID in any case is one id', () => {
     expect((await t.http.get(`/api/sessions/${up}`).set(s.auth)).status).toBe(200);
     const { requestId } = await postRequest(t, s, 'hi [stub:tokens=2]');
     await waitFinal(t, s, requestId);
+    // A live run found by its id in upper case is the live run: its stream has every token, as it comes.
+    const live = await postRequest(t, s, 'live [stub:tokens=5] [stub:delay=20]');
+    const streamed = await readSse(`${t.url}/api/runs/${live.requestId.toUpperCase()}/stream`, { headers: s.auth });
+    expect(tokensOf(streamed.events)).toHaveLength(5);
+    expect(streamed.events.at(-1)?.event).toBe('done');
     const r = await t.http.get(`/api/sessions/${up}/requests/${requestId.toUpperCase()}`).set(s.auth).expect(200);
     expect(r.body).toMatchObject({ requestId, sessionId: s.id });
     const posted = await t.http.post(`/api/sessions/${up}/request`).set(s.auth).send({ request: 'hi [stub:tokens=2]' });
     expect(posted.status).toBe(202);
     expect(posted.body.sessionId).toBe(s.id);
+    expect(posted.headers.location).toBe(`/api/sessions/${s.id}/requests/${posted.body.requestId}`);
     await waitFinal(t, s, posted.body.requestId);
+  });
+
+  it("an upper-case session id does not start a run past the session's SESSION_MAX_CONCURRENT_RUNS", async () => {
+    const x = await startTestServer({ SESSION_MAX_CONCURRENT_RUNS: 1, SESSION_RATE_LIMIT_PER_MIN: 0 });
+    try {
+      const p = await paidSession(x, 10_000);
+      const long = await x.http.post(`/api/sessions/${p.id}/request`).set(p.auth).send({ request: 'long [stub:tokens=50] [stub:delay=50]' }).expect(202);
+      const stateOf = async (id: string) => (await x.http.get(`/api/sessions/${p.id}/requests/${id}`).set(p.auth).expect(200)).body.state;
+      await waitFor(async () => (await stateOf(long.body.requestId)) === 'executing', { what: 'the first run executing' });
+      // The same session, its id spelled in upper case: its one run is running, so this one waits in the queue (split
+      // by case, it would start at once beside it, and its one token be done in a few ms).
+      const second = await x.http.post(`/api/sessions/${p.id.toUpperCase()}/request`).set(p.auth).send({ request: 'next [stub:tokens=1] [stub:delay=1]' }).expect(202);
+      expect(x.ctx.registry.get(second.body.requestId)).toBeUndefined();
+      expect(await stateOf(second.body.requestId)).toBe('queued');
+      expect(await stateOf(long.body.requestId)).toBe('executing');
+      await x.http.post(`/api/runs/${long.body.requestId}/stop`).set(p.auth).expect(202);
+      await waitFinal(x, p, second.body.requestId);
+      await expectLedgerBalanced(x, p);
+    } finally {
+      await x.close();
+    }
   });
 });
