@@ -236,7 +236,8 @@ export function createLimits(deps: LimitsDeps) {
 
     /** A stream of a job (`/jobs/:id/stream`): the same number open at once per job (a statement of its own). */
     jobStreams: (async (req, res, next) => {
-      const key = c.SESSION_MAX_STREAMS > 0 && isUuid(req.params.id) ? `job:${req.params.id}` : undefined;
+      // Lower-cased: Postgres finds the job by its id in any case, so each spelling must not get slots of its own.
+      const key = c.SESSION_MAX_STREAMS > 0 && isUuid(req.params.id) ? `job:${req.params.id.toLowerCase()}` : undefined;
       if (key) await holdSlot(req, res, key, 'job', () => slots.acquire(key, c.SESSION_MAX_STREAMS));
       next();
     }) as RequestHandler,

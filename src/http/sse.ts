@@ -220,8 +220,12 @@ class Stream implements SseStream, Departure {
     drainer.on('drain', onDrain);
     res.on('close', onClose);
     hub.add(this);
+    // A HEAD asks for the head alone, and has it now. Held open (a HEAD response carries no body, so nothing would
+    // ever be written), it would keep its stream slots until the run ended, and a keep-alive client's next request
+    // on the connection would wait behind it as long.
+    if (req.method === 'HEAD') this.end();
     // The client may have gone while the route was still authorising: 'close' has then fired already.
-    if (res.destroyed || socket.destroyed) this.finish();
+    if (res.destroyed || socket.destroyed || req.method === 'HEAD') this.finish();
     this.write(retryFrame(opts.retryMs));
   }
 
@@ -348,7 +352,10 @@ class Stream implements SseStream, Departure {
  */
 export function readCursor(req: Request): number | { error: string } {
   const header = req.get('last-event-id');
-  const query = typeof req.query.starting_after === 'string' ? req.query.starting_after : undefined;
+  const given = req.query.starting_after;
+  // Repeated (`?starting_after=5&starting_after=9`): which one was meant? Not the whole replay a dropped one gave.
+  if (given !== undefined && typeof given !== 'string') return { error: 'starting_after must be given once, as a non-negative integer event id' };
+  const query = given;
   const raw = header ?? query;
   if (raw === undefined || raw === '') return 0;
   if (!CURSOR.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };

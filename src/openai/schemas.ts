@@ -72,12 +72,13 @@ const MAX_SEQUENCE = 2 ** 31 - 1;
 
 export const retrieveQuery = z.object({
   stream: z.enum(['true', 'false'], { error: 'stream must be true or false' }).meta({ description: '`true`: stream the Response events (SSE) instead of the object.' }).optional(),
-  starting_after: z.coerce
-    .number({ error: 'starting_after must be an integer' })
-    .int('starting_after must be an integer')
-    .min(0)
-    .max(MAX_SEQUENCE)
-    // Spelled out: the document generator would call a coerced number nullable (coercion turns null into 0).
+  // Digits only: a bare coercion read `starting_after=` and ` ` as 0 (skipping `response.created`) and `0x10` as 16.
+  starting_after: z
+    .string({ error: 'starting_after must be an integer' })
+    .regex(/^\d{1,10}$/, 'starting_after must be an integer')
+    .transform(Number)
+    .pipe(z.number().max(MAX_SEQUENCE, `starting_after must be at most ${MAX_SEQUENCE}`))
+    // Spelled out: the document generator would describe the string the pipe reads, not the integer it means.
     .meta({ type: 'integer', minimum: 0, maximum: MAX_SEQUENCE, description: 'With `stream=true`: resume after this `sequence_number`.' })
     .optional(),
 });

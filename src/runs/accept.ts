@@ -185,7 +185,8 @@ export function createAccept(deps: AcceptDeps) {
         let pendingTokens = 0;
         if (spec.previousRunId) {
           const prev = await store.get(spec.previousRunId, tx);
-          if (!prev || prev.sessionId !== sessionId || prev.ephemeral || prev.kind !== 'session') {
+          // Only a run of the same door: a chat completion or an /api request is no response on /v1 (its GET is a 404).
+          if (!prev || prev.sessionId !== sessionId || prev.ephemeral || prev.kind !== 'session' || prev.face !== spec.face) {
             throw new AppError(400, 'previous_run_not_found', `previous run ${spec.previousRunId} not found`);
           }
           if (!isChainable(prev)) {

@@ -14,7 +14,9 @@ export interface FoundRun {
  * A run by id from the fastest tier that has it: the registry (live here), the recent-runs memory, then
  * Postgres (which always has it, whichever process ran it).
  */
-export async function findRun(deps: { registry: Registry; recent: RecentRuns; store: RunStore }, runId: string): Promise<FoundRun | undefined> {
+export async function findRun(deps: { registry: Registry; recent: RecentRuns; store: RunStore }, id: string): Promise<FoundRun | undefined> {
+  // As Postgres writes a UUID (the memory tiers are keyed so): `…/runs/<ID IN UPPER CASE>` is the same live run.
+  const runId = id.toLowerCase();
   const live = deps.registry.get(runId);
   if (live && !live.ended) return { row: live.row, live };
   const recent = deps.recent.get(runId);

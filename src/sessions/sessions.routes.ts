@@ -20,6 +20,12 @@ export function sessionView(s: SessionRow) {
 export function sessionRoutes(ctx: AppContext): Router {
   const r = Router();
   const { sessions } = ctx;
+  // A UUID in any case is one session: every route below sees its id as Postgres writes it, so the in-memory keys
+  // (the per-session cap of the fast path, the accept batch's one-request-per-session) cannot be split by case.
+  r.param('id', (req, _res, next, id: string) => {
+    req.params.id = id.toLowerCase();
+    next();
+  });
   // Built once: a schema is a tree of objects, not something to rebuild per request.
   const createSchema = createSessionBody(ctx.config);
   const topupSchema = topupBody(ctx.config);
