@@ -1,8 +1,9 @@
 import { eq } from 'drizzle-orm';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ledgerEntries } from '../src/db/schema.js';
+import { jobs, ledgerEntries, payouts, runs } from '../src/db/schema.js';
+import type { AiProvider } from '../src/providers/ai/types.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
-import { pay, quotedJob, waitJob } from './helpers/jobs.js';
+import { createJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
 import { waitFor } from './helpers/wait.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, waitFinal } from './helpers/sessions.js';
 
@@ -68,6 +69,29 @@ describe('an Idempotency-Key', () => {
     const ledger = await expectLedgerBalanced(t, s);
     expect(ledger.entries.filter((e) => e.kind === 'debit')).toHaveLength(1);
   });
+
+  it('sent to two processes at once, many times over, debits once and answers every copy with the one run', async () => {
+    const b = await t.sibling();
+    try {
+      const s = await paidSession(t, 1000);
+      const body = { request: 'twin [stub:tokens=3] [stub:delay=1]', max_tokens: 200 };
+      const answers = await Promise.all(
+        Array.from({ length: 16 }, (_, i) =>
+          (i % 2 ? b : t).http.post(`/api/sessions/${s.id}/request`).set(s.auth).set('Idempotency-Key', 'two-processes').send(body),
+        ),
+      );
+      for (const a of answers) expect(a.status, JSON.stringify(a.body)).toBe(202);
+      const ids = new Set(answers.map((a) => a.body.requestId));
+      expect(ids.size).toBe(1);
+      expect(answers.filter((a) => a.headers['idempotent-replayed'] === undefined)).toHaveLength(1);
+      await waitFinal(t, s, [...ids][0]);
+      const ledger = await expectLedgerBalanced(t, s);
+      expect(ledger.entries.map((e) => e.kind).sort()).toEqual(['debit', 'deposit', 'refund']);
+      await expectNoLeaks(b);
+    } finally {
+      await b.close();
+    }
+  });
 });
 
 describe('multitask_strategy: interrupt', () => {
@@ -96,4 +120,132 @@ describe('multitask_strategy: interrupt', () => {
     expect(done.cancelRequested).toBe(false);
     await expectLedgerBalanced(t, s);
   });
+});
+
+describe('a run ended three ways at once', () => {
+  it('a stop (from another process), its lease running out (recovered there) and its natural end: each run settles once', async () => {
+    const b = await t.sibling();
+    try {
+      const s = await paidSession(t, 5000);
+      const ids: string[] = [];
+      await Promise.all(
+        Array.from({ length: 12 }, async (_, i) => {
+          const res = await t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: `race ${i} [stub:tokens=${4 + i}] [stub:delay=2]`, max_tokens: 200 });
+          expect(res.status, JSON.stringify(res.body)).toBe(202);
+          const id = res.body.requestId as string;
+          ids.push(id);
+          // Somewhere between its first token and its end, all at once.
+          await new Promise((r) => setTimeout(r, (i * 3) % 25));
+          await Promise.all([
+            b.http.post(`/api/runs/${id}/stop`).set(s.auth),
+            t.ctx.db.update(runs).set({ leaseExpiresAt: new Date(Date.now() - 1000) }).where(eq(runs.id, id)).then(() => b.ctx.maintenance.recoverOrphans(false)),
+          ]);
+        }),
+      );
+      const ended = await Promise.all(ids.map((id) => waitFinal(t, s, id)));
+      const ledger = await expectLedgerBalanced(t, s);
+      for (const r of ended) {
+        expect(['complete', 'cancelled', 'interrupted']).toContain(r.state);
+        expect(r.chargedSats + r.refundedSats).toBe(r.debitedSats);
+        const rows = ledger.entries.filter((e) => e.runId === r.requestId);
+        expect(rows.filter((e) => e.kind === 'debit').map((e) => e.amountSats)).toEqual([-r.debitedSats]);
+        expect(rows.filter((e) => e.kind === 'refund').map((e) => e.amountSats)).toEqual(r.refundedSats > 0 ? [r.refundedSats] : []);
+        if (r.state === 'interrupted') expect(r.chargedSats).toBe(0);
+      }
+      await expectNoLeaks(b);
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+describe('a payment held for its payer', () => {
+  it('claimed back by its preimage many times at once, through two processes, with different invoices: paid once', async () => {
+    const b = await t.sibling();
+    try {
+      const orphan = await createJob(t, 'orphan');
+      await t.ctx.db.delete(jobs).where(eq(jobs.id, orphan.jobId));
+      const { paymentHash, amountSats } = orphan.evalInvoice;
+      const paid = await pay(t, paymentHash);
+      expect((await t.http.get(`/api/invoices/${paymentHash}`).expect(200)).body.state).toBe('refundable');
+      const wallets = await Promise.all(
+        Array.from({ length: 8 }, () => t.http.post('/api/dev/stub/wallet/invoice').send({ amount_sats: amountSats, memo: 'mine' }).expect(201)),
+      );
+      const claims = await Promise.all(
+        wallets.map((w, i) => (i % 2 ? b : t).http.post(`/api/invoices/${paymentHash}/refund`).send({ preimage: paid.body.preimage, invoice: w.body.paymentRequest })),
+      );
+      const statuses = claims.map((c) => c.status).sort();
+      expect(statuses, JSON.stringify(claims.map((c) => c.body))).toEqual([200, 409, 409, 409, 409, 409, 409, 409]);
+      for (const c of claims.filter((c) => c.status === 409)) expect(['refund_in_progress', 'refund_already_paid']).toContain(c.body.error.code);
+      expect(await t.ctx.db.select().from(payouts).where(eq(payouts.refundOf, paymentHash))).toHaveLength(1);
+      const rows = await t.ctx.db.select().from(ledgerEntries).where(eq(ledgerEntries.kind, 'undeliverable_refund_payout'));
+      expect(rows.filter((r) => r.amountSats === -amountSats && claims.some((c) => c.body.refundPaymentHash === r.paymentHash))).toHaveLength(1);
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+describe('a response with store: false', () => {
+  it('is deleted at its end, stopped or not, and its debit and refund stay in the ledger', async () => {
+    const s = await paidSession(t, 1000);
+    const done = await t.http.post('/v1/responses').set(s.auth).send({ model: 'sluice-stub', input: 'gone [stub:tokens=3] [stub:delay=1]', store: false, max_output_tokens: 300 }).expect(200);
+    const runId = done.body.sluice.run_id as string;
+    expect(done.body.sluice.refunded_sats).toBeGreaterThan(0);
+    await waitFor(async () => !(await t.ctx.store.get(runId)), { what: 'the ephemeral run to be deleted' });
+    const ledger = await expectLedgerBalanced(t, s);
+    expect(ledger.entries.filter((e) => e.runId === runId).map((e) => [e.kind, e.amountSats])).toEqual([
+      ['debit', -done.body.sluice.debited_sats],
+      ['refund', done.body.sluice.refunded_sats],
+    ]);
+  });
+});
+
+/** A provider whose usage report is whatever it is told: more than it was allowed, fractional, or absurd. */
+function reporting(usage: { inputTokens: number; outputTokens: number }): AiProvider {
+  return {
+    name: 'liar',
+    async *stream() {
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setImmediate(r));
+        yield { type: 'token', content: ` w${i}` };
+      }
+      yield { type: 'usage', ...usage };
+      yield { type: 'finish', reason: 'stop' };
+    },
+    async evaluate() {
+      return { accept: false, reason: 'n/a' };
+    },
+  };
+}
+
+describe('a provider that reports more than it was allowed', () => {
+  // `full`: the report is past what was debited for, so the whole debit is charged.
+  for (const [what, usage, full] of [
+    ['more output than max_tokens', { inputTokens: 5, outputTokens: 5000 }, true],
+    ['counts past any integer column', { inputTokens: 3e9, outputTokens: 1e15 }, true],
+    ['fractional counts', { inputTokens: 2.5, outputTokens: 1.25 }, false],
+    ['negative counts', { inputTokens: -100, outputTokens: -1 }, false],
+  ] as const) {
+    it(`(${what}) is charged at most the debit, and the run still completes at once`, async () => {
+      const u = await startTestServer({}, { ai: reporting(usage) });
+      try {
+        const s = await paidSession(u, 1000);
+        const res = await u.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'count this', max_tokens: 50 }).expect(202);
+        const r = await waitFinal(u, s, res.body.requestId, 5000);
+        expect(r.state).toBe('complete');
+        expect(r.chargedSats).toBeGreaterThanOrEqual(0);
+        expect(r.chargedSats).toBeLessThanOrEqual(r.debitedSats);
+        expect(r.chargedSats + r.refundedSats).toBe(r.debitedSats);
+        if (full) expect(r.chargedSats).toBe(r.debitedSats);
+        else expect(r.refundedSats).toBeGreaterThan(0);
+        const row = (await u.ctx.store.get(res.body.requestId))!;
+        // What the row holds are counts: whole, never negative (one the provider botched is estimated instead).
+        for (const n of [row.inputTokens, row.outputTokens]) expect(Number.isInteger(n) && n >= 0).toBe(true);
+        await expectLedgerBalanced(u, s);
+      } finally {
+        await u.close();
+      }
+    });
+  }
 });
