@@ -1,6 +1,6 @@
 import { eq } from 'drizzle-orm';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { jobs, ledgerEntries, payouts, runs } from '../src/db/schema.js';
+import { jobs, ledgerEntries, payouts, runs, sessions } from '../src/db/schema.js';
 import type { AiProvider } from '../src/providers/ai/types.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
@@ -248,4 +248,65 @@ describe('a provider that reports more than it was allowed', () => {
       }
     });
   }
+});
+
+describe('a conversation under every strategy at once', () => {
+  it('enqueue, interrupt, stop and delete racing: every turn ends, settles once, and the last one runs', async () => {
+    const s = await paidSession(t, 5000);
+    const conv = (await t.http.post('/v1/conversations').set(s.auth).send({}).expect(200)).body.id as string;
+    const create = (input: string, strategy?: string) =>
+      t.http.post('/v1/responses').set(s.auth).send({ model: 'sluice-stub', input, conversation: conv, background: true, max_output_tokens: 100, ...(strategy ? { multitask_strategy: strategy } : {}) });
+    const first = await create('first [stub:tokens=60] [stub:delay=5]').expect(200);
+    const queued = await Promise.all([create('second [stub:tokens=5] [stub:delay=1]', 'enqueue'), create('third [stub:tokens=5] [stub:delay=1]', 'enqueue')]);
+    for (const q of queued) expect(q.status, JSON.stringify(q.body)).toBe(200);
+    const ids = [first, ...queued].map((r) => r.body.id as string);
+    // Stop the middle ones and interrupt everything, all at once; try deleting what may have ended meanwhile.
+    const [, , last] = await Promise.all([
+      t.http.post(`/v1/responses/${ids[1]}/cancel`).set(s.auth),
+      t.http.post(`/v1/responses/${ids[2]}/cancel`).set(s.auth),
+      create('last [stub:tokens=4] [stub:delay=1]', 'interrupt'),
+      t.http.delete(`/v1/responses/${ids[0]}`).set(s.auth),
+    ]);
+    expect(last.status, JSON.stringify(last.body)).toBe(200);
+    const all = [first, ...queued, last].map((r) => r.body.sluice.run_id as string);
+    const ended = await waitFor(async () => {
+      const rows = await Promise.all(all.map((id) => t.ctx.db.select().from(runs).where(eq(runs.id, id))));
+      return rows.every((r) => r[0] && r[0].state !== 'queued' && r[0].state !== 'executing') ? rows.map((r) => r[0]!) : null;
+    }, { what: 'every turn to end' });
+    expect(ended.at(-1)!.state).toBe('complete');
+    for (const r of ended.slice(0, -1)) expect(['cancelled', 'complete']).toContain(r.state);
+    const ledger = await expectLedgerBalanced(t, s);
+    for (const r of ended) {
+      expect(r.chargedSats + r.refundedSats).toBe(r.debitedSats);
+      const mine = ledger.entries.filter((e) => e.runId === r.id);
+      expect(mine.filter((e) => e.kind === 'debit').map((e) => e.amountSats)).toEqual([-r.debitedSats]);
+      expect(mine.filter((e) => e.kind === 'refund').map((e) => e.amountSats)).toEqual(r.refundedSats > 0 ? [r.refundedSats] : []);
+    }
+  });
+});
+
+describe('a session while its accepts are in flight', () => {
+  it('takes top-ups, expires and is revived by one, and never loses or mints a sat', async () => {
+    const s = await paidSession(t, 100);
+    const tops = await Promise.all([1, 2, 3].map(() => t.http.post(`/api/sessions/${s.id}/topup`).set(s.auth).send({ amount_sats: 100 }).expect(201)));
+    const send = (i: number) => t.http.post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: `burst ${i} [stub:tokens=3] [stub:delay=2]`, max_tokens: 200 });
+    const [answers] = await Promise.all([
+      Promise.all(Array.from({ length: 30 }, (_, i) => send(i))),
+      ...tops.map((top) => pay(t, top.body.invoice.paymentHash)),
+      // Expired mid-burst (by the clock and by the sweep); the top-ups paid after revive it.
+      t.ctx.db.update(sessions).set({ expiresAt: new Date(Date.now() - 1000) }).where(eq(sessions.id, s.id)).then(() => t.ctx.maintenance.sweep()),
+    ]);
+    const accepted = answers.filter((a) => a.status === 202);
+    for (const a of answers) expect([202, 402, 409], JSON.stringify(a.body)).toContain(a.status);
+    expect(accepted.length).toBeGreaterThan(0);
+    const ended = await Promise.all(accepted.map((a) => waitFinal(t, s, a.body.requestId)));
+    const ledger = await expectLedgerBalanced(t, s);
+    expect(ledger.entries.filter((e) => e.kind === 'topup')).toHaveLength(3);
+    expect(ledger.entries.filter((e) => e.kind === 'debit')).toHaveLength(accepted.length);
+    for (const r of ended) {
+      expect(r.state).toBe('complete');
+      expect(r.chargedSats + r.refundedSats).toBe(r.debitedSats);
+    }
+    expect(ledger.balanceSats).toBe(100 + 300 - ended.reduce((a, r) => a + r.chargedSats, 0));
+  });
 });
