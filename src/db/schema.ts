@@ -254,6 +254,8 @@ export interface PriceSnapshot {
   inputPer1k: number;
   outputPer1k: number;
   minSats: number;
+  /** A flat fee on top of the usage, charged whenever the usage is (a job's `JOB_WORK_FEE_SATS`); absent: none. */
+  feeSats?: number;
 }
 
 /** The append-only event log of a run; `seq` is the SSE id. */

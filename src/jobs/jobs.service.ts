@@ -113,7 +113,8 @@ export function createJobsService(deps: JobsDeps) {
       turn: [{ role: 'user', content: job.request }],
       input: [{ role: 'user', content: job.request }],
       maxTokens: job.pricing.estimatedOutputTokens,
-      pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats },
+      // The fee is in the work amount, so it is in the run's prices: a finished run keeps it, not refunds it as unused.
+      pricing: { inputPer1k: job.pricing.inputRateSatsPer1k, outputPer1k: job.pricing.outputRateSatsPer1k, minSats: job.pricing.minSats, feeSats: job.pricing.feeSats },
       debitedSats: inv.amountSats,
       // Into the shared queue: this process claims it at once if it has a slot, else any other that does.
       notice: busMessage(deps.instanceId, 'run:queued', { runId: job.runId }),

@@ -33,8 +33,11 @@ export function estimateSats(prices: PriceSnapshot, request: string, maxTokens: 
   return costSats(prices, countInputTokens(request), maxTokens);
 }
 
-/** Charge for actual usage, never more than was debited; the rest is refunded. */
+/**
+ * Charge for actual usage (plus the flat fee the debit included, if any), never more than was debited; the rest is
+ * refunded. Work that is not chargeable (a failure, an interruption) is refunded whole, its fee too.
+ */
 export function settle(prices: PriceSnapshot, debited: number, usage: { inputTokens: number; outputTokens: number }, chargeable: boolean) {
-  const charged = chargeable ? Math.min(debited, costSats(prices, usage.inputTokens, usage.outputTokens)) : 0;
+  const charged = chargeable ? Math.min(debited, costSats(prices, usage.inputTokens, usage.outputTokens) + (prices.feeSats ?? 0)) : 0;
   return { chargedSats: charged, refundedSats: debited - charged };
 }

@@ -68,6 +68,15 @@ export interface AcceptDeps {
   models: Pick<Models, 'tokenizer'>;
 }
 
+/** The session cannot pay: thrown inside the accepting transaction to roll it back whole. */
+class Unpaid {
+  constructor(readonly required: number) {}
+}
+const unpaidAnswer = (err: unknown) => {
+  if (err instanceof Unpaid) return { kind: 'unpaid' as const, required: err.required };
+  throw err;
+};
+
 /** A request refused before any money moved: the server is shutting down, or its queue is full. */
 export function refusalError(why: Refusal): AppError {
   if (why === 'shutting_down') return new AppError(503, 'shutting_down', 'the server is shutting down; try again shortly');
@@ -228,7 +237,10 @@ export function createAccept(deps: AcceptDeps) {
         }
         // 5. The money and the run.
         const balance = await debitSession(tx, { sessionId, runId, amountSats: required, expiryHours: config.SESSION_EXPIRY_HOURS });
-        if (balance === null) return { kind: 'unpaid' as const, required };
+        // Thrown, not returned: a refused request must leave nothing behind, so the transaction rolls back the key
+        // it took (else a retry with that key, after a top-up, would be "replayed" as a run that never existed) and
+        // the interrupt flags it set (else a request that could not pay would still stop the conversation's run).
+        if (balance === null) throw new Unpaid(required);
         // Claimed in this same transaction when a slot is held and it waits for no earlier turn.
         const claimNow = admission.claim && !waitsFor;
         const run = await store.insert(tx, {
@@ -258,7 +270,7 @@ export function createAccept(deps: AcceptDeps) {
         const answer = spec.answer?.(asAccepted(run), balance);
         if (spec.idempotency && answer !== undefined) await recordAnswer(tx, sessionId, spec.idempotency.key, answer);
         return { kind: 'accepted' as const, run, balance, answer };
-      });
+      }).catch(unpaidAnswer);
       if (out.kind === 'prior') {
         if (out.prior.fingerprint !== spec.idempotency!.fingerprint) {
           throw conflict('idempotency_key_conflict', 'this Idempotency-Key was already used with another request; use a new key for a new request');

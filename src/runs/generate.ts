@@ -51,7 +51,7 @@ export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry,
   try {
     for await (const chunk of model.provider.stream(req, signal)) {
       if (chunk.type === 'usage') {
-        usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens };
+        usage = { inputTokens: tokenCount(chunk.inputTokens), outputTokens: tokenCount(chunk.outputTokens) };
         continue;
       }
       if (chunk.type === 'finish') {
@@ -77,4 +77,17 @@ export async function generate(opts: GenerateDeps, run: RunRow, entry: RunEntry,
     // A reply cut after text reached the client: that text is charged (issue #8), the rest refunded.
     return { state: 'failed', error: { code: e.code, message: e.message }, chargeProduced: CHARGE_PRODUCED.has(e.code), usage };
   }
+}
+
+/** The most tokens a run's row can hold (its count columns are Postgres `integer`s). */
+const MAX_COUNT = 2 ** 31 - 1;
+
+/**
+ * A provider's token count as the finish may record it, or undefined (then it is estimated, as one never sent). An
+ * upstream that sends a fraction, a negative, or more than the row can hold must not make the finish statement fail
+ * on every retry, leaving completed work to recovery as `interrupted`; the charge never exceeds the debit anyway.
+ */
+function tokenCount(n: number | undefined): number | undefined {
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) return undefined;
+  return Math.min(Math.ceil(n), MAX_COUNT);
 }
