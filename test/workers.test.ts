@@ -121,7 +121,7 @@ describe('1 API + 2 workers', () => {
 
   it('a stop sent to the API lands on the worker at once (NOTIFY, not the heartbeat or a flush)', async () => {
     const latencies: number[] = [];
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 8; i++) {
       // Silence from the model: no flush to carry the flag; the heartbeat comes only every second.
       const r = await post(`stop me ${i} [stub:tokens=2] [stub:delay=30000]`);
       await waitFor(async () => (await row(r.requestId)).state === 'executing', { intervalMs: 10, what: 'a worker to claim it' });
@@ -131,8 +131,11 @@ describe('1 API + 2 workers', () => {
       expect((await final(r.requestId)).state).toBe('cancelled');
       latencies.push(performance.now() - t0);
     }
-    // Through the heartbeat (every LEASE_TTL_S / 3 = 1 s) these would average 500 ms.
-    expect(Math.max(...latencies), latencies.map(Math.round).join(', ')).toBeLessThan(400);
+    // Through the heartbeat (every LEASE_TTL_S / 3 = 1 s) these would be spread evenly over 0–1000 ms: five of eight
+    // under 200 ms would then come about once in a hundred. A NOTIFY takes a few ms, so a loaded machine's one slow
+    // stop (one took 449 ms in a full run) cannot fail this, as it failed a bound on the slowest.
+    const sorted = [...latencies].sort((a, b) => a - b);
+    expect(sorted[4], latencies.map(Math.round).join(', ')).toBeLessThan(200);
     await expectLedgerExact(s.id);
   });
 
