@@ -4,6 +4,7 @@ import { jobs, ledgerEntries, payouts, runs, sessions } from '../src/db/schema.j
 import type { AiProvider } from '../src/providers/ai/types.js';
 import { startTestServer, type TestServer } from './helpers/context.js';
 import { createJob, pay, quotedJob, waitJob } from './helpers/jobs.js';
+import { uuidOfConversation } from '../src/openai/ids.js';
 import { waitFor } from './helpers/wait.js';
 import { expectLedgerBalanced, expectNoLeaks, paidSession, waitFinal } from './helpers/sessions.js';
 
@@ -308,5 +309,37 @@ describe('a session while its accepts are in flight', () => {
       expect(r.chargedSats + r.refundedSats).toBe(r.debitedSats);
     }
     expect(ledger.balanceSats).toBe(100 + 300 - ended.reduce((a, r) => a + r.chargedSats, 0));
+  });
+});
+
+describe('the idle-conversation sweep', () => {
+  it('skips a conversation that is taking a turn, rather than deleting it from under the turn', async () => {
+    const s = await paidSession(t, 1000);
+    const conv = (await t.http.post('/v1/conversations').set(s.auth).send({}).expect(200)).body.id as string;
+    const id = uuidOfConversation(conv)!;
+    // A turn being accepted holds the conversation's row (nextTurn's update) until its run is committed.
+    const holder = await t.ctx.database.pool.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`update conversations set turns = turns + 1, updated_at = now() where id = $1`, [id]);
+      // The sweep, with a cutoff that makes every conversation idle. It must not wait for the turn (and then delete
+      // what the turn has just written into), nor delete it.
+      const sweep = t.ctx.conversations.deleteIdleBefore(new Date(Date.now() + 60_000));
+      const waiting = waitFor(
+        async () => (await t.ctx.database.pool.query(`select count(*)::int as n from pg_locks where not granted`)).rows[0].n > 0,
+        { what: 'the sweep waiting for the turn', timeoutMs: 5000 },
+      ).then(() => 'waited' as const);
+      const first = await Promise.race([sweep.then(() => 'done' as const), waiting.catch(() => 'done' as const)]);
+      await holder.query('commit');
+      expect(first).toBe('done');
+      await sweep; // (other tests' idle conversations may go)
+    } finally {
+      holder.release();
+    }
+    const still = await t.ctx.database.pool.query(`select turns from conversations where id = $1`, [id]);
+    expect(still.rows).toEqual([{ turns: 1 }]);
+    // Idle and not taking a turn, it goes.
+    expect(await t.ctx.conversations.deleteIdleBefore(new Date(Date.now() + 60_000))).toBeGreaterThanOrEqual(1);
+    expect((await t.ctx.database.pool.query(`select 1 from conversations where id = $1`, [id])).rowCount).toBe(0);
   });
 });

@@ -69,11 +69,17 @@ export function createConversationStore(db: Db) {
 
     /** Conversations unused since `cutoff` with no live run (a bounded batch per sweep). */
     async deleteIdleBefore(cutoff: Date, limit = 500): Promise<number> {
+      // A conversation taking a turn right now holds its row (nextTurn's update, until its run is committed): it
+      // is skipped, not waited for, and the conditions are checked again on the row itself, so a turn accepted while
+      // the sweep ran can never lose its conversation. (The candidates' own conditions come from the statement's
+      // snapshot, which cannot see that turn.)
+      const at = cutoff.toISOString();
       const res = await db.execute(sql`
-        delete from conversations where id in (
-          select c.id from conversations c where c.updated_at < ${cutoff.toISOString()}::timestamptz
+        delete from conversations d where d.id in (
+          select c.id from conversations c where c.updated_at < ${at}::timestamptz
             and not exists (select 1 from runs r where r.conversation_id = c.id and r.state in ('queued','executing'))
-          limit ${limit})`);
+          limit ${limit} for update skip locked)
+        and d.updated_at < ${at}::timestamptz`);
       return res.rowCount ?? 0;
     },
   };
