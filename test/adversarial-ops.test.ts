@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.js';
+
+/** An adversarial pass over the operator surface: configuration, metrics, headers, roles. */
+
+const problems = (env: Record<string, string>): string => {
+  try {
+    loadConfig(env);
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return (e as ConfigError).problems.join('\n');
+  }
+  return '';
+};
+
+describe('configuration: values that would break the process later are refused at start-up', () => {
+  it('refuses a timer longer than Node can hold (it would fire every millisecond) and a sweep that would spin', () => {
+    // 3e9 ms is past 2^31 − 1: Node runs such a timer after 1 ms, so a ping or a sweep "every 35 days" spins.
+    for (const [key, value] of [
+      ['SSE_PING_MS', '3000000000'],
+      ['SSE_POLL_MS', '3000000000'],
+      ['SSE_WRITE_TIMEOUT_MS', '3000000000'],
+      ['SHUTDOWN_GRACE_MS', '3000000000'],
+      ['LEASE_TTL_S', '9000000'],
+      ['STREAM_SLOT_TTL_S', '9000000'],
+      ['SWEEP_INTERVAL_S', '3000000'],
+      ['SWEEP_INTERVAL_S', '0.000001'],
+      ['JOB_STREAM_WAIT_S', '3000000'],
+    ] as const) {
+      expect(problems({ [key]: value }), `${key}=${value}`).toMatch(new RegExp(`^${key}: .*\\(got "${value}"\\)`));
+    }
+  });
+
+  it('refuses durations whose dates would be out of range, and keeps the ones in use', () => {
+    for (const key of ['SESSION_EXPIRY_HOURS', 'IDEMPOTENCY_TTL_HOURS', 'RUN_RETENTION_DAYS']) {
+      expect(problems({ [key]: '1e20' }), key).toMatch(new RegExp(`^${key}: `));
+    }
+    expect(new Date(Date.now() - loadConfig({ RUN_RETENTION_DAYS: '36500' }).RUN_RETENTION_DAYS * 86_400_000).getTime()).not.toBeNaN();
+    expect(loadConfig({ SWEEP_INTERVAL_S: '0.25', SSE_PING_MS: '60000', LEASE_TTL_S: '3600' })).toMatchObject({ SWEEP_INTERVAL_S: 0.25, SSE_PING_MS: 60_000, LEASE_TTL_S: 3600 });
+  });
+
+  it('takes a blank value as unset, like an empty one, instead of reading it as 0', () => {
+    // Number(' ') is 0: MAX_CONNECTIONS=' ' meant "as many as the file limit allows" only by accident, and
+    // SHUTDOWN_GRACE_MS=' ' interrupted every run at once on a rolling restart.
+    expect(loadConfig({ SHUTDOWN_GRACE_MS: ' ', PORT: '  ', SESSION_MAX_CONCURRENT_RUNS: '\t' })).toMatchObject({
+      SHUTDOWN_GRACE_MS: 10_000,
+      PORT: 3000,
+      SESSION_MAX_CONCURRENT_RUNS: 16,
+    });
+  });
+});
