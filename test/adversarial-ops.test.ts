@@ -1,5 +1,8 @@
+import supertest from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
+import { createWorkerApp } from '../src/health.js';
+import { useTestServers } from './helpers/context.js';
 
 /** An adversarial pass over the operator surface: configuration, metrics, headers, roles. */
 
@@ -47,5 +50,32 @@ describe('configuration: values that would break the process later are refused a
       PORT: 3000,
       SESSION_MAX_CONCURRENT_RUNS: 16,
     });
+  });
+});
+
+const servers = useTestServers();
+
+describe('a worker process’s HTTP face', () => {
+  it('serves its health and metrics only, with the security headers every response carries', async () => {
+    const worker = await servers.server({ PROCESS_ROLE: 'worker', METRICS_TOKEN: 'scrape-me' });
+    const http = supertest(createWorkerApp(worker.ctx));
+    const health = await http.get('/api/healthz').expect(200);
+    expect(health.body).toMatchObject({ status: 'ok', role: 'worker', runs: { executing: 0 } });
+    const answers = {
+      'GET /api/healthz': health,
+      'GET /metrics (no token)': await http.get('/metrics').expect(401),
+      'GET /metrics': await http.get('/metrics').set('Authorization', 'Bearer scrape-me').expect(200),
+      'POST /api/sessions': await http.post('/api/sessions').send({ amount_sats: 200 }).expect(404),
+      'GET /': await http.get('/').expect(404),
+    };
+    for (const [what, res] of Object.entries(answers)) {
+      expect(res.headers, what).toMatchObject({
+        'x-content-type-options': 'nosniff',
+        'x-frame-options': 'SAMEORIGIN',
+        'referrer-policy': 'no-referrer',
+        'content-security-policy': expect.stringContaining("default-src 'self'"),
+      });
+      expect(res.headers['x-powered-by']).toBeUndefined();
+    }
   });
 });
