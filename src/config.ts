@@ -6,6 +6,13 @@ import { LIGHTNING_NETWORKS } from './providers/payments/bolt11.js';
  * The environment, parsed once. Every variable here is listed in `.env.example` with its default;
  * a bad value stops start-up with a message that names each bad field (see `loadConfig`).
  */
+/**
+ * Every duration has a ceiling, so an accepted value cannot break the process later. A Node timer longer than 2^31 − 1
+ * ms (24.8 days) fires after 1 ms instead, so an interval set from a huge value spins (the sweeper, SSE pings, lease
+ * renewals): each variable that becomes a timer is capped well below that. A duration that ends in date arithmetic
+ * (an expiry, a retention cut-off) is capped at a century, where every date is still valid.
+ */
+const HOURS_MAX = 100 * 365 * 24;
 const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
   z.coerce.number().int().min(min).max(max).default(def);
 const bool = (def: boolean) =>
@@ -82,7 +89,7 @@ export const configSchema = z
     SESSION_MIN_SATS: int(100, 1),
     SESSION_MAX_SATS: int(10_000, 1),
     /** A session expires after this many hours without use. */
-    SESSION_EXPIRY_HOURS: z.coerce.number().positive().default(24),
+    SESSION_EXPIRY_HOURS: z.coerce.number().positive().max(HOURS_MAX).default(24),
     /** Longest session request text, in characters. */
     REQUEST_MAX_CHARS: int(8_000, 1),
     /** `max_tokens` when a request names none, and the highest it may name. */
@@ -167,9 +174,9 @@ export const configSchema = z
      */
     MAX_QUEUED_RUNS: int(128, 0, 1_000_000),
     /** A run's lease: another process may finish a run as `interrupted` once its lease is this old. */
-    LEASE_TTL_S: int(30, 1),
+    LEASE_TTL_S: int(30, 1, 86_400),
     /** On SIGTERM/SIGINT, how long running work may go on before it is interrupted and refunded. */
-    SHUTDOWN_GRACE_MS: int(10_000, 0),
+    SHUTDOWN_GRACE_MS: int(10_000, 0, 3_600_000),
     /**
      * Events of a live run always kept in memory for replay, even once its log outgrows its share of
      * RUN_MEMORY_MAX_BYTES (older events are then read from Postgres). It also sets how far a run may publish ahead
@@ -184,13 +191,13 @@ export const configSchema = z
     EVENT_FLUSH_MS: int(10, 1, 5_000),
 
     /** SSE: comment ping interval, `retry:` hint, events queued for a slow reader before it is cut loose. */
-    SSE_PING_MS: int(15_000, 10),
-    SSE_RETRY_MS: int(2_000, 0),
+    SSE_PING_MS: int(15_000, 10, 3_600_000),
+    SSE_RETRY_MS: int(2_000, 0, 3_600_000),
     SSE_MAX_QUEUE: int(2_048, 16),
     /** SSE: a client that reads nothing for this long while its socket buffer is full is disconnected. */
-    SSE_WRITE_TIMEOUT_MS: int(30_000, 100),
+    SSE_WRITE_TIMEOUT_MS: int(30_000, 100, 3_600_000),
     /** SSE: how often a stream of a run this process does not execute re-reads Postgres. */
-    SSE_POLL_MS: int(1_000, 10),
+    SSE_POLL_MS: int(1_000, 10, 60_000),
     /** SSE: streams one client IP may hold open at once in this process; the next is `429 too_many_streams`. */
     SSE_MAX_STREAMS_PER_IP: int(32, 1, 100_000),
 
@@ -208,13 +215,13 @@ export const configSchema = z
     /** Jobs: evaluation fee, request length limit, and how long a stream waits for the work to start. */
     JOB_EVAL_FEE_SATS: int(10, 1),
     JOB_REQUEST_MAX_CHARS: int(500, 1),
-    JOB_STREAM_WAIT_S: z.coerce.number().positive().default(90),
+    JOB_STREAM_WAIT_S: z.coerce.number().positive().max(86_400).default(90),
     /** Jobs: a flat fee added to the work invoice. */
     JOB_WORK_FEE_SATS: int(0, 0),
 
     /** Demo: free synchronous requests per client IP per window (0: the demo is off, every call is 429). */
     DEMO_RATE_LIMIT: int(5, 0),
-    DEMO_RATE_WINDOW_S: int(3_600, 1),
+    DEMO_RATE_WINDOW_S: int(3_600, 1, 31_536_000),
     DEMO_MAX_TOKENS: int(32, 1),
 
     /**
@@ -222,18 +229,18 @@ export const configSchema = z
      * For all of these, 0 means no limit. Sessions created per client IP per window; jobs likewise.
      */
     SESSION_CREATE_RATE_LIMIT: int(30, 0),
-    SESSION_CREATE_RATE_WINDOW_S: int(3_600, 1),
+    SESSION_CREATE_RATE_WINDOW_S: int(3_600, 1, 31_536_000),
     JOB_CREATE_RATE_LIMIT: int(120, 0),
-    JOB_CREATE_RATE_WINDOW_S: int(3_600, 1),
+    JOB_CREATE_RATE_WINDOW_S: int(3_600, 1, 31_536_000),
     /** Requests per session (per bearer token) per minute, streams and polls included. */
     SESSION_RATE_LIMIT_PER_MIN: int(300, 0),
     /** Streams open at once per session (and per job). */
     SESSION_MAX_STREAMS: int(10, 0),
     /** An open stream's slot is renewed every third of this; a crashed process's slots free themselves after it. */
-    STREAM_SLOT_TTL_S: int(60, 3),
+    STREAM_SLOT_TTL_S: int(60, 3, 86_400),
 
     /** Runs API: finished runs served from memory this long; retained in Postgres this many days. */
-    RUN_MEMORY_TTL_S: int(3_600, 0),
+    RUN_MEMORY_TTL_S: int(3_600, 0, 31_536_000),
     /**
      * Bytes of event logs kept in memory for replay: live runs' logs and recently finished ones together (oldest
      * finished first out). A live run keeps its whole log while it fits an eighth of this. The default, 64 MiB,
@@ -241,14 +248,14 @@ export const configSchema = z
      * which is when resumes come.
      */
     RUN_MEMORY_MAX_BYTES: int(64 * 1024 * 1024, 0),
-    RUN_RETENTION_DAYS: z.coerce.number().positive().default(30),
+    RUN_RETENTION_DAYS: z.coerce.number().positive().max(HOURS_MAX / 24).default(30),
     /** OpenAI face (/v1): largest JSON body in KiB (whole chat histories arrive in one body). */
     V1_BODY_LIMIT_KB: int(1_024, 1, 100_000),
     /** An `Idempotency-Key` is remembered this many hours (then swept; the same key then starts new work). */
-    IDEMPOTENCY_TTL_HOURS: z.coerce.number().positive().default(24),
+    IDEMPOTENCY_TTL_HOURS: z.coerce.number().positive().max(HOURS_MAX).default(24),
 
     /** How often the sweeper evicts, expires and recovers. */
-    SWEEP_INTERVAL_S: z.coerce.number().positive().default(5),
+    SWEEP_INTERVAL_S: z.coerce.number().min(0.1).max(86_400).default(5),
   })
   .superRefine((c, ctx) => {
     if (c.HTTP_HEADERS_TIMEOUT_MS > c.HTTP_REQUEST_TIMEOUT_MS)
@@ -282,9 +289,9 @@ export class ConfigError extends Error {
   }
 }
 
-/** Parse an environment (default `process.env`); empty strings count as unset. */
+/** Parse an environment (default `process.env`); empty or blank strings count as unset. */
 export function loadConfig(env: Record<string, string | undefined> = process.env, overrides: Partial<Config> = {}): Config {
-  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
   const parsed = configSchema.safeParse(cleaned);
   if (!parsed.success) {
     throw new ConfigError(

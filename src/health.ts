@@ -4,6 +4,7 @@ import { sql } from 'drizzle-orm';
 import type { AppContext } from './context.js';
 import { databaseUnavailable, errorHandler, notFoundHandler } from './http/errors.js';
 import { requestLogging } from './http/request-log.js';
+import { securityHeaders } from './http/security.js';
 import { metricsRoutes } from './metrics/metrics.routes.js';
 
 /**
@@ -31,6 +32,8 @@ export function createWorkerApp(ctx: AppContext): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.use(requestLogging(app, ctx.log));
+  // The same headers as every other answer (README "Security headers"): a worker's port is reachable too.
+  app.use(securityHeaders());
   app.use(metricsRoutes(ctx.metrics, ctx.config.METRICS_TOKEN));
   app.get('/api/healthz', healthz(ctx));
   app.use(notFoundHandler);

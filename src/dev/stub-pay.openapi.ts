@@ -26,7 +26,7 @@ export function describeStubPay(r: Registry): void {
           ]),
         ),
       ),
-      ...apiErrors({ 404: ['not_found'], 409: ['invoice_expired'] }),
+      ...apiErrors(BODY_ERRORS, { 404: ['not_found'], 409: ['invoice_expired'] }),
     },
   });
 

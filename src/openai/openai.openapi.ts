@@ -125,7 +125,8 @@ export function describeOpenAi(r: Registry, { config: c, defaultModel: model }: 
     description: 'Stops a live response like a run stop (charged for what it produced, the rest refunded) and returns it `cancelled`; a finished one is returned as it is, so cancelling twice is harmless.',
     security: bearer,
     request: { params: responseId },
-    responses: { 200: ok('The Response.', json(ResponseObject), ...RATE_LIMIT_HEADERS), ...openAiErrors({ 404: 'no such response.' }) },
+    // It reads no body, but one sent is parsed like any other (before the route): not JSON, or too large, is refused.
+    responses: { 200: ok('The Response.', json(ResponseObject), ...RATE_LIMIT_HEADERS), ...openAiErrors({ 400: 'a body was sent and is not JSON.', ...TOO_LARGE, 404: 'no such response.' }) },
   });
 
   r.registerPath({

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { Run, RunCancelling, RunPage } from '../openapi/api-objects.js';
 import { cursorHeaders, cursorQuery, uuidParam } from '../openapi/params.js';
-import { RATE_LIMIT_HEADERS, SESSION_ERRORS, STREAM_ERRORS, apiErrors, bearer, bearerOrQuery, json, ok, sse, type Registry } from '../openapi/registry.js';
+import { BODY_ERRORS, RATE_LIMIT_HEADERS, SESSION_ERRORS, STREAM_ERRORS, apiErrors, bearer, bearerOrQuery, json, ok, sse, type Registry } from '../openapi/registry.js';
 import { RunStreamFrames, STREAM_DESCRIPTION } from '../openapi/run-events.js';
 import { runsListQuery } from './runs.schemas.js';
 
@@ -65,7 +65,8 @@ export function describeRuns(r: Registry): void {
     responses: {
       200: ok('The run had already ended: it is returned as it is.', json(Run), ...RATE_LIMIT_HEADERS),
       202: ok('Stopping: the run will end `cancelled` (watch its stream or poll it).', json(RunCancelling), ...RATE_LIMIT_HEADERS),
-      ...apiErrors(SESSION_ERRORS),
+      // It reads no body, but one sent is parsed like any other (before the route): not JSON, or too large, is refused.
+      ...apiErrors(SESSION_ERRORS, BODY_ERRORS),
     },
   });
 
