@@ -1,7 +1,13 @@
+import { eq } from 'drizzle-orm';
+import supertest from 'supertest';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { runs } from '../src/db/schema.js';
 import { useTestServers, type TestServer } from './helpers/context.js';
+import { startServerProcess } from './helpers/process.js';
 import { bigTokens } from './helpers/providers.js';
 import { paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
+import { idsOf, readSse, tokensOf } from './helpers/sse.js';
+import { waitFor } from './helpers/wait.js';
 import { authed, isError, nothingHeld, range, seqs } from './helpers/ws.js';
 
 /**
@@ -37,5 +43,46 @@ describe('a WebSocket final event larger than twice WS_MAX_BUFFERED_BYTES', () =
     expect(c.events(big)[0]!.data.result.length).toBeGreaterThan(N * 64 * 1024);
     await c.close();
     await nothingHeld(x);
+  });
+});
+
+describe('a reader following a run whose executing process is SIGKILLed', () => {
+  it('gets the persisted tokens, gapless, then the final event recovery writes (SSE and WebSocket on another process)', async () => {
+    const b = await server({ SSE_POLL_MS: 60_000 });
+    const databaseUrl = b.ctx.config.DATABASE_URL!;
+    // A flushes every 300 ms: its readers hold tokens Postgres never gets; B's readers see only what A persisted.
+    const a = await startServerProcess({ DATABASE_URL: databaseUrl, EVENT_FLUSH_MS: '300', SESSION_CREATE_RATE_LIMIT: '0' });
+    try {
+      const s = await paidSession({ http: supertest(a.url) }, 2000);
+      const { requestId } = (await supertest(a.url).post(`/api/sessions/${s.id}/request`).set(s.auth).send({ request: 'killed [stub:tokens=400] [stub:delay=10]' }).expect(202)).body;
+      const sse = readSse(`${b.url}/api/runs/${requestId}/stream`, { headers: s.auth });
+      const ws = await authed(b.url, s.token);
+      ws.send({ type: 'subscribe', runId: requestId });
+      await ws.wait((m) => m.type === 'event' && m.seq >= 5, { what: 'tokens relayed to B' });
+      a.proc.kill('SIGKILL');
+      await a.exited;
+      // Its lease lapses; B recovers it (with a shared database only expired leases are recovered).
+      await b.ctx.db.update(runs).set({ leaseExpiresAt: new Date(Date.now() - 1000) }).where(eq(runs.id, requestId));
+      expect(await b.ctx.maintenance.recoverOrphans(false)).toBe(1);
+      const row = (await b.ctx.db.select().from(runs).where(eq(runs.id, requestId)))[0]!;
+      expect(row.state).toBe('interrupted');
+
+      const final = await ws.final(requestId, 10_000);
+      const tokens = ws.events(requestId).slice(0, -1);
+      expect(seqs(tokens)).toEqual(range(1, row.outputTokens));
+      expect(final).toMatchObject({ seq: row.lastSeq, event: 'done', data: { state: 'interrupted', result: row.result } });
+      expect(final.data.result).toBe(tokens.map((e) => e.data.content).join(''));
+
+      const { events } = await sse;
+      expect(idsOf(events)).toEqual([...range(1, row.outputTokens), row.lastSeq]);
+      expect(events.at(-1)).toMatchObject({ event: 'done', data: { state: 'interrupted', result: row.result } });
+      expect(tokensOf(events).join('')).toBe(row.result);
+      // And a resume with the final event's id is told there is nothing more.
+      expect((await readSse(`${b.url}/api/runs/${requestId}/stream`, { headers: { ...s.auth, 'Last-Event-ID': String(row.lastSeq) } })).status).toBe(204);
+      await ws.close();
+      await nothingHeld(b);
+    } finally {
+      a.proc.kill('SIGKILL');
+    }
   });
 });
