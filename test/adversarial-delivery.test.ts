@@ -86,3 +86,38 @@ describe('a reader following a run whose executing process is SIGKILLed', () => 
     }
   });
 });
+
+describe('a cursor far past the end, on a process that follows the run', () => {
+  // The first reader on B sets where B's one follower of the run starts. A cursor no event will ever reach must not
+  // leave every other reader on B waiting for the end for the events in between.
+  it('does not hold up the live tokens of the other readers there (SSE and WebSocket)', async () => {
+    const a = await server();
+    const b = await a.sibling({ SSE_POLL_MS: 200 });
+    const s = await paidSession(a, 5000);
+    const r = await postRequest(a, s, 'followed [stub:tokens=200] [stub:delay=10]');
+    const running = async () => (await b.ctx.store.get(r.requestId))!.state === 'executing';
+    await waitFor(async () => (await b.ctx.store.get(r.requestId))!.lastSeq >= 3, { what: 'the run under way on A' });
+    const far = await authed(b.url, s.token);
+    far.send({ type: 'subscribe', runId: r.requestId, after: 999_999_999 });
+    await far.wait((m) => m.type === 'subscribed');
+    await waitFor(() => b.ctx.followers.size === 1, { what: 'B following the run' });
+    // Another reader on B, from the start: the tokens keep coming while the run is still executing.
+    const sse = await readSse(`${b.url}/api/runs/${r.requestId}/stream`, { headers: s.auth, until: (e) => e.event === 'token' && Number(e.id) >= 40 });
+    expect(await running()).toBe(true);
+    expect(idsOf(sse.events.filter((e) => e.event === 'token'))).toEqual(range(1, 40));
+    const ws = await authed(b.url, s.token);
+    const at = (await b.ctx.store.get(r.requestId))!.lastSeq;
+    ws.send({ type: 'subscribe', runId: r.requestId });
+    await ws.wait((m) => m.type === 'event' && m.seq >= at + 15, { what: 'live tokens on B' });
+    expect(await running()).toBe(true);
+    // And everyone still ends with the final event, the far reader with that alone.
+    const final = await ws.final(r.requestId, 20_000);
+    expect(seqs(ws.events(r.requestId))).toEqual(range(1, final.seq));
+    await far.final(r.requestId);
+    expect(seqs(far.events(r.requestId))).toEqual([final.seq]);
+    await far.close();
+    await ws.close();
+    await nothingHeld(b);
+    await b.close();
+  });
+});
