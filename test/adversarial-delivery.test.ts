@@ -8,7 +8,7 @@ import { bigTokens } from './helpers/providers.js';
 import { paidSession, postRequest, waitFinal, type PaidSession } from './helpers/sessions.js';
 import { idsOf, readSse, tokensOf } from './helpers/sse.js';
 import { waitFor } from './helpers/wait.js';
-import { authed, isError, nothingHeld, range, seqs } from './helpers/ws.js';
+import { authed, isError, nothingHeld, range, seqs, serverBuffers } from './helpers/ws.js';
 
 /**
  * An adversarial pass over event delivery (SSE and the WebSocket), against the real server and Postgres: every reader
@@ -42,6 +42,29 @@ describe('a WebSocket final event larger than twice WS_MAX_BUFFERED_BYTES', () =
     expect(seqs(c.events(big))).toEqual([N + 1]);
     expect(c.events(big)[0]!.data.result.length).toBeGreaterThan(N * 64 * 1024);
     await c.close();
+    await nothingHeld(x);
+  });
+});
+
+describe('a client that sends and never reads, whose answers are each larger than WS_MAX_BUFFERED_BYTES', () => {
+  // Only a run's events are let past the flood check while in flight: answers to the client's own messages (here an
+  // 8 KB unknown type, quoted back) always count, however large each is.
+  it('is still cut, holding no more than its bound', async () => {
+    const x = await server({ WS_MAX_BUFFERED_BYTES: 4096, SESSION_RATE_LIMIT_PER_MIN: 0 });
+    const xs = await paidSession(x, 1000);
+    const c = await authed(x.url, xs.token);
+    const most = await serverBuffers(async () => {
+      c.ws.pause();
+      const bad = JSON.stringify({ type: 'x'.repeat(8000) });
+      for (let i = 0; i < 20_000 && x.ctx.sockets.size > 0; i++) {
+        c.ws.send(bad);
+        if (i % 100 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      await waitFor(() => x.ctx.sockets.size === 0, { what: 'the flooding socket closed', timeoutMs: 10_000 });
+    });
+    expect(most).toBeLessThanOrEqual(2 * 4096 + 9000);
+    c.ws.resume();
+    expect((await c.closed).code).toBe(1006);
     await nothingHeld(x);
   });
 });
@@ -118,6 +141,40 @@ describe('a cursor far past the end, on a process that follows the run', () => {
     await far.close();
     await ws.close();
     await nothingHeld(b);
+    await b.close();
+  });
+});
+
+describe('many readers joining as the run ends', () => {
+  it('each gets every event once, in order, then the final event (WebSocket here and on another process, SSE)', async () => {
+    const a = await server({ SESSION_RATE_LIMIT_PER_MIN: 0, SSE_MAX_STREAMS_PER_IP: 200, SESSION_MAX_STREAMS: 100 });
+    const b = await a.sibling({ SESSION_RATE_LIMIT_PER_MIN: 0, SSE_MAX_STREAMS_PER_IP: 200 });
+    const s = await paidSession(a, 5000);
+    const sockets = await Promise.all(Array.from({ length: 24 }, (_, i) => authed(i % 2 ? b.url : a.url, s.token)));
+    const r = await postRequest(a, s, 'ends soon [stub:tokens=30] [stub:delay=2]');
+    // Staggered over the run's last moments: some join live, some as it finishes, some after.
+    const reads: Promise<unknown>[] = [];
+    for (const [i, c] of sockets.entries()) {
+      c.send({ type: 'subscribe', runId: r.requestId, after: i % 3 === 0 ? 0 : i });
+      if (i % 4 === 0) reads.push(readSse(`${(i % 8 ? b : a).url}/api/runs/${r.requestId}/stream`, { headers: s.auth }));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const row = await waitFinal(a, s, r.requestId);
+    for (const [i, c] of sockets.entries()) {
+      const from = i % 3 === 0 ? 0 : i;
+      const final = await c.final(r.requestId);
+      expect(final.seq).toBe(31);
+      expect(seqs(c.events(r.requestId)), `socket ${i}`).toEqual(range(from + 1, 31));
+      expect(c.messages.filter(isError())).toEqual([]);
+    }
+    for (const read of reads) {
+      const { events } = (await read) as Awaited<ReturnType<typeof readSse>>;
+      expect(idsOf(events)).toEqual(range(1, 31));
+      expect(events.at(-1)!.data.result).toBe(tokensOf(events).join(''));
+    }
+    expect(row.state).toBe('complete');
+    for (const c of sockets) await c.close();
+    for (const x of [a, b]) await nothingHeld(x);
     await b.close();
   });
 });
