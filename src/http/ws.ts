@@ -31,8 +31,8 @@ export interface SocketHubOptions {
 /**
  * An open WebSocket as the protocol uses it: send now, send paced, whether it is behind, liveness.
  *
- * Two ways to write, as for SSE. `send` writes at once (a shared payload `Buffer` goes to the socket as it is:
- * `ws` adds a 2–10 byte header and copies nothing). `sendPaced` writes and, while more than a quarter of
+ * Two ways to write, as for SSE. `send` (an answer) and `sendEvent` (a run's event) write at once (a shared payload
+ * `Buffer` goes to the socket as it is: `ws` adds a 2–10 byte header and copies nothing). `sendPaced` writes and, while more than a quarter of
  * WS_MAX_BUFFERED_BYTES is waiting, waits until this message has left for the network: a replay from Postgres goes
  * at the pace the peer reads, and never fills the buffer by itself. Only writes that do not wait (live events of
  * caught-up readers) can push a socket past WS_MAX_BUFFERED_BYTES — and that is a reader falling behind.
@@ -40,6 +40,19 @@ export interface SocketHubOptions {
 export class Peer implements KeepAlive {
   #alive = true;
   readonly #soft: number;
+  /**
+   * Bytes of messages each larger than WS_MAX_BUFFERED_BYTES, written and not yet taken by the kernel. One such
+   * message (a final event carrying a long result) is not a client that sends and does not read: `flooded` leaves
+   * them out, or a reader that sent anything while its long final event was on its way was cut. Only a run's events
+   * (`sendEvent`, `sendPaced`) are counted here, never answers (`send`): those always count. How many can be in
+   * flight stays bounded without it: a direct write needs the socket not `behind`, and a paced one waits for its
+   * message to leave — at most one per subscription.
+   *
+   * Why it cannot drift: the count is raised in the same synchronous step as the write, and lowered by that write's
+   * callback, which `ws` calls once — when the bytes have left `bufferedAmount`, or with an error when the socket is
+   * gone.
+   */
+  #oversize = 0;
   constructor(
     readonly ws: WebSocket,
     readonly req: IncomingMessage,
@@ -68,25 +81,43 @@ export class Peer implements KeepAlive {
    * client's own messages can pile up so far — it sends and does not read.
    */
   get flooded(): boolean {
-    return this.ws.bufferedAmount > 2 * this.opts.maxBufferedBytes;
+    return this.ws.bufferedAmount - this.#oversize > 2 * this.opts.maxBufferedBytes;
   }
 
-  /** Write one message now (a text frame). */
+  /** Write one message now (a text frame): an answer to the client, counted whole against `flooded`. */
   send(data: Buffer | string): void {
     if (this.open) this.ws.send(data, { binary: false });
   }
 
-  /** Write one message; resolves once the buffer is under the pacing mark again. False if the socket is gone. */
+  /** Write one of a run's events now: one larger than WS_MAX_BUFFERED_BYTES is left out of `flooded` while in flight. */
+  sendEvent(data: Buffer | string): void {
+    if (this.open) this.#write(data);
+  }
+
+  #write(data: Buffer | string, done?: () => void): void {
+    const size = data.length;
+    if (size <= this.opts.maxBufferedBytes) {
+      this.ws.send(data, { binary: false }, done);
+      return;
+    }
+    this.#oversize += size;
+    this.ws.send(data, { binary: false }, () => {
+      this.#oversize -= size;
+      done?.();
+    });
+  }
+
+  /** Write one event; resolves once the buffer is under the pacing mark again. False if the socket is gone. */
   sendPaced(data: Buffer | string): Promise<boolean> {
     if (!this.open) return Promise.resolve(false);
     if (this.ws.bufferedAmount + data.length <= this.#soft) {
-      this.ws.send(data, { binary: false });
+      this.#write(data);
       return Promise.resolve(true);
     }
     return new Promise<boolean>((resolve) => {
       // A peer that keeps the socket open but takes nothing is cut, so its subscriptions and run entries are freed.
       const timer = setTimeout(() => this.ws.terminate(), this.opts.writeTimeoutMs);
-      this.ws.send(data, { binary: false }, () => {
+      this.#write(data, () => {
         clearTimeout(timer);
         resolve(this.open);
       });

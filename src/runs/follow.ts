@@ -118,6 +118,9 @@ export function createFollowers(deps: { registry: Registry; store: RunStore; bus
             if (final) publish([final]);
             return deps.registry.end(runId);
           }
+          // Started from a cursor past the log (its first reader's): follow from what Postgres has, so the other
+          // readers here get the events in between live, not at the end (registry.rewind; nothing published yet).
+          if (isLive(row.state) && row.lastSeq < entry.lastSeq) deps.registry.rewind(runId, row.lastSeq);
         } catch (err) {
           if (!isDatabaseUnavailable(err)) deps.log.warn({ err, runId }, 'following a run failed; retrying');
           failures++;

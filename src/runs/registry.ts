@@ -167,6 +167,21 @@ export function createRegistry(opts: RegistryOptions = {}) {
       return entry;
     },
 
+    /**
+     * A followed entry that has published nothing starts after `seq` instead of the higher point it was opened at.
+     * The first reader's cursor sets where a follower starts; a cursor past every event the log holds (one no event
+     * may ever reach) would leave the other readers here waiting for the run's end for the events in between: the
+     * follower publishes only above its start, and a reader parked on a live entry does not read Postgres. Nothing
+     * was handed to anyone yet, so no reader misses or repeats an event: each drops what is at or below its own
+     * cursor, and one that joined meanwhile read the log first.
+     */
+    rewind(runId: string, seq: number) {
+      const entry = entries.get(runId);
+      if (!entry?.follower || seq >= entry.lastSeq || entry.buffer.length > 0 || entry.outbox.length > 0) return;
+      entry.lastSeq = seq;
+      entry.persistedSeq = seq;
+    },
+
     /** The run as this process drives it (never a followed one). */
     get(runId: string): RunEntry | undefined {
       const e = entries.get(runId);

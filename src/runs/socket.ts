@@ -232,7 +232,7 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
       // Caught up and the socket not behind: the shared message goes out from `publish` itself.
       const direct = (e: RunEvent) => {
         if (signal.aborted || !peer.open || peer.behind) return false;
-        peer.send(eventMessage(runId, e));
+        peer.sendEvent(eventMessage(runId, e));
         sub.last = e.seq;
         return true;
       };
