@@ -1,6 +1,7 @@
 import { eq } from 'drizzle-orm';
 import supertest from 'supertest';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { WebSocket } from 'ws';
 import { runs } from '../src/db/schema.js';
 import { useTestServers, type TestServer } from './helpers/context.js';
 import { startServerProcess } from './helpers/process.js';
@@ -41,6 +42,32 @@ describe('a WebSocket final event larger than twice WS_MAX_BUFFERED_BYTES', () =
     expect(c.messages.filter(isError())).toEqual([]);
     expect(seqs(c.events(big))).toEqual([N + 1]);
     expect(c.events(big)[0]!.data.result.length).toBeGreaterThan(N * 64 * 1024);
+    await c.close();
+    await nothingHeld(x);
+  });
+
+  it('is not written again and again to a reader that subscribes over and over without reading', async () => {
+    const c = await authed(x.url, xs.token);
+    // The run's log is in memory (recently finished): each subscribe would write its 4 MiB final event once more.
+    let sent = 0;
+    const most = await serverBuffers(async () => {
+      const counting = vi.spyOn(WebSocket.prototype, 'send');
+      try {
+        c.ws.pause();
+        for (let i = 0; i < 40; i++) {
+          c.ws.send(JSON.stringify({ type: 'subscribe', runId: big, after: N }));
+          c.ws.send(JSON.stringify({ type: 'unsubscribe', runId: big }));
+        }
+        // Every message read and answered (at least one answer to each) by the server.
+        const answers = () => counting.mock.contexts.filter((ws) => (ws as unknown as { _isServer: boolean })._isServer).length;
+        await waitFor(() => (sent = answers()) >= 80, { what: 'the 80 messages answered', timeoutMs: 10_000 });
+      } finally {
+        counting.mockClear();
+      }
+    });
+    // One final event in flight (and small answers), never one per subscription: 40 would be 160 MiB.
+    expect(most, `${sent} messages sent`).toBeLessThan(3 * N * 64 * 1024);
+    c.ws.resume();
     await c.close();
     await nothingHeld(x);
   });

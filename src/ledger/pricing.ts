@@ -35,7 +35,8 @@ export function estimateSats(prices: PriceSnapshot, request: string, maxTokens: 
 
 /**
  * Charge for actual usage (plus the flat fee the debit included, if any), never more than was debited; the rest is
- * refunded. Work that is not chargeable (a failure, an interruption) is refunded whole, its fee too.
+ * refunded. Work that is not chargeable (a failure before any reply, an interruption) is refunded whole, its fee
+ * too; a reply stopped or cut after it began is charged for what was produced, with the fee.
  */
 export function settle(prices: PriceSnapshot, debited: number, usage: { inputTokens: number; outputTokens: number }, chargeable: boolean) {
   const charged = chargeable ? Math.min(debited, costSats(prices, usage.inputTokens, usage.outputTokens) + (prices.feeSats ?? 0)) : 0;

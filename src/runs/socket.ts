@@ -223,7 +223,15 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
         // A recently finished run whose whole log is in memory (a cursor past its end still gets the final event).
         const tail = found.events.filter((e) => e.seq > after);
         for (const e of tail.length > 0 ? tail : found.events.slice(-1)) {
-          if (signal.aborted || !(await peer.sendPaced(eventMessage(runId, e)))) return;
+          if (signal.aborted) return;
+          // As the feed below: a socket behind is told where to resume, not written more (a client that subscribes
+          // over and over without reading would otherwise stack one paced write per subscription).
+          if (peer.behind) {
+            send({ type: 'resync', runId, lastSeq: sub.last });
+            ended = true;
+            return;
+          }
+          if (!(await peer.sendPaced(eventMessage(runId, e)))) return;
           sub.last = e.seq;
           ended = isTerminalEvent(e);
         }
