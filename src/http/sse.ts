@@ -355,8 +355,7 @@ export function readCursor(req: Request): number | { error: string } {
   const given = req.query.starting_after;
   // Repeated (`?starting_after=5&starting_after=9`): which one was meant? Not the whole replay a dropped one gave.
   if (given !== undefined && typeof given !== 'string') return { error: 'starting_after must be given once, as a non-negative integer event id' };
-  const query = given;
-  const raw = header ?? query;
+  const raw = header ?? given;
   if (raw === undefined || raw === '') return 0;
   if (!CURSOR.test(raw.trim())) return { error: `cursor must be a non-negative integer event id, got ${JSON.stringify(raw)}` };
   return Number(raw.trim());

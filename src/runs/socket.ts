@@ -217,6 +217,11 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
   async function pipe(runId: string, sub: Subscription, after: number, found: Awaited<ReturnType<typeof ownRun>>) {
     const signal = sub.abort.signal;
     let ended = false;
+    /** Tell the subscriber where to resume (the socket is behind): its subscription ends here. */
+    const resync = () => {
+      send({ type: 'resync', runId, lastSeq: sub.last });
+      ended = true;
+    };
     try {
       if (!found.live && !isLive(found.row.state) && after === found.row.lastSeq) return;
       if (found.events && !isLive(found.row.state)) {
@@ -226,11 +231,7 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
           if (signal.aborted) return;
           // As the feed below: a socket behind is told where to resume, not written more (a client that subscribes
           // over and over without reading would otherwise stack one paced write per subscription).
-          if (peer.behind) {
-            send({ type: 'resync', runId, lastSeq: sub.last });
-            ended = true;
-            return;
-          }
+          if (peer.behind) return resync();
           if (!(await peer.sendPaced(eventMessage(runId, e)))) return;
           sub.last = e.seq;
           ended = isTerminalEvent(e);
@@ -248,11 +249,7 @@ export function serveSocket(deps: SocketDeps, peer: Peer, req: Request, preauthe
       for await (const item of feedFor(deps, runId, after, signal, { direct, follow })) {
         // Unsubscribed (or the socket closed) while this item was on its way: nothing after `unsubscribed`.
         if (signal.aborted) return;
-        if (item.kind === 'resync' || peer.behind) {
-          send({ type: 'resync', runId, lastSeq: sub.last });
-          ended = true;
-          return;
-        }
+        if (item.kind === 'resync' || peer.behind) return resync();
         if (!(await peer.sendPaced(eventMessage(runId, item.event)))) return;
         sub.last = item.event.seq;
         if (isTerminalEvent(item.event)) {

@@ -134,7 +134,7 @@ export function createSessionsService(deps: SessionsDeps) {
     if (slot && req?.res) await deps.limits!.settleSlot(req, req.res, slot, r.slot_id ?? null, r.slots_live);
     const row = r.id ? sessionOf(r) : undefined;
     if (!row || !tokenMatches(token, row.tokenHash, tokenHash)) throw unauthorized('the bearer token is not valid');
-    if (sessionId !== undefined && (!isUuid(sessionId) || row.id !== sessionId.toLowerCase())) throw notFound('session');
+    if (sessionId !== undefined && (!isUuid(sessionId) || row.id !== sessionId)) throw notFound('session');
     return expired(row) ? await markExpired(row) : row;
   }
 
